@@ -1,0 +1,53 @@
+"""`npedit` console script: one subcommand per user-facing job."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations (via img2dataset) phones home at import
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _tiny_models(args: argparse.Namespace) -> int:
+    from model_zoo import build_tiny_models
+
+    models = build_tiny_models(args.cache_dir, seed=args.seed, force=args.force)
+    for name, path in models.as_dict().items():
+        print(f"{name:10s} {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from npedit.demo import run_demo
+
+    run_demo(args.out, cache_dir=args.cache_dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npedit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tiny = sub.add_parser("tiny-models", help="build the seeded tiny model zoo (random weights, no network)")
+    tiny.add_argument("--cache-dir", type=Path, default=None, help="default: $NPEDIT_HOME/tiny-models")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--force", action="store_true", help="rebuild even if the cache is complete")
+    tiny.set_defaults(func=_tiny_models)
+
+    demo = sub.add_parser("demo", help="run the end-to-end path on embedded defaults and tiny models")
+    demo.add_argument("--out", type=Path, default=Path("demo_output"))
+    demo.add_argument("--cache-dir", type=Path, default=None)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Shared fixtures: the tiny model zoo is built once per test session into a temporary cache."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    from model_zoo import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("zoo"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def zimage(tiny_models):
+    from training.backbones import ZImageBackbone
+
+    return ZImageBackbone.from_pretrained(tiny_models.generator)
+
+
+@pytest.fixture(scope="session")
+def vlm(tiny_models):
+    from model_zoo.qwen_vl import load_vlm
+
+    return load_vlm(tiny_models.vlm)
