@@ -1,0 +1,93 @@
+"""Fetch a URL list (or a local folder) into Parquet shards with img2dataset, original bytes untouched."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """img2dataset settings; parallelism is per shard, so small shards spread work over processes."""
+
+    shard_size: int = 1000
+    processes: int = 2
+    threads: int = 16
+    timeout_s: int = 10
+    retries: int = 0
+
+
+def read_url_list(path: Path, url_col: str = "url", caption_col: str | None = "caption") -> pl.DataFrame:
+    """Read a parquet/csv/jsonl URL list into (url, caption); a missing column is a clear error."""
+    suffix = path.suffix.lower()
+    readers = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson}
+    if suffix not in readers:
+        raise ValueError(f"{path}: URL lists must be .parquet, .csv or .jsonl, not {suffix!r}")
+    frame = readers[suffix](path)
+    if url_col not in frame.columns:
+        raise ValueError(f"{path}: no column {url_col!r} (columns: {', '.join(frame.columns)})")
+    caption = pl.col(caption_col).cast(pl.Utf8) if caption_col in frame.columns else pl.lit(None, pl.Utf8)
+    urls = frame.select(pl.col(url_col).cast(pl.Utf8).alias("url"), caption.alias("caption"))
+    return urls.filter(pl.col("url").is_not_null() & (pl.col("url").str.strip_chars() != "")).unique(
+        "url", keep="first", maintain_order=True
+    )
+
+
+def folder_url_list(folder: Path) -> pl.DataFrame:
+    """Every image file under `folder` as a file:// URL (img2dataset fetches those too), sorted."""
+    files = sorted(p.resolve() for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return pl.DataFrame({"url": [p.as_uri() for p in files], "caption": [None] * len(files)}, schema_overrides={"caption": pl.Utf8})
+
+
+def fetch_images(urls: pl.DataFrame, out_dir: Path, config: FetchConfig = FetchConfig()) -> list[Path]:
+    """Download with img2dataset into `out_dir/<shard>.parquet`; finished shards are kept on rerun (resume)."""
+    from img2dataset import download
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    url_file = out_dir / "_urls.parquet"
+    urls.write_parquet(url_file)
+    download(
+        url_list=str(url_file),
+        input_format="parquet",
+        url_col="url",
+        caption_col="caption",
+        output_format="parquet",
+        output_folder=str(out_dir),
+        processes_count=config.processes,
+        thread_count=config.threads,
+        number_sample_per_shard=config.shard_size,
+        timeout=config.timeout_s,
+        retries=config.retries,
+        disable_all_reencoding=True,  # keep the original bytes: image_id is their sha256
+        compute_hash=None,
+        extract_exif=False,
+        incremental_mode="incremental",
+        enable_wandb=False,
+    )
+    return sorted(p for p in out_dir.glob("[0-9]*.parquet"))
+
+
+def read_fetched_shard(path: Path) -> pa.Table:
+    """One img2dataset shard as (source, caption, status, error_message, data)."""
+    table = pq.read_table(path)
+    data_col = next(c for c in ("jpg", "png", "webp") if c in table.column_names)
+    caption = table.column("caption") if "caption" in table.column_names else pa.nulls(table.num_rows, pa.string())
+    return pa.table(
+        {
+            "source": table.column("url"),
+            "caption": caption.cast(pa.string()),
+            "status": table.column("status"),
+            "error_message": table.column("error_message").cast(pa.string()),
+            "data": table.column(data_col).cast(pa.binary()),
+        }
+    )

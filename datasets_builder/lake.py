@@ -1,0 +1,227 @@
+"""The snapshot store: DuckLake (a DuckDB/SQLite/PostgreSQL catalog over Parquet files) with immutable snapshots.
+
+Partition runs write their own Parquet files (`write_staged`); `publish` is the single writer of the catalog and
+registers every new file of every table in ONE transaction, i.e. one DuckLake snapshot carrying the message, the tag
+and the npedit metadata (row counts, content hash, config). A published snapshot never changes: files are never
+rewritten or compacted, so `AT (VERSION => n)` returns the same rows forever. This module is also the trainer's only
+reader of the corpus (`read_table`, `resolve`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas import ALL_TABLES, SCHEMA_VERSION, SNAPSHOTS, SchemaError, SnapshotRow, TableSpec
+
+LAKE = "lake"
+CORPUS_TABLES = tuple(name for name in ALL_TABLES if name != "snapshots")
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    """Where the catalog and the data files live.
+
+    `catalog` is a DuckLake metadata location: a file path (`corpus.ducklake`, one writing process), `sqlite:path`, or
+    `postgres:dbname=... host=...` for a team. `data_path` is a folder (absolute) or an object-store URL.
+    """
+
+    catalog: str
+    data_path: str
+
+    @classmethod
+    def local(cls, root: Path) -> LakeConfig:
+        root = root.resolve()
+        return cls(catalog=str(root / "corpus.ducklake"), data_path=str(root / "data") + "/")
+
+    def attach_sql(self, read_only: bool) -> str:
+        options = [f"DATA_PATH '{self.data_path}'"] + (["READ_ONLY"] if read_only else [])
+        return f"ATTACH 'ducklake:{self.catalog}' AS {LAKE} ({', '.join(options)})"
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    table: str
+    path: str
+
+
+def _extension_dir() -> str:
+    import duckdb_ext
+
+    return str(Path(duckdb_ext.__file__).parent / "extensions")
+
+
+def connect(config: LakeConfig, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the lake attached as `lake`, extensions loaded from the offline wheels."""
+    if not config.catalog.startswith(("postgres:", "sqlite:")):
+        Path(config.catalog).parent.mkdir(parents=True, exist_ok=True)
+    if "://" not in config.data_path:
+        Path(config.data_path).mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    con.execute(f"SET extension_directory = '{_extension_dir()}'")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("LOAD ducklake")
+    con.execute(config.attach_sql(read_only))
+    return con
+
+
+@contextmanager
+def session(config: LakeConfig, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Hold the catalog only for the block (a DuckDB-file catalog admits one process at a time)."""
+    con = connect(config, read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def staged_path(config: LakeConfig, table: str, name: str) -> Path:
+    """Where a partition run writes its file for `table`: inside DATA_PATH, so the catalog stores it relative."""
+    return Path(config.data_path) / "main" / table / "staged" / f"{name}.parquet"
+
+
+def write_staged(config: LakeConfig, spec: TableSpec, table: pa.Table, name: str) -> Path:
+    """Validate and write one immutable Parquet file (atomically); an existing file is kept, never rewritten."""
+    path = staged_path(config, spec.name, name)
+    if path.exists():
+        return path
+    table = spec.validate(table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    Path(f"{path}.sha256").write_text(digest)
+    os.replace(tmp, path)
+    return path
+
+
+def _file_digest(path: str) -> str:
+    sidecar = Path(f"{path}.sha256")
+    return sidecar.read_text().strip() if sidecar.exists() else hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    for name in CORPUS_TABLES:
+        empty = ALL_TABLES[name].schema.empty_table()
+        con.register("_empty", empty)
+        con.execute(f"CREATE TABLE IF NOT EXISTS {LAKE}.{name} AS SELECT * FROM _empty LIMIT 0")
+        con.unregister("_empty")
+
+
+def registered_files(con: duckdb.DuckDBPyConnection, table: str, version: int | None = None) -> list[str]:
+    """Data files of `table` at `version` (latest if None)."""
+    args = f"'{LAKE}', '{table}'" + (f", snapshot_version => {int(version)}" if version is not None else "")
+    return sorted(r[0] for r in con.execute(f"SELECT data_file FROM ducklake_list_files({args})").fetchall())
+
+
+def _published(con: duckdb.DuckDBPyConnection) -> list[SnapshotRow]:
+    rows = con.execute(
+        f"SELECT snapshot_id, snapshot_time, commit_message, commit_extra_info FROM {LAKE}.snapshots() "
+        "ORDER BY snapshot_id"
+    ).fetchall()
+    out = []
+    for snapshot_id, created_at, message, extra in rows:
+        info = json.loads(extra) if extra else {}
+        if "npedit" not in info:
+            continue
+        meta = info["npedit"]
+        out.append(
+            SnapshotRow(
+                snapshot_id=snapshot_id, created_at=created_at.astimezone(dt.UTC), parent=meta["parent"],
+                row_counts=meta["row_counts"], content_hash=meta["content_hash"], config=meta["config"],
+                schema_version=meta["schema_version"], tag=meta.get("tag"), message=message,
+            )
+        )
+    return out
+
+
+def published_snapshots(config: LakeConfig) -> pa.Table:
+    """Every published snapshot as a `snapshots` table (the contract in `schemas`)."""
+    with session(config, read_only=True) as con:
+        return SNAPSHOTS.to_arrow(_published(con))
+
+
+def publish(
+    config: LakeConfig,
+    files: Mapping[str, list[Path]],
+    *,
+    message: str,
+    tag: str | None = None,
+    builder_config: Mapping | None = None,
+) -> SnapshotRow:
+    """Register every not-yet-registered file in one commit = one snapshot; nothing new -> the latest snapshot."""
+    unknown = set(files) - set(CORPUS_TABLES)
+    if unknown:
+        raise SchemaError("snapshots", "row_counts", "names tables outside the corpus", value=sorted(unknown))
+    with session(config) as con:
+        _ensure_tables(con)
+        published = _published(con)
+        if tag is not None and any(s.tag == tag for s in published):
+            raise ValueError(f"tag {tag!r} already names snapshot {next(s for s in published if s.tag == tag).snapshot_id}")
+        new: list[tuple[str, str]] = []
+        for table, paths in sorted(files.items()):
+            have = set(registered_files(con, table))
+            new += [(table, str(Path(p).resolve())) for p in sorted(paths) if str(Path(p).resolve()) not in have]
+        if not new and published:
+            return published[-1]
+        con.execute("BEGIN")
+        try:
+            for table, path in new:
+                con.execute(f"CALL ducklake_add_data_files('{LAKE}', '{table}', ?)", [path])
+            counts = {t: con.execute(f"SELECT count(*) FROM {LAKE}.{t}").fetchone()[0] for t in CORPUS_TABLES}
+            digest = hashlib.sha256()
+            for table in CORPUS_TABLES:
+                for path in registered_files(con, table) + sorted(p for t, p in new if t == table):
+                    digest.update(f"{table}\t{Path(path).name}\t{_file_digest(path)}\n".encode())
+            meta = {
+                "parent": published[-1].snapshot_id if published else None,
+                "row_counts": counts,
+                "content_hash": digest.hexdigest(),
+                "config": json.dumps(dict(builder_config or {}), sort_keys=True, default=str),
+                "schema_version": SCHEMA_VERSION,
+                "tag": tag,
+            }
+            con.execute(
+                f"CALL {LAKE}.set_commit_message('npedit', ?, extra_info => ?)",
+                [message, json.dumps({"npedit": meta})],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return _published(con)[-1]
+
+
+def resolve(config: LakeConfig, snapshot: int | str | None = None) -> SnapshotRow:
+    """A published snapshot by id, by tag, or the latest when None."""
+    with session(config, read_only=True) as con:
+        published = _published(con)
+    if not published:
+        raise LookupError(f"no snapshot has been published in {config.catalog}")
+    if snapshot is None:
+        return published[-1]
+    for row in published:
+        if row.tag == snapshot or str(row.snapshot_id) == str(snapshot):
+            return row
+    known = ", ".join(f"{s.snapshot_id}" + (f" ({s.tag})" if s.tag else "") for s in published)
+    raise LookupError(f"no published snapshot {snapshot!r}; known: {known}")
+
+
+def read_table(config: LakeConfig, table: str, snapshot: int | str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Rows of `table` exactly as they were at a published snapshot."""
+    if table not in CORPUS_TABLES:
+        raise ValueError(f"unknown table {table!r}; corpus tables: {', '.join(CORPUS_TABLES)}")
+    version = resolve(config, snapshot).snapshot_id
+    select = ", ".join(columns) if columns else "*"
+    with session(config, read_only=True) as con:
+        return con.execute(f"SELECT {select} FROM {LAKE}.{table} AT (VERSION => {version})").fetch_arrow_table()
