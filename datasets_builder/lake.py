@@ -55,7 +55,7 @@ class PublishedFile:
     path: str
 
 
-def _extension_dir() -> str:
+def extension_dir() -> str:
     import duckdb_ext
 
     return str(Path(duckdb_ext.__file__).parent / "extensions")
@@ -68,7 +68,7 @@ def connect(config: LakeConfig, *, read_only: bool = False) -> duckdb.DuckDBPyCo
     if "://" not in config.data_path:
         Path(config.data_path).mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
-    con.execute(f"SET extension_directory = '{_extension_dir()}'")
+    con.execute(f"SET extension_directory = '{extension_dir()}'")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("LOAD ducklake")
     con.execute(config.attach_sql(read_only))

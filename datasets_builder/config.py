@@ -1,0 +1,89 @@
+"""Builder configuration: typed, frozen dataclasses loaded from TOML; every field has a working default."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from datasets_builder.fetch import FetchConfig
+from datasets_builder.images import ImageLimits
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Exactly one of `url_list` (parquet/csv/jsonl) or `folder` (local images)."""
+
+    url_list: str | None = None
+    folder: str | None = None
+    url_col: str = "url"
+    caption_col: str = "caption"
+
+    def __post_init__(self):
+        if (self.url_list is None) == (self.folder is None):
+            raise ValueError("source: set exactly one of url_list or folder")
+
+
+@dataclass(frozen=True)
+class VlmConfig:
+    """Which VLM answers, how it samples, how requests are batched."""
+
+    backend: str = "transformers"
+    model: str = ""  # path or hub id; empty means the tiny model from the zoo
+    batch_size: int = 8
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    base_url: str = "http://127.0.0.1:8000/v1"  # for backend = "openai" (a `vllm serve` endpoint)
+
+    def __post_init__(self):
+        if self.backend not in ("transformers", "vllm", "openai"):
+            raise ValueError(f"vlm.backend must be transformers, vllm or openai, not {self.backend!r}")
+        if self.batch_size < 1:
+            raise ValueError("vlm.batch_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Everything one corpus build needs. `work_dir` holds fetched shards and the VLM cache; `lake_dir` the lake."""
+
+    source: SourceConfig
+    work_dir: str = "corpus_work"
+    lake_dir: str = "corpus_lake"
+    catalog: str | None = None  # e.g. "postgres:dbname=npedit host=db" for a team; default: a file in lake_dir
+    data_path: str | None = None  # e.g. an object-store URL; default: lake_dir/data/
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    vlm: VlmConfig = field(default_factory=VlmConfig)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.{name} must be a table")
+            kwargs[name] = _build(hint, value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def load_corpus_config(path: Path, overrides: dict[str, Any] | None = None) -> CorpusConfig:
+    """Read a TOML file into a `CorpusConfig`; unknown keys and missing sections are clear errors."""
+    values = tomllib.loads(Path(path).read_text())
+    for key, value in (overrides or {}).items():
+        values[key] = value
+    if "source" not in values:
+        raise ValueError(f"{path}: a [source] table with url_list or folder is required")
+    return _build(CorpusConfig, values, str(path))

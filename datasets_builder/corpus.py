@@ -1,0 +1,195 @@
+"""One corpus build: fetch -> images per shard -> VLM stages per shard -> publish, as plain methods.
+
+Each step writes immutable staged Parquet files into the lake's data path and skips work already on disk, so a killed
+run resumes without losing or duplicating rows. Dagster assets (`dagster_project`) call exactly these methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import asdict
+from functools import cached_property
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datasets_builder import lake
+from datasets_builder.config import CorpusConfig
+from datasets_builder.fetch import fetch_images, folder_url_list, read_fetched_shard, read_url_list
+from datasets_builder.images import normalise_fetched
+from datasets_builder.stages import caption_images, judge_objects, propose_backgrounds, propose_edits, validate_edits
+from datasets_builder.vlm import PROMPTS, ResponseCache, SamplingParams, VlmRunner, make_backend
+from schemas import ALL_TABLES, IMAGES, IMAGES_REJECTED, VLM_REJECTS, SnapshotRow, VlmStage
+
+STAGE_OUTPUT = {
+    VlmStage.CAPTION: "captions",
+    VlmStage.PROPOSE: "edit_proposals",
+    VlmStage.VALIDATE: "edit_instructions",
+    VlmStage.OBJECT: "objects",
+    VlmStage.BACKGROUND: "background_prompts",
+}
+STAGE_INPUTS = {
+    VlmStage.CAPTION: (),
+    VlmStage.PROPOSE: (),
+    VlmStage.VALIDATE: (VlmStage.PROPOSE, VlmStage.CAPTION),
+    VlmStage.OBJECT: (),
+    VlmStage.BACKGROUND: (VlmStage.OBJECT,),
+}
+_BACKENDS: dict[tuple, object] = {}  # one loaded model per process, shared by every stage and shard
+
+
+class Corpus:
+    """A corpus build described by a `CorpusConfig`."""
+
+    def __init__(self, config: CorpusConfig):
+        self.config = config
+        self.work_dir = Path(config.work_dir).resolve()
+        lake_dir = Path(config.lake_dir).resolve()
+        local = lake.LakeConfig.local(lake_dir)
+        self.lake = lake.LakeConfig(config.catalog or local.catalog, config.data_path or local.data_path)
+
+    @property
+    def fetched_dir(self) -> Path:
+        return self.work_dir / "fetched"
+
+    def _state(self) -> sqlite3.Connection:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.work_dir / "state.sqlite", timeout=60, isolation_level=None)
+        db.execute("CREATE TABLE IF NOT EXISTS image_claims (image_id TEXT PRIMARY KEY, shard TEXT, source TEXT)")
+        return db
+
+    # -- 1. source images ------------------------------------------------------------------------------------------
+    def fetch(self) -> list[str]:
+        """Fetch the source with img2dataset; returns the shard names (finished shards are not fetched again)."""
+        source = self.config.source
+        if source.folder is not None:
+            urls = folder_url_list(Path(source.folder))
+        else:
+            urls = read_url_list(Path(source.url_list), source.url_col, source.caption_col)
+        return [p.stem for p in fetch_images(urls, self.fetched_dir, self.config.fetch)]
+
+    def shards(self) -> list[str]:
+        return sorted(p.stem for p in self.fetched_dir.glob("[0-9]*.parquet"))
+
+    def build_images(self, shard: str) -> dict[str, int]:
+        """Normalise one fetched shard; duplicates across shards are rejected against a persistent claim table."""
+        images_path = lake.staged_path(self.lake, "images", shard)
+        rejects_path = lake.staged_path(self.lake, "images_rejected", shard)
+        if not (images_path.exists() and rejects_path.exists()):
+            fetched = read_fetched_shard(self.fetched_dir / f"{shard}.parquet")
+            images, rejected = normalise_fetched(fetched, shard, self.config.limits)
+            images, duplicates = self._claim(images, shard)
+            rejected = pa.concat_tables([rejected, duplicates])
+            lake.write_staged(self.lake, IMAGES, images, shard)
+            lake.write_staged(self.lake, IMAGES_REJECTED, rejected, shard)
+        rejected = pq.read_table(rejects_path, columns=["reason"]).column("reason").to_pylist()
+        counts = {"images": pq.read_metadata(images_path).num_rows, "rejected": len(rejected)}
+        counts.update({f"rejected_{r}": rejected.count(r) for r in sorted(set(rejected))})
+        return counts
+
+    def _claim(self, images: pa.Table, shard: str) -> tuple[pa.Table, pa.Table]:
+        db = self._state()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT OR IGNORE INTO image_claims VALUES (?, ?, ?)",
+                zip(images.column("image_id").to_pylist(), [shard] * images.num_rows,
+                    images.column("source").to_pylist()),
+            )
+            owners = dict(
+                (row[0], (row[1], row[2]))
+                for row in db.execute("SELECT image_id, shard, source FROM image_claims WHERE shard != ?", [shard])
+            )
+        db.close()
+        keep = [image_id not in owners for image_id in images.column("image_id").to_pylist()]
+        duplicates = [
+            dict(source=row["source"], shard=shard, reason="duplicate", image_id=row["image_id"],
+                 detail=f"same bytes as {owners[row['image_id']][1]} (shard {owners[row['image_id']][0]})")
+            for row, kept in zip(images.select(["image_id", "source"]).to_pylist(), keep)
+            if not kept
+        ]
+        return images.filter(pa.array(keep, pa.bool_())), IMAGES_REJECTED.to_arrow(duplicates)
+
+    # -- 2-6. VLM stages ---------------------------------------------------------------------------------------------
+    def runner(self) -> VlmRunner:
+        vlm = self.config.vlm
+        model = vlm.model or str(_tiny_vlm_path())
+        key = (vlm.backend, model, vlm.base_url)
+        if key not in _BACKENDS:
+            options = {"base_url": vlm.base_url} if vlm.backend == "openai" else {}
+            _BACKENDS[key] = make_backend(vlm.backend, model, **options)
+        sampling = SamplingParams(temperature=vlm.temperature, top_p=vlm.top_p, seed=vlm.seed)
+        cache = ResponseCache(self.work_dir / "vlm_cache.sqlite")
+        return VlmRunner(_BACKENDS[key], cache, sampling=sampling, batch_size=vlm.batch_size)
+
+    def stage_fingerprint(self, stage: VlmStage, runner: VlmRunner) -> str:
+        """Names a stage's output files: model, prompt version, sampling, and the fingerprints of its inputs."""
+        parts = [runner.provenance(PROMPTS[stage]), [self.stage_fingerprint(s, runner) for s in STAGE_INPUTS[stage]]]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+    def stage_paths(self, stage: VlmStage, shard: str, runner: VlmRunner) -> tuple[Path, Path]:
+        name = f"{shard}-{self.stage_fingerprint(stage, runner)}"
+        return (lake.staged_path(self.lake, STAGE_OUTPUT[stage], name),
+                lake.staged_path(self.lake, "vlm_rejects", f"{name}-{stage.value}"))
+
+    def _read_stage(self, stage: VlmStage, shard: str, runner: VlmRunner) -> pa.Table:
+        path = self.stage_paths(stage, shard, runner)[0]
+        if not path.exists():
+            raise FileNotFoundError(f"shard {shard}: run the {stage.value} stage before its dependants ({path})")
+        return pq.read_table(path)
+
+    def run_stage(self, stage: VlmStage, shard: str, runner: VlmRunner | None = None) -> dict[str, int]:
+        """Run one VLM stage on one shard (skipped when its files exist); returns row and reject counts."""
+        runner = runner or self.runner()
+        out_path, rejects_path = self.stage_paths(stage, shard, runner)
+        if not (out_path.exists() and rejects_path.exists()):
+            images_path = lake.staged_path(self.lake, "images", shard)
+            if not images_path.exists():
+                raise FileNotFoundError(f"shard {shard}: build its images before the VLM stages ({images_path})")
+            images = pq.read_table(images_path)
+            if stage is VlmStage.CAPTION:
+                rows, rejects = caption_images(images, runner)
+            elif stage is VlmStage.PROPOSE:
+                rows, rejects = propose_edits(images, runner)
+            elif stage is VlmStage.VALIDATE:
+                proposals = self._read_stage(VlmStage.PROPOSE, shard, runner)
+                captions = self._read_stage(VlmStage.CAPTION, shard, runner)
+                rows, rejects = validate_edits(proposals, images, captions, runner)
+            elif stage is VlmStage.OBJECT:
+                rows, rejects = judge_objects(images, runner)
+            else:
+                rows, rejects = propose_backgrounds(self._read_stage(VlmStage.OBJECT, shard, runner), images, runner)
+            lake.write_staged(self.lake, ALL_TABLES[STAGE_OUTPUT[stage]], rows, out_path.stem)
+            lake.write_staged(self.lake, VLM_REJECTS, rejects, rejects_path.stem)
+        return {"rows": pq.read_metadata(out_path).num_rows, "rejects": pq.read_metadata(rejects_path).num_rows}
+
+    # -- 7. snapshot -------------------------------------------------------------------------------------------------
+    def staged_files(self, runner: VlmRunner | None = None) -> dict[str, list[Path]]:
+        """Every finished file of the current configuration, per table."""
+        runner = runner or self.runner()
+        files: dict[str, list[Path]] = {name: [] for name in lake.CORPUS_TABLES}
+        for shard in self.shards():
+            for table in ("images", "images_rejected"):
+                path = lake.staged_path(self.lake, table, shard)
+                if path.exists():
+                    files[table].append(path)
+            for stage in STAGE_OUTPUT:
+                out_path, rejects_path = self.stage_paths(stage, shard, runner)
+                if out_path.exists() and rejects_path.exists():
+                    files[STAGE_OUTPUT[stage]].append(out_path)
+                    files["vlm_rejects"].append(rejects_path)
+        return files
+
+    def publish(self, *, message: str, tag: str | None = None, runner: VlmRunner | None = None) -> SnapshotRow:
+        """Publish every finished file as one immutable snapshot."""
+        config = json.loads(json.dumps(asdict(self.config), default=str))
+        return lake.publish(self.lake, self.staged_files(runner), message=message, tag=tag, builder_config=config)
+
+
+def _tiny_vlm_path() -> Path:
+    from model_zoo import build_tiny_models
+
+    return build_tiny_models().vlm

@@ -1,0 +1,151 @@
+"""The VLM stages of the corpus: plain functions from Arrow tables (+ a runner) to (rows, rejects) tables."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datasets_builder.vlm import PROMPTS, PromptInput, VlmResult, VlmRunner
+from datasets_builder.vlm.prompts import BACKGROUNDS_PER_OBJECT, EDITS_PER_IMAGE, INSTRUCTION_WORDS
+from schemas import BACKGROUND_PROMPTS, CAPTIONS, EDIT_INSTRUCTIONS, EDIT_PROPOSALS, OBJECTS, VLM_REJECTS, VlmStage
+
+Rows = list[dict[str, Any]]
+
+
+def proposal_id(image_id: str, edit_type: str, instruction: str, prompt_version: str) -> str:
+    return hashlib.sha256("\x1f".join((image_id, edit_type, instruction, prompt_version)).encode()).hexdigest()
+
+
+def _image_inputs(images: pa.Table, fields: Callable[[dict], dict] = lambda row: {}) -> list[PromptInput]:
+    return [
+        PromptInput(row["image_id"], row["image"], fields(row))
+        for row in images.select(["image_id", "image"]).to_pylist()
+    ]
+
+
+def _run(
+    runner: VlmRunner, stage: VlmStage, items: list[PromptInput], to_rows: Callable[[VlmResult, dict], Rows]
+) -> tuple[Rows, Rows]:
+    """Run one stage; a parse error or a rule the answer breaks (ValueError from `to_rows`) becomes a reject."""
+    prompt = PROMPTS[stage]
+    provenance = runner.provenance(prompt)
+    kept, rejected = [], []
+    for result in runner.run(prompt, items):
+        error = result.error
+        if error is None:
+            try:
+                kept += to_rows(result, provenance)
+                continue
+            except ValueError as exc:
+                error = str(exc)
+        rejected.append(
+            dict(**provenance, request_hash=result.request_hash, stage=stage.value, image_id=result.item.image_id,
+                 raw_text=result.raw, error=error, proposal_id=result.item.key)
+        )
+    return kept, rejected
+
+
+def caption_images(images: pa.Table, runner: VlmRunner) -> tuple[pa.Table, pa.Table]:
+    """The reference caption c^y of each image."""
+
+    def rows(result: VlmResult, provenance: dict) -> Rows:
+        return [dict(**provenance, image_id=result.item.image_id, caption=result.parsed["caption"].strip())]
+
+    kept, rejected = _run(runner, VlmStage.CAPTION, _image_inputs(images), rows)
+    return CAPTIONS.to_arrow(kept), VLM_REJECTS.to_arrow(rejected)
+
+
+def propose_edits(images: pa.Table, runner: VlmRunner) -> tuple[pa.Table, pa.Table]:
+    """Several instructions per image, each of a different edit type (a repeated type keeps its first)."""
+    items = _image_inputs(images, lambda row: {"count": EDITS_PER_IMAGE})
+
+    def rows(result: VlmResult, provenance: dict) -> Rows:
+        out, seen = [], set()
+        for edit in result.parsed["edits"]:
+            instruction = edit["instruction"].strip()
+            if edit["edit_type"] in seen or len(instruction) < 5:
+                continue
+            seen.add(edit["edit_type"])
+            pid = proposal_id(result.item.image_id, edit["edit_type"], instruction, provenance["prompt_version"])
+            out.append(dict(**provenance, proposal_id=pid, image_id=result.item.image_id,
+                            edit_type=edit["edit_type"], instruction=instruction))
+        if not out:
+            raise ValueError("no usable instruction in the answer")
+        return out
+
+    kept, rejected = _run(runner, VlmStage.PROPOSE, items, rows)
+    return EDIT_PROPOSALS.to_arrow(kept), VLM_REJECTS.to_arrow(rejected)
+
+
+def validate_edits(
+    proposals: pa.Table, images: pa.Table, captions: pa.Table, runner: VlmRunner
+) -> tuple[pa.Table, pa.Table]:
+    """Judge each proposal; valid ones get the caption c^x of the edited image (the DMD teacher's condition)."""
+    image_bytes = dict(zip(images.column("image_id").to_pylist(), images.column("image").to_pylist()))
+    reference = dict(zip(captions.column("image_id").to_pylist(), captions.column("caption").to_pylist()))
+    proposal_rows = {p["proposal_id"]: p for p in proposals.to_pylist()}
+    items = [
+        PromptInput(p["image_id"], image_bytes[p["image_id"]],
+                    {"edit_type": p["edit_type"], "instruction": p["instruction"]}, key=p["proposal_id"])
+        for p in proposal_rows.values()
+        if p["image_id"] in image_bytes
+    ]
+
+    def rows(result: VlmResult, provenance: dict) -> Rows:
+        answer, proposal = result.parsed, proposal_rows[result.item.key]
+        caption = answer["edited_caption"].strip()
+        if answer["is_valid"] and len(caption) < 5:
+            raise ValueError("judged valid but the edited caption is empty")
+        if answer["is_valid"] and INSTRUCTION_WORDS.search(caption):
+            raise ValueError(f"edited caption uses instruction words: {INSTRUCTION_WORDS.search(caption).group(0)!r}")
+        return [dict(**provenance, proposal_id=proposal["proposal_id"], image_id=proposal["image_id"],
+                     edit_type=proposal["edit_type"], instruction=proposal["instruction"],
+                     is_valid=answer["is_valid"], reasoning=answer["reasoning"].strip(),
+                     edited_caption=caption if answer["is_valid"] else None,
+                     reference_caption=reference.get(proposal["image_id"]))]
+
+    kept, rejected = _run(runner, VlmStage.VALIDATE, items, rows)
+    return EDIT_INSTRUCTIONS.to_arrow(kept), VLM_REJECTS.to_arrow(rejected)
+
+
+def judge_objects(images: pa.Table, runner: VlmRunner) -> tuple[pa.Table, pa.Table]:
+    """Object-centric judgement for customization data: one distinct, centred, fully visible object."""
+
+    def rows(result: VlmResult, provenance: dict) -> Rows:
+        answer = result.parsed
+        name = answer["object_name"].strip()
+        if answer["is_object_centric"] and not name:
+            raise ValueError("judged object-centric but the object name is empty")
+        return [dict(**provenance, image_id=result.item.image_id, is_object_centric=answer["is_object_centric"],
+                     object_name=name if answer["is_object_centric"] else None,
+                     reasoning=answer["reasoning"].strip())]
+
+    kept, rejected = _run(runner, VlmStage.OBJECT, _image_inputs(images), rows)
+    return OBJECTS.to_arrow(kept), VLM_REJECTS.to_arrow(rejected)
+
+
+def propose_backgrounds(objects: pa.Table, images: pa.Table, runner: VlmRunner) -> tuple[pa.Table, pa.Table]:
+    """New-background captions for every object-centric image."""
+    names = {
+        row["image_id"]: row["object_name"]
+        for row in objects.to_pylist()
+        if row["is_object_centric"] and row["object_name"]
+    }
+    selected = images.filter(pc.is_in(images.column("image_id"), pa.array(list(names), pa.string())))
+    items = _image_inputs(selected, lambda row: {"object_name": names[row["image_id"]],
+                                                 "count": BACKGROUNDS_PER_OBJECT})
+
+    def rows(result: VlmResult, provenance: dict) -> Rows:
+        captions = [c.strip() for c in result.parsed["background_captions"] if len(c.strip()) >= 10]
+        if not captions:
+            raise ValueError("no usable background caption in the answer")
+        return [dict(**provenance, image_id=result.item.image_id, index=i,
+                     object_name=result.item.fields["object_name"], background_caption=c)
+                for i, c in enumerate(dict.fromkeys(captions))]
+
+    kept, rejected = _run(runner, VlmStage.BACKGROUND, items, rows)
+    return BACKGROUND_PROMPTS.to_arrow(kept), VLM_REJECTS.to_arrow(rejected)
