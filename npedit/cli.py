@@ -27,6 +27,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    import shutil
+
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()
+    command = [dagster, "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(args.port)]
+    os.execv(command[0], command)  # replaces this process: Ctrl-C reaches dagster dev directly
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npedit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo_output"))
     demo.add_argument("--cache-dir", type=Path, default=None)
     demo.set_defaults(func=_demo)
+    from npedit.corpus_cli import add_corpus_commands
+
+    add_corpus_commands(sub)
+
+    ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 over dagster_project.definitions")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=_ui)
     return parser
 
 

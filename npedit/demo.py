@@ -1,19 +1,21 @@
-"""`npedit demo`: the main job on embedded defaults (sample images shipped in the repo, tiny models)."""
+"""`npedit demo`: the main job on embedded defaults (sample photos shipped in the repo, tiny models).
+
+Steps: build the tiny models -> serve the sample photos on loopback and build a corpus with img2dataset + the tiny
+VLM -> publish a snapshot and print its stats -> edit images with instructions read back from the snapshot and write
+a PNG grid. Later stages (training) plug in between the snapshot and the edit.
+"""
 
 from __future__ import annotations
 
+import io
+import shutil
 from importlib import resources
 from pathlib import Path
 
+import polars as pl
 import torch
 from PIL import Image
 from rich.console import Console
-
-DEMO_INSTRUCTIONS = (
-    "Add a red hot air balloon in the sky",
-    "Turn the photo into a watercolor painting",
-    "Change the background to a snowy mountain landscape",
-)
 
 
 def sample_image_paths() -> list[Path]:
@@ -22,34 +24,62 @@ def sample_image_paths() -> list[Path]:
     return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jpg"))
 
 
+def build_demo_corpus(out_dir: Path, console: Console) -> tuple:
+    """Serve the sample photos (+ one missing URL) on 127.0.0.1 and build a corpus snapshot from the URL list."""
+    from dagster_project.build import build_corpus
+    from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig
+    from datasets_builder.fetch import FetchConfig
+    from datasets_builder.lake import LakeConfig
+    from datasets_builder.loopback import serve_directory
+
+    photos = sample_image_paths()
+    with serve_directory(photos[0].parent) as base:
+        url_list = out_dir / "urls.csv"
+        urls = [f"{base}/{p.name}" for p in photos] + [f"{base}/missing.jpg"]
+        pl.DataFrame({"url": urls, "caption": [p.stem for p in photos] + [None]}).write_csv(url_list)
+        config = CorpusConfig(
+            source=SourceConfig(url_list=str(url_list)),
+            work_dir=str(out_dir / "corpus_work"),
+            lake_dir=str(out_dir / "corpus_lake"),
+            fetch=FetchConfig(shard_size=8),
+            vlm=VlmConfig(temperature=1.0, seed=0),
+        )
+        metadata = build_corpus(config, tag="demo", message="demo corpus", on_event=console.print)
+    console.print({k: v for k, v in metadata.items() if k != "preview"})
+    return LakeConfig.local(Path(config.lake_dir)), metadata
+
+
 def run_demo(out_dir: Path, *, cache_dir: Path | None = None, size: int = 64) -> Path:
-    """Build tiny models, caption sample images with the VLM, edit them with the generator, write a PNG grid."""
+    """Build tiny models and a corpus snapshot, print its stats, edit snapshot images, write a PNG grid."""
+    from datasets_builder.lake import read_table
+    from datasets_builder.stats import snapshot_stats
     from model_zoo import build_tiny_models
-    from model_zoo.qwen_vl import load_vlm
+    from npedit.corpus_cli import print_result
     from training.backbones import ZImageBackbone
     from training.sampling import edit_images
     from training.visualize import from_pil, save_edit_grid, to_pil
 
     console = Console()
-    console.rule("npedit demo")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    console.rule("1. tiny models")
     models = build_tiny_models(cache_dir)
-    console.print(f"tiny models: VLM {models.vlm}, generator {models.generator}")
+    console.print(f"VLM {models.vlm}\ngenerator {models.generator}")
 
-    images = [Image.open(p).convert("RGB") for p in sample_image_paths()[: len(DEMO_INSTRUCTIONS)]]
-    vlm, processor = load_vlm(models.vlm)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    batch = processor(text=[prompt] * len(images), images=images, return_tensors="pt", padding=True)
-    generated = vlm.generate(**batch, max_new_tokens=8, do_sample=False)
-    captions = processor.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    for path, caption in zip(sample_image_paths(), captions):
-        console.print(f"{path.name}: caption by the random tiny VLM = {caption!r}", markup=False)
+    console.rule("2. corpus: loopback URLs -> img2dataset -> VLM stages -> DuckLake snapshot")
+    lake, _ = build_demo_corpus(out_dir, console)
+    for result in snapshot_stats(lake, "demo"):
+        print_result(console, result)
 
+    console.rule("3. edit snapshot images with their instructions (untrained tiny generator)")
+    instructions = read_table(lake, "edit_instructions", "demo", columns=["image_id", "instruction"]).to_pylist()
+    images = {r["image_id"]: r["image"] for r in read_table(lake, "images", "demo", ["image_id", "image"]).to_pylist()}
+    rows = instructions[:4]
+    references = [Image.open(io.BytesIO(images[r["image_id"]])).convert("RGB") for r in rows]
     backbone = ZImageBackbone.from_pretrained(models.generator)
-    references = torch.stack([from_pil(img, (size, size)) for img in images])
-    edited = edit_images(
-        backbone, references, list(DEMO_INSTRUCTIONS), num_steps=4, generator=torch.Generator().manual_seed(0)
-    )
-    grid = save_edit_grid(images, list(DEMO_INSTRUCTIONS), [to_pil(e) for e in edited], out_dir / "edit_grid.png")
-    console.print(f"edit grid (untrained tiny generator): {grid}")
+    batch = torch.stack([from_pil(img, (size, size)) for img in references])
+    texts = [r["instruction"] for r in rows]
+    edited = edit_images(backbone, batch, texts, num_steps=4, generator=torch.Generator().manual_seed(0))
+    grid = save_edit_grid(references, texts, [to_pil(e) for e in edited], out_dir / "edit_grid.png")
+    console.print(f"edit grid: {grid}")
     return grid

@@ -1,0 +1,46 @@
+"""Materialize the whole graph in process (what `npedit corpus build` runs): fetch, every shard, snapshot, checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dagster as dg
+
+from dagster_project.assets import SHARD_ASSET_KEYS, shards
+from dagster_project.definitions import ALL_ASSETS
+from dagster_project.checks import SNAPSHOT_CHECKS
+from dagster_project.resources import resources_from
+from datasets_builder.config import CorpusConfig
+
+
+def build_corpus(
+    config: CorpusConfig,
+    *,
+    message: str = "corpus build",
+    tag: str | None = None,
+    instance: dg.DagsterInstance | None = None,
+    on_event: Callable[[str], None] = print,
+) -> dict:
+    """Run fetch, then each shard's assets, then the snapshot with its checks; returns the snapshot metadata."""
+    instance = instance or dg.DagsterInstance.ephemeral()
+    resources = resources_from(config)
+    dg.materialize(ALL_ASSETS, selection=["fetched_shards"], instance=instance, resources=resources)
+    keys = instance.get_dynamic_partitions(shards.name)
+    for i, key in enumerate(keys, 1):
+        dg.materialize(ALL_ASSETS, selection=SHARD_ASSET_KEYS, partition_key=key, instance=instance,
+                       resources=resources)
+        on_event(f"shard {key} done ({i}/{len(keys)})")
+    result = dg.materialize(
+        [*ALL_ASSETS, *SNAPSHOT_CHECKS],
+        selection=dg.AssetSelection.assets("snapshot"),
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"snapshot": {"config": {"message": message, "tag": tag}}}},
+        raise_on_error=False,
+    )
+    if not result.success:
+        raise RuntimeError("publishing the snapshot failed; see the Dagster log above")
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("snapshot")[0].metadata.items()}
+    for evaluation in result.get_asset_check_evaluations():
+        metadata[f"check_{evaluation.check_name}"] = "passed" if evaluation.passed else "FAILED"
+    return metadata

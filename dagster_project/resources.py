@@ -1,0 +1,68 @@
+"""Dagster resources: where images come from, which VLM answers, where the lake lives (switchable per environment)."""
+
+import dagster as dg
+
+from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig
+from datasets_builder.corpus import Corpus
+from datasets_builder.fetch import FetchConfig
+
+
+class SourceResource(dg.ConfigurableResource):
+    """The URL list (parquet/csv/jsonl) or image folder, and how img2dataset fetches it."""
+
+    url_list: str | None = None
+    folder: str | None = None
+    url_col: str = "url"
+    caption_col: str = "caption"
+    work_dir: str = "corpus_work"
+    shard_size: int = 1000
+    processes: int = 2
+    threads: int = 16
+    timeout_s: int = 10
+
+
+class VlmResource(dg.ConfigurableResource):
+    """The VLM backend (transformers | vllm | openai), its model path or hub id, sampling and batching."""
+
+    backend: str = "transformers"
+    model: str = ""
+    batch_size: int = 8
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    base_url: str = "http://127.0.0.1:8000/v1"
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The DuckLake catalog and data path; defaults put both under `lake_dir`."""
+
+    lake_dir: str = "corpus_lake"
+    catalog: str | None = None
+    data_path: str | None = None
+
+
+def corpus_from(source: SourceResource, vlm: VlmResource, lake: LakeResource) -> Corpus:
+    return Corpus(
+        CorpusConfig(
+            source=SourceConfig(source.url_list, source.folder, source.url_col, source.caption_col),
+            work_dir=source.work_dir,
+            lake_dir=lake.lake_dir,
+            catalog=lake.catalog,
+            data_path=lake.data_path,
+            fetch=FetchConfig(source.shard_size, source.processes, source.threads, source.timeout_s),
+            vlm=VlmConfig(vlm.backend, vlm.model, vlm.batch_size, vlm.temperature, vlm.top_p, vlm.seed, vlm.base_url),
+        )
+    )
+
+
+def resources_from(config: CorpusConfig) -> dict[str, dg.ConfigurableResource]:
+    """Resources equivalent to a `CorpusConfig` (the CLI's TOML), so both entry points build the same corpus."""
+    s, f, v = config.source, config.fetch, config.vlm
+    return {
+        "source": SourceResource(url_list=s.url_list, folder=s.folder, url_col=s.url_col, caption_col=s.caption_col,
+                                 work_dir=config.work_dir, shard_size=f.shard_size, processes=f.processes,
+                                 threads=f.threads, timeout_s=f.timeout_s),
+        "vlm": VlmResource(backend=v.backend, model=v.model, batch_size=v.batch_size, temperature=v.temperature,
+                           top_p=v.top_p, seed=v.seed, base_url=v.base_url),
+        "lake": LakeResource(lake_dir=config.lake_dir, catalog=config.catalog, data_path=config.data_path),
+    }

@@ -1,0 +1,101 @@
+"""`npedit corpus ...`: build a corpus, print its stats, diff two snapshots, write a duckdb CLI init file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _config(args: argparse.Namespace):
+    from datasets_builder.config import CorpusConfig, SourceConfig, load_corpus_config
+    from datasets_builder.fetch import FetchConfig
+
+    if args.config:
+        return load_corpus_config(args.config)
+    if not (args.url_list or args.folder):
+        raise SystemExit("npedit corpus build: give --config, --url-list or --folder")
+    return CorpusConfig(
+        source=SourceConfig(url_list=args.url_list and str(args.url_list), folder=args.folder and str(args.folder)),
+        work_dir=str(args.work_dir), lake_dir=str(args.lake_dir), fetch=FetchConfig(shard_size=args.shard_size),
+    )
+
+
+def _lake(args: argparse.Namespace):
+    from datasets_builder.lake import LakeConfig
+
+    return LakeConfig.local(args.lake_dir)
+
+
+def print_result(console: Console, result) -> None:
+    table = Table(title=f"{result.name}  ({result.seconds * 1000:.1f} ms)", title_justify="left")
+    for column in result.columns:
+        table.add_column(column)
+    for row in result.rows:
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+def build(args: argparse.Namespace) -> int:
+    from dagster_project.build import build_corpus
+
+    console = Console()
+    metadata = build_corpus(_config(args), message=args.message, tag=args.tag, on_event=console.print)
+    console.print({k: v for k, v in metadata.items() if k != "preview"})
+    return 0
+
+
+def stats(args: argparse.Namespace) -> int:
+    from datasets_builder.stats import snapshot_stats
+
+    console = Console()
+    for result in snapshot_stats(_lake(args), args.snapshot):
+        print_result(console, result)
+    return 0
+
+
+def diff(args: argparse.Namespace) -> int:
+    from datasets_builder.stats import snapshot_diff
+
+    print_result(Console(), snapshot_diff(_lake(args), args.a, args.b))
+    return 0
+
+
+def sql_init(args: argparse.Namespace) -> int:
+    from datasets_builder.stats import write_cli_init
+
+    path = write_cli_init(_lake(args), args.out)
+    print(f"{path}\nrun: duckdb -init {path}   (then e.g. SELECT edit_type, count(*) FROM edit_instructions GROUP BY 1)")
+    return 0
+
+
+def add_corpus_commands(sub: argparse._SubParsersAction) -> None:
+    corpus = sub.add_parser("corpus", help="build and inspect the unpaired editing corpus")
+    commands = corpus.add_subparsers(dest="corpus_command", required=True)
+
+    b = commands.add_parser("build", help="materialize every asset in process and publish a snapshot")
+    b.add_argument("--config", type=Path, help="corpus TOML (see configs/corpus_demo.toml)")
+    b.add_argument("--url-list", type=Path, help="parquet/csv/jsonl with a url (and optional caption) column")
+    b.add_argument("--folder", type=Path, help="a folder of images instead of a URL list")
+    b.add_argument("--work-dir", type=Path, default=Path("corpus_work"))
+    b.add_argument("--lake-dir", type=Path, default=Path("corpus_lake"))
+    b.add_argument("--shard-size", type=int, default=1000)
+    b.add_argument("--message", default="corpus build")
+    b.add_argument("--tag", default=None, help="a unique name for the snapshot (e.g. v1)")
+    b.set_defaults(func=build)
+
+    for name, func, text in (("stats", stats, "print the users' questions answered at a snapshot"),
+                             ("diff", diff, "row counts per table at two snapshots"),
+                             ("sql-init", sql_init, "write an init file for the duckdb CLI")):
+        p = commands.add_parser(name, help=text)
+        p.add_argument("--lake-dir", type=Path, default=Path("corpus_lake"))
+        if name == "stats":
+            p.add_argument("--snapshot", default=None, help="id or tag; default: the latest")
+        if name == "diff":
+            p.add_argument("a")
+            p.add_argument("b")
+        if name == "sql-init":
+            p.add_argument("--out", type=Path, default=Path("lake_init.sql"))
+        p.set_defaults(func=func)
