@@ -21,7 +21,7 @@ def fetched_shards(context: dg.AssetExecutionContext, source: SourceResource, vl
     context.instance.add_dynamic_partitions(shards.name, new)
     statuses = {}
     for name in names:
-        for status in pq.read_table(corpus.fetched_dir / f"{name}.parquet", columns=["status"]).column(0).to_pylist():
+        for status in pq.read_table(corpus.fetched_path(name), columns=["status"]).column(0).to_pylist():
             statuses[status] = statuses.get(status, 0) + 1
     context.log.info(f"{len(names)} shards ({len(new)} new): {statuses}")
     return dg.MaterializeResult(metadata={"shards": len(names), "new_shards": len(new),

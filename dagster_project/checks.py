@@ -21,7 +21,7 @@ def _check(name: str) -> dg.AssetChecksDefinition:
     def _run(source: SourceResource, vlm: VlmResource, lake: LakeResource) -> dg.AssetCheckResult:
         corpus = corpus_from(source, vlm, lake)
         if name == "counts_add_up":
-            outcome = quality.counts_add_up(corpus.lake, corpus.fetched_dir)
+            outcome = quality.counts_add_up(corpus.lake, corpus.fetched_path)
         else:
             outcome = quality.CHECKS[name](corpus.lake)
         return dg.AssetCheckResult(passed=outcome.passed, severity=_SEVERITY[name], metadata=outcome.facts)

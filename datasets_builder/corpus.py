@@ -63,23 +63,34 @@ class Corpus:
 
     # -- 1. source images ------------------------------------------------------------------------------------------
     def fetch(self) -> list[str]:
-        """Fetch the source with img2dataset; returns the shard names (finished shards are not fetched again)."""
+        """Fetch the source with img2dataset; returns its shard names (finished shards are not fetched again).
+
+        Shards are named `<source fingerprint>-<n>`: a new URL list adds new shards next to earlier sources' shards,
+        so the corpus grows source by source and nothing already published is touched.
+        """
         source = self.config.source
         if source.folder is not None:
             urls = folder_url_list(Path(source.folder))
         else:
             urls = read_url_list(Path(source.url_list), source.url_col, source.caption_col)
-        return [p.stem for p in fetch_images(urls, self.fetched_dir, self.config.fetch)]
+        fingerprint = hashlib.sha256(urls.write_csv().encode()).hexdigest()[:12]
+        fetched = fetch_images(urls, self.fetched_dir / fingerprint, self.config.fetch)
+        return [f"{fingerprint}-{p.stem}" for p in fetched]
 
     def shards(self) -> list[str]:
-        return sorted(p.stem for p in self.fetched_dir.glob("[0-9]*.parquet"))
+        """Every fetched shard of every source fetched into this work dir."""
+        return sorted(f"{p.parent.name}-{p.stem}" for p in self.fetched_dir.glob("*/[0-9]*.parquet"))
+
+    def fetched_path(self, shard: str) -> Path:
+        fingerprint, number = shard.rsplit("-", 1)
+        return self.fetched_dir / fingerprint / f"{number}.parquet"
 
     def build_images(self, shard: str) -> dict[str, int]:
         """Normalise one fetched shard; duplicates across shards are rejected against a persistent claim table."""
         images_path = lake.staged_path(self.lake, "images", shard)
         rejects_path = lake.staged_path(self.lake, "images_rejected", shard)
         if not (images_path.exists() and rejects_path.exists()):
-            fetched = read_fetched_shard(self.fetched_dir / f"{shard}.parquet")
+            fetched = read_fetched_shard(self.fetched_path(shard))
             images, rejected = normalise_fetched(fetched, shard, self.config.limits)
             images, duplicates = self._claim(images, shard)
             rejected = pa.concat_tables([rejected, duplicates])

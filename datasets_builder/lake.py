@@ -64,6 +64,8 @@ def extension_dir() -> str:
 def connect(config: LakeConfig, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the lake attached as `lake`, extensions loaded from the offline wheels."""
     if not config.catalog.startswith(("postgres:", "sqlite:")):
+        if read_only and not Path(config.catalog).exists():
+            raise LookupError(f"no corpus lake at {config.catalog}: build one with `npedit corpus build`")
         Path(config.catalog).parent.mkdir(parents=True, exist_ok=True)
     if "://" not in config.data_path:
         Path(config.data_path).mkdir(parents=True, exist_ok=True)

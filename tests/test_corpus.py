@@ -1,0 +1,183 @@
+"""The whole corpus graph, materialized in process with Dagster and the tiny VLM into a temporary DuckLake."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+from PIL import Image
+
+from dagster_project.build import build_corpus
+from datasets_builder import lake, quality, stats
+from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig, load_corpus_config
+from datasets_builder.corpus import Corpus
+from datasets_builder.fetch import FetchConfig
+from odd_images import SAMPLES, odd_files
+
+pytestmark = pytest.mark.slow
+SHARD_SIZE = 6
+BROKEN = {n: reason for n, (_, reason) in odd_files().items() if reason not in ("ok", "duplicate")}
+
+
+def _source_folder(root: Path) -> Path:
+    folder = root / "source"
+    folder.mkdir()
+    for path in SAMPLES.glob("*.jpg"):
+        shutil.copy(path, folder / path.name)
+    for name, (data, _) in odd_files().items():
+        (folder / f"odd_{name}").write_bytes(data)
+    return folder
+
+
+def _toml(root: Path, folder: Path, model: Path) -> Path:
+    path = root / "corpus.toml"
+    path.write_text(
+        f'work_dir = "{root / "work"}"\nlake_dir = "{root / "lake"}"\n\n[source]\nfolder = "{folder}"\n\n'
+        f"[fetch]\nshard_size = {SHARD_SIZE}\n\n[vlm]\nmodel = \"{model}\"\nbatch_size = 8\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_models):
+    root = tmp_path_factory.mktemp("corpus")
+    folder = _source_folder(root)
+    config = load_corpus_config(_toml(root, folder, tiny_models.vlm))
+    metadata = build_corpus(config, tag="v1", message="first build", on_event=lambda m: None)
+    return root, folder, config, metadata
+
+
+def test_every_asset_materializes_and_checks_run(built):
+    _, folder, config, metadata = built
+    corpus = Corpus(config)
+    n_files = len(list(folder.iterdir()))
+    assert metadata["tag"] == "v1" and metadata["unfinished_shards"] == 0
+    assert metadata["rows_images"] + metadata["rows_images_rejected"] == n_files
+    for check in ("schema_valid", "no_duplicate_keys", "counts_add_up"):
+        assert metadata[f"check_{check}"] == "passed", check
+    assert metadata["rows_captions"] == metadata["rows_images"] == metadata["rows_objects"]
+    assert metadata["rows_edit_instructions"] + sum(
+        1 for r in lake.read_table(corpus.lake, "vlm_rejects", "v1").to_pylist() if r["stage"] == "validate"
+    ) == metadata["rows_edit_proposals"]
+    assert "| edit_type | instruction |" in metadata["preview"]
+
+
+def test_reject_reasons_are_recorded(built):
+    _, folder, config, _ = built
+    rejected = lake.read_table(Corpus(config).lake, "images_rejected", "v1").to_pylist()
+    by_file = {Path(r["source"]).name: r["reason"] for r in rejected}
+    for name, reason in BROKEN.items():
+        assert by_file[f"odd_{name}"] == reason, name
+    duplicates = [r for r in rejected if r["reason"] == "duplicate"]
+    # astronaut.jpg == odd_good.jpg == odd_good_copy.jpg, cat.jpg == chelsea.jpg: 3 duplicates in all, any shards
+    assert len(duplicates) == 3 and all(r["image_id"] and "same bytes as" in r["detail"] for r in duplicates)
+
+
+def test_stats_answer_the_users_questions(built):
+    _, _, config, metadata = built
+    store = Corpus(config).lake
+    results = {r.name: r for r in stats.snapshot_stats(store, "v1")}
+    assert sum(n for _, n in results["proposals_per_edit_type"].rows) == metadata["rows_edit_proposals"]
+    judged = sum(r[1] for r in results["validity_per_edit_type"].rows)
+    assert judged == metadata["rows_edit_instructions"]
+    reasons = {(k, r): n for k, r, n in results["reject_reasons"].rows}
+    assert reasons[("image", "duplicate")] == 3 and reasons[("image", "decode_error")] == 3
+    assert [row[2] for row in results["rows_per_snapshot"].rows] == ["v1"]
+    init = stats.write_cli_init(store, config_path := Path(config.work_dir) / "init.sql")
+    cli = Path(sys.executable).parent / "duckdb"
+    out = subprocess.run([str(cli), "-init", str(init), "-csv", "-c",
+                          "SELECT count(*) FROM edit_proposals"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == str(metadata["rows_edit_proposals"])
+    assert config_path.exists()
+
+
+def test_definitions_load_with_every_asset_and_check():
+    from dagster_project.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"fetched_shards", "images", "captions", "edit_proposals", "edit_instructions", "objects",
+                    "background_prompts", "snapshot"}
+    assert len(list(graph.asset_check_keys)) == 5
+
+
+def _rows(store, version, table, key):
+    return sorted(r[key] for r in lake.read_table(store, table, version).to_pylist())
+
+
+def test_killed_build_resumes_to_the_same_rows_without_duplicates(built, tmp_path, tiny_models):
+    _, folder, config, _ = built
+    toml = _toml(tmp_path, folder, tiny_models.vlm)
+    command = [sys.executable, "-m", "npedit.cli", "corpus", "build", "--config", str(toml), "--tag", "v1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    staged = tmp_path / "lake" / "data" / "main" / "edit_instructions" / "staged"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(staged.glob("*.parquet")):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert list(staged.glob("*.parquet")), "the build never reached the first shard's instructions"
+    resumed_config = load_corpus_config(toml)
+    corpus = Corpus(resumed_config)
+    assert len(list(staged.glob("*.parquet"))) < len(corpus.shards()), "killed too late to test a resume"
+    build_corpus(resumed_config, tag="v1", message="resumed", on_event=lambda m: None)
+    clean, resumed = Corpus(config).lake, corpus.lake
+    for table, key in (("images", "image_id"), ("images_rejected", "source"), ("captions", "image_id"),
+                       ("edit_proposals", "proposal_id"), ("edit_instructions", "proposal_id"),
+                       ("objects", "image_id"), ("vlm_rejects", "request_hash")):
+        assert _rows(resumed, "v1", table, key) == _rows(clean, "v1", table, key), table
+    assert quality.no_duplicate_keys(resumed, "v1").passed
+    with lake.session(resumed, read_only=True) as con:
+        registered = [f for t in lake.CORPUS_TABLES for f in lake.registered_files(con, t)]
+    assert registered and all(f.endswith(".parquet") and ".tmp-" not in f for f in registered)
+
+
+def test_a_second_source_publishes_v2_and_v1_never_changes(built, tmp_path):
+    _, _, config, _ = built
+    store = Corpus(config).lake
+    before = {t: lake.read_table(store, t, "v1").to_pylist() for t in ("images", "edit_instructions")}
+    extra = tmp_path / "more"
+    extra.mkdir()
+    for name in ("coffee.jpg", "rocket.jpg"):  # already in v1: duplicates across sources
+        shutil.copy(SAMPLES / name, extra / name)
+    pixels = np.random.default_rng(7).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(extra / "new.png")
+    second = CorpusConfig(source=SourceConfig(folder=str(extra)), work_dir=config.work_dir,
+                          lake_dir=config.lake_dir, fetch=FetchConfig(shard_size=SHARD_SIZE), vlm=config.vlm)
+    metadata = build_corpus(second, tag="v2", message="more images", on_event=lambda m: None)
+    assert metadata["rows_images"] == len(before["images"]) + 1
+    assert metadata["check_counts_add_up"] == "passed" and metadata["check_no_duplicate_keys"] == "passed"
+    for table, rows in before.items():
+        assert lake.read_table(store, table, "v1").to_pylist() == rows, table
+    diff = {row[0]: (row[1], row[2]) for row in stats.snapshot_diff(store, "v1", "v2").rows}
+    assert diff["images"] == (len(before["images"]), len(before["images"]) + 1)
+    assert diff["images_rejected"][1] == diff["images_rejected"][0] + 2
+
+
+def test_bad_configs_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[source]\nfolder = "x"\nurl_list = "y"\n')
+    with pytest.raises(ValueError, match="exactly one of url_list or folder"):
+        load_corpus_config(bad)
+    bad.write_text('[source]\nfolder = "x"\n[vlm]\nbackend = "magic"\n')
+    with pytest.raises(ValueError, match="vlm.backend must be"):
+        load_corpus_config(bad)
+    bad.write_text('[source]\nfolder = "x"\n[fetch]\nshards = 3\n')
+    with pytest.raises(ValueError, match="unknown key 'shards'"):
+        load_corpus_config(bad)
+    bad.write_text('work_dir = "w"\n')
+    with pytest.raises(ValueError, match=r"a \[source\] table"):
+        load_corpus_config(bad)
+    with pytest.raises(ValueError):
+        VlmConfig(batch_size=0)
+    _ = dg  # dagster is imported by the graph under test

@@ -1,0 +1,78 @@
+"""DuckLake snapshots: one commit per publish, idempotent, immutable, addressable by id or tag."""
+
+from __future__ import annotations
+
+import pytest
+
+from datasets_builder import lake
+from schemas import IMAGES_REJECTED, SchemaError
+
+
+def _rejects(tag: str, n: int):
+    return IMAGES_REJECTED.to_arrow(
+        [dict(source=f"http://x/{tag}{i}.jpg", shard=tag, reason="http_error", detail="404") for i in range(n)]
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    return lake.LakeConfig.local(tmp_path / "lake")
+
+
+def test_publish_time_travel_and_immutability(store):
+    first = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 3), "a")
+    v1 = lake.publish(store, {"images_rejected": [first]}, message="first", tag="v1")
+    before = lake.read_table(store, "images_rejected", "v1").to_pylist()
+    second = lake.write_staged(store, IMAGES_REJECTED, _rejects("b", 2), "b")
+    v2 = lake.publish(store, {"images_rejected": [first, second]}, message="second", tag="v2")
+    assert v2.parent == v1.snapshot_id and v2.snapshot_id > v1.snapshot_id
+    assert v1.row_counts["images_rejected"] == 3 and v2.row_counts["images_rejected"] == 5
+    assert lake.read_table(store, "images_rejected", "v1").to_pylist() == before
+    assert lake.read_table(store, "images_rejected", v1.snapshot_id).num_rows == 3
+    assert lake.read_table(store, "images_rejected").num_rows == 5  # latest
+    assert v1.content_hash != v2.content_hash
+    published = lake.published_snapshots(store)
+    assert published.column("tag").to_pylist() == ["v1", "v2"]
+    assert published.column("message").to_pylist() == ["first", "second"]
+
+
+def test_republishing_registers_nothing_twice(store):
+    path = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 3), "a")
+    v1 = lake.publish(store, {"images_rejected": [path]}, message="first")
+    again = lake.publish(store, {"images_rejected": [path]}, message="again")
+    assert again.snapshot_id == v1.snapshot_id
+    assert lake.read_table(store, "images_rejected").num_rows == 3
+
+
+def test_staged_files_are_never_rewritten(store):
+    path = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 3), "a")
+    stamp = path.stat().st_mtime_ns
+    assert lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 9), "a") == path
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_bad_input_gives_clear_errors(store):
+    path = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 1), "a")
+    lake.publish(store, {"images_rejected": [path]}, message="m", tag="v1")
+    other = lake.write_staged(store, IMAGES_REJECTED, _rejects("b", 1), "b")
+    with pytest.raises(ValueError, match="tag 'v1' already names snapshot"):
+        lake.publish(store, {"images_rejected": [other]}, message="m", tag="v1")
+    with pytest.raises(LookupError, match="no published snapshot 'v9'; known: .*v1"):
+        lake.resolve(store, "v9")
+    with pytest.raises(ValueError, match="unknown table 'pairs'"):
+        lake.read_table(store, "pairs")
+    with pytest.raises(SchemaError, match="outside the corpus"):
+        lake.publish(store, {"pairs": [other]}, message="m")
+    bad = _rejects("c", 1).set_column(2, "reason", __import__("pyarrow").array(["gremlins"]))
+    with pytest.raises(SchemaError, match="images_rejected.reason row 0: 'gremlins'"):
+        lake.write_staged(store, IMAGES_REJECTED, bad, "c")
+
+
+def test_empty_lake_says_so(store):
+    with pytest.raises(LookupError, match="no corpus lake at .*corpus.ducklake"):
+        lake.resolve(store)
+    lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 1), "a")
+    with lake.session(store):  # the catalog exists, but nothing was published into it
+        pass
+    with pytest.raises(LookupError, match="no snapshot has been published"):
+        lake.resolve(store)
