@@ -1,0 +1,113 @@
+"""The frozen VLM critic: differentiable preprocessing and teacher-forced Yes/No logits.
+
+The HF image processor works on PIL/numpy and is not differentiable; `qwen_pixel_values` redoes Qwen2-VL's
+preprocessing in torch (resize to the processor's grid, normalise, duplicate in time, cut into patches), so the
+critic's gradient reaches the generated pixels. It is bit-exact with the processor when no resize is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+from model_zoo.qwen_vl import QWEN_VL_MODEL_TYPES, load_vlm
+
+
+class Critic(Protocol):
+    """A frozen VLM answering Yes/No about one or more images per sample."""
+
+    def answer_logits(self, images: list[list[torch.Tensor]], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """images[b] = the (3,H,W) images of sample b in [-1, 1]; returns (logit_yes, logit_no), each (B,)."""
+        ...
+
+
+@dataclass(frozen=True)
+class QwenGeometry:
+    patch: int
+    merge: int
+    temporal: int
+    min_pixels: int
+    max_pixels: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_processor(cls, processor) -> QwenGeometry:
+        ip = processor.image_processor
+        return cls(ip.patch_size, ip.merge_size, ip.temporal_patch_size, ip.size.shortest_edge, ip.size.longest_edge,
+                   tuple(ip.image_mean), tuple(ip.image_std))
+
+
+def qwen_pixel_values(image01: torch.Tensor, geometry: QwenGeometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3,H,W) in [0,1] -> (patches, C*T*P*P) and grid (1,3), laid out exactly as the Qwen2-VL processor does."""
+    _, height, width = image01.shape
+    factor = geometry.patch * geometry.merge
+    h, w = smart_resize(height, width, factor=factor, min_pixels=geometry.min_pixels, max_pixels=geometry.max_pixels)
+    if (h, w) != (height, width):
+        image01 = F.interpolate(image01[None], size=(h, w), mode="bicubic", antialias=True, align_corners=False)[0]
+    mean = torch.tensor(geometry.mean, dtype=image01.dtype, device=image01.device)[:, None, None]
+    std = torch.tensor(geometry.std, dtype=image01.dtype, device=image01.device)[:, None, None]
+    x = ((image01 - mean) / std).unsqueeze(0).expand(geometry.temporal, -1, -1, -1)  # (T,C,h,w): a still "clip"
+    p, m, t = geometry.patch, geometry.merge, geometry.temporal
+    gh, gw = h // p, w // p
+    x = x.reshape(1, t, 3, gh // m, m, p, gw // m, m, p)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # grid-major, merge window next, then channel, time, pixel rows/cols
+    patches = x.reshape(gh * gw, 3 * t * p * p)
+    return patches, torch.tensor([[1, gh, gw]], device=image01.device)
+
+
+class QwenVLCritic(torch.nn.Module):
+    """Qwen2-VL / Qwen2.5-VL as a frozen, differentiable Yes/No critic (tiny or real: same code)."""
+
+    def __init__(self, model, processor):
+        super().__init__()
+        if model.config.model_type not in QWEN_VL_MODEL_TYPES:
+            raise ValueError(f"QwenVLCritic needs a Qwen2-VL family model, got {model.config.model_type!r}")
+        self.model = model.requires_grad_(False).eval()
+        self.processor = processor
+        self.geometry = QwenGeometry.from_processor(processor)
+        tokenizer = processor.tokenizer
+        self.yes_id, self.no_id = (tokenizer.convert_tokens_to_ids(t) for t in ("Yes", "No"))
+        if tokenizer.unk_token_id in (self.yes_id, self.no_id) or None in (self.yes_id, self.no_id):
+            raise ValueError("the critic's tokenizer must have single 'Yes' and 'No' tokens")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> QwenVLCritic:
+        return cls(*load_vlm(path, dtype=dtype))
+
+    def prompt(self, num_images: int, text: str) -> str:
+        content = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def answer_logits(self, images: list[list[torch.Tensor]], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        dtype = next(self.model.parameters()).dtype
+        patches, grids, prompts = [], [], []
+        image_token = self.processor.image_token
+        for sample_images, text in zip(images, texts):
+            prompt = self.prompt(len(sample_images), text)
+            for image in sample_images:
+                pixels, grid = qwen_pixel_values(((image.float() + 1) / 2).clamp(0, 1), self.geometry)
+                patches.append(pixels)
+                grids.append(grid)
+                tokens = int(grid.prod()) // self.geometry.merge**2
+                prompt = prompt.replace(image_token, "<|placeholder|>" * tokens, 1)
+            prompts.append(prompt.replace("<|placeholder|>", image_token))
+        tokenizer = self.processor.tokenizer
+        tokenizer.padding_side = "left"  # the answer position is the last one for every sample
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        output = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            mm_token_type_ids=(batch.input_ids == self.model.config.image_token_id).long(),  # drives 3-D RoPE
+            pixel_values=torch.cat(patches).to(device=device, dtype=dtype),
+            image_grid_thw=torch.cat(grids).to(device),
+            logits_to_keep=1,
+        )
+        logits = output.logits[:, -1].float()
+        return logits[:, self.yes_id], logits[:, self.no_id]
