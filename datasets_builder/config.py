@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from datasets_builder.fetch import FetchConfig
 from datasets_builder.images import ImageLimits
+from schemas.dataclass_io import from_dict
 
 
 @dataclass(frozen=True)
@@ -58,27 +59,6 @@ class CorpusConfig:
     vlm: VlmConfig = field(default_factory=VlmConfig)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints[name]
-        if is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise ValueError(f"{where}.{name} must be a table")
-            kwargs[name] = _build(hint, value, f"{where}.{name}")
-        else:
-            kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"{where}: {exc}") from None
-
-
 def load_corpus_config(path: Path, overrides: dict[str, Any] | None = None) -> CorpusConfig:
     """Read a TOML file into a `CorpusConfig`; unknown keys and missing sections are clear errors."""
     values = tomllib.loads(Path(path).read_text())
@@ -86,4 +66,4 @@ def load_corpus_config(path: Path, overrides: dict[str, Any] | None = None) -> C
         values[key] = value
     if "source" not in values:
         raise ValueError(f"{path}: a [source] table with url_list or folder is required")
-    return _build(CorpusConfig, values, str(path))
+    return from_dict(CorpusConfig, values, str(path))

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     from npedit.corpus_cli import add_corpus_commands
 
     add_corpus_commands(sub)
+    from npedit.train_cli import add_train_commands
+
+    add_train_commands(sub)
 
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 over dagster_project.definitions")
     ui.add_argument("--port", type=int, default=3000)

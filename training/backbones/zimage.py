@@ -35,8 +35,10 @@ class ZImageBackbone(nn.Module):
     latent_channels = 16
     spatial_factor = 16  # VAE x8, then 2x2 patches: pixel sizes must be multiples of 16
 
-    def __init__(self, transformer, text_encoder, tokenizer, vae: AutoencoderKL, shift: float):
+    def __init__(self, transformer, text_encoder, tokenizer, vae: AutoencoderKL, shift: float,
+                 source: str | Path | None = None):
         super().__init__()
+        self.source = source  # where the frozen components came from (checkpoints link to it)
         self.transformer = transformer
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         self.vae = vae.requires_grad_(False).eval()
@@ -51,7 +53,34 @@ class ZImageBackbone(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
-        return cls(transformer, text_encoder, tokenizer, vae, shift=float(scheduler.config.shift))
+        return cls(transformer, text_encoder, tokenizer, vae, shift=float(scheduler.config.shift), source=path)
+
+    def with_transformer(self, transformer) -> ZImageBackbone:
+        """A backbone sharing this one's text encoder and VAE with another transformer (teacher, fake score)."""
+        return ZImageBackbone(transformer, self.text_encoder, self.tokenizer, self.vae, self.shift, self.source)
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """A diffusers-layout checkpoint: the transformer is written; frozen components are linked from the source
+        when it is a local folder (no multi-GB copies per checkpoint), otherwise written too."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(out_dir / "transformer")
+        source = Path(self.source) if self.source is not None else None
+        for name in ("text_encoder", "tokenizer", "vae", "scheduler", "model_index.json"):
+            target = out_dir / name
+            if target.exists() or target.is_symlink():
+                continue
+            if source is not None and (source / name).exists():
+                target.symlink_to((source / name).resolve())
+            elif name == "text_encoder":
+                self.text_encoder.save_pretrained(target)
+            elif name == "tokenizer":
+                self.tokenizer.save_pretrained(target)
+            elif name == "vae":
+                self.vae.save_pretrained(target)
+            elif name == "scheduler":
+                FlowMatchEulerDiscreteScheduler(shift=self.shift, use_dynamic_shifting=False).save_pretrained(target)
+        return out_dir
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,90 @@
+"""`npedit train` and `npedit edit`."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--set expects key=value, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def train(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.run import run_training
+
+    overrides = dict(_parse_override(s) for s in args.set)
+    if args.snapshot is not None:
+        overrides["data.snapshot"] = args.snapshot
+    if args.lake_dir is not None:
+        overrides["data.lake_dir"] = str(args.lake_dir)
+    if args.steps is not None:
+        overrides["schedule.total_steps"] = args.steps
+    config = load_config(args.recipe, args.config, overrides)
+    trainer = run_training(config, args.out, resume=not args.fresh)
+    print(f"trained to step {trainer.step}; checkpoints in {Path(args.out or config.log.out_dir) / 'checkpoints'}")
+    return 0
+
+
+def edit(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+
+    from training.backbones import ZImageBackbone
+    from training.checkpoint import latest_checkpoint
+    from training.sampling import edit_images
+    from training.visualize import from_pil, to_pil
+
+    checkpoint = Path(args.checkpoint)
+    if (checkpoint / "checkpoints").exists():  # a run directory: take its latest checkpoint
+        checkpoint = latest_checkpoint(checkpoint) or checkpoint
+    if (checkpoint / "generator").exists():
+        checkpoint = checkpoint / "generator"
+    if not (checkpoint / "transformer").exists():
+        raise SystemExit(f"{args.checkpoint}: not a generator checkpoint (no transformer/ folder)")
+    backbone = ZImageBackbone.from_pretrained(checkpoint)
+    image = Image.open(args.image).convert("RGB")
+    factor = backbone.spatial_factor
+    width = args.width or max(factor, round(image.width / factor) * factor)
+    height = args.height or max(factor, round(image.height / factor) * factor)
+    reference = from_pil(image, (width, height)).unsqueeze(0)
+    edited = edit_images(backbone, reference, [args.instruction], num_steps=args.steps,
+                         generator=torch.Generator().manual_seed(args.seed))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(edited[0]).save(args.out)
+    print(f"wrote {args.out} ({width}x{height}, {args.steps} steps)")
+    return 0
+
+
+def add_train_commands(sub: argparse._SubParsersAction) -> None:
+    from training.config import RECIPES
+
+    t = sub.add_parser("train", help="train the editor from a corpus snapshot (resumes from the latest checkpoint)")
+    t.add_argument("--recipe", default="debug_tiny", choices=sorted(RECIPES))
+    t.add_argument("--config", type=Path, default=None, help="TOML with [model] [data] [loss] ... tables on top")
+    t.add_argument("--snapshot", default=None, help="snapshot id or tag (default: latest)")
+    t.add_argument("--lake-dir", type=Path, default=None)
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--out", type=Path, default=None)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set loss.lambda_vlm=0.02")
+    t.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in --out")
+    t.set_defaults(func=train)
+
+    e = sub.add_parser("edit", help="edit an image with a trained generator (few steps, no CFG)")
+    e.add_argument("--checkpoint", type=Path, required=True, help="a run dir, a checkpoint dir or a generator dir")
+    e.add_argument("--image", type=Path, required=True)
+    e.add_argument("--instruction", required=True)
+    e.add_argument("--steps", type=int, default=4)
+    e.add_argument("--out", type=Path, default=Path("edited.png"))
+    e.add_argument("--width", type=int, default=None)
+    e.add_argument("--height", type=int, default=None)
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=edit)

@@ -1,0 +1,143 @@
+"""Training data from a corpus snapshot: valid edits with their reference image, bucketed by aspect ratio,
+sharded deterministically per rank, resumable exactly (the iterator's state is two integers)."""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from PIL import Image
+
+from datasets_builder.lake import LakeConfig, read_table, resolve
+from training.config import DataConfig
+
+
+@dataclass(frozen=True)
+class EditBatch:
+    references: torch.Tensor  # (B,3,H,W) in [-1, 1]
+    instructions: list[str]
+    edit_types: list[str]
+    edited_captions: list[str]
+    proposal_ids: list[str]
+
+
+def bucket_sizes(resolution: int, aspect_ratios: tuple[float, ...], multiple: int = 16) -> list[tuple[int, int]]:
+    """(height, width) per aspect ratio with about resolution^2 pixels, sides multiples of `multiple`."""
+    sizes = []
+    for ratio in aspect_ratios:
+        height = round(resolution / ratio**0.5 / multiple) * multiple
+        width = round(resolution * ratio**0.5 / multiple) * multiple
+        sizes.append((max(multiple, height), max(multiple, width)))
+    return sizes
+
+
+def load_image(data: bytes, size: tuple[int, int]) -> torch.Tensor:
+    """Decode, resize to cover (height, width), centre-crop; -> (3,H,W) in [-1, 1]."""
+    height, width = size
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                           Image.Resampling.BICUBIC)
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    array = np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.float32)
+    return torch.from_numpy(array / 127.5 - 1).permute(2, 0, 1)
+
+
+class SnapshotEdits:
+    """Every (valid) edit instruction of a snapshot joined with its image, in a fixed order (by proposal_id)."""
+
+    def __init__(self, lake: LakeConfig, config: DataConfig):
+        snapshot = resolve(lake, config.snapshot)
+        self.snapshot_id = snapshot.snapshot_id
+        edits = read_table(lake, "edit_instructions", snapshot.snapshot_id)
+        if not config.include_invalid:
+            edits = edits.filter(pc.field("is_valid"))
+        if edits.num_rows == 0:
+            raise ValueError(f"snapshot {snapshot.snapshot_id} has no valid edit instructions to train on")
+        edits = edits.sort_by("proposal_id")
+        images = read_table(lake, "images", snapshot.snapshot_id, ["image_id", "image", "width", "height"])
+        index = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
+        self.rows = edits.select(["proposal_id", "image_id", "edit_type", "instruction", "edited_caption"]).to_pylist()
+        missing = [r["image_id"] for r in self.rows if r["image_id"] not in index]
+        if missing:
+            raise ValueError(f"snapshot {snapshot.snapshot_id}: {len(missing)} edits reference missing images")
+        self.images: pa.Table = images
+        self.image_index = index
+        self.sizes = bucket_sizes(config.resolution, config.aspect_ratios)
+        aspect = [images["width"][index[r["image_id"]]].as_py() / images["height"][index[r["image_id"]]].as_py()
+                  for r in self.rows]
+        self.bucket = [self._nearest_bucket(a) for a in aspect]
+
+    def _nearest_bucket(self, aspect: float) -> int:
+        """The bucket whose width/height is closest to `aspect` in log space."""
+        return min(range(len(self.sizes)), key=lambda b: abs(np.log(aspect * self.sizes[b][0] / self.sizes[b][1])))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image_bytes(self, i: int) -> bytes:
+        return self.images["image"][self.image_index[self.rows[i]["image_id"]]].as_py()
+
+
+class EditBatches:
+    """Infinite, deterministic batches for one rank: epoch-seeded shuffle, round-robin rank split, same-bucket batches.
+
+    State = (epoch, batches already yielded in the epoch): `state_dict`/`load_state_dict` resume exactly.
+    """
+
+    def __init__(self, dataset: SnapshotEdits, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1):
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.position = 0, 0
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = list(range(len(self.dataset)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        mine = order[self.rank :: self.world_size]
+        by_bucket: dict[int, list[int]] = {}
+        for i in mine:
+            by_bucket.setdefault(self.dataset.bucket[i], []).append(i)
+        batches = []
+        for members in by_bucket.values():
+            members = members + members[: (-len(members)) % self.batch_size]  # wrap to full batches
+            batches += [members[k : k + self.batch_size] for k in range(0, len(members), self.batch_size)]
+        random.Random(self.seed * 7 + epoch).shuffle(batches)
+        return batches
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> EditBatch:
+        batches = self.epoch_batches(self.epoch)
+        if self.position >= len(batches):
+            self.epoch, self.position = self.epoch + 1, 0
+            batches = self.epoch_batches(self.epoch)
+        indices = batches[self.position]
+        self.position += 1
+        size = self.dataset.sizes[self.dataset.bucket[indices[0]]]
+        rows = [self.dataset.rows[i] for i in indices]
+        return EditBatch(
+            references=torch.stack([load_image(self.dataset.image_bytes(i), size) for i in indices]),
+            instructions=[r["instruction"] for r in rows],
+            edit_types=[r["edit_type"] for r in rows],
+            edited_captions=[r["edited_caption"] or r["instruction"] for r in rows],
+            proposal_ids=[r["proposal_id"] for r in rows],
+        )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+def snapshot_batches(lake_dir: str | Path, config: DataConfig, *, seed: int, rank: int = 0,
+                     world_size: int = 1) -> EditBatches:
+    return EditBatches(SnapshotEdits(LakeConfig.local(Path(lake_dir)), config), config.batch_size, seed=seed,
+                       rank=rank, world_size=world_size)

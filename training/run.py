@@ -1,0 +1,79 @@
+"""Build everything a run needs from a `TrainConfig` and train (the body of `npedit train`).
+
+Multi-process: launched by torchrun, each rank reads its own shard of the snapshot; with more than one rank the
+generator and fake-score transformers are sharded with FSDP2 (`fully_shard` per block). One CPU process is the same
+code with world size 1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from training.backbones import ZImageBackbone
+from training.config import TrainConfig
+from training.critic import QwenVLCritic
+from training.data import snapshot_batches
+from training.trainer import Trainer
+
+
+def resolve_model_paths(config: TrainConfig) -> tuple[str, str]:
+    """The configured generator/critic, or the tiny zoo models when left empty."""
+    if config.model.generator and config.model.critic:
+        return config.model.generator, config.model.critic
+    from model_zoo import build_tiny_models
+
+    tiny = build_tiny_models()
+    return config.model.generator or str(tiny.generator), config.model.critic or str(tiny.vlm)
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; initialises the process group when world size > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return rank, world_size
+
+
+def shard_transformer(transformer: torch.nn.Module) -> None:
+    """FSDP2: shard each transformer block, then the root (parameters gathered per block during compute)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for blocks in ("noise_refiner", "context_refiner", "layers"):
+        for block in getattr(transformer, blocks, []):
+            fully_shard(block)
+    fully_shard(transformer)
+
+
+def build_trainer(config: TrainConfig, out_dir: Path, *, rank: int = 0, world_size: int = 1) -> Trainer:
+    torch.manual_seed(config.seed)
+    dtype = getattr(torch, config.model.dtype)
+    generator_path, critic_path = resolve_model_paths(config)
+    generator = ZImageBackbone.from_pretrained(generator_path, dtype=dtype)
+    if config.model.gradient_checkpointing:
+        generator.transformer.enable_gradient_checkpointing()
+    critic = QwenVLCritic.from_pretrained(critic_path, dtype=dtype)
+    batches = snapshot_batches(config.data.lake_dir, config.data, seed=config.seed, rank=rank, world_size=world_size)
+    trainer = Trainer(config, generator, critic, batches, out_dir)
+    if world_size > 1:
+        shard_transformer(trainer.generator.transformer)
+        shard_transformer(trainer.fake.transformer)
+    return trainer
+
+
+def run_training(config: TrainConfig, out_dir: Path | None = None, *, resume: bool = True,
+                 until: int | None = None) -> Trainer:
+    """Train from the configured snapshot; a run with checkpoints in `out_dir` continues from the latest one."""
+    out_dir = Path(out_dir or config.log.out_dir)
+    rank, world_size = init_distributed()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(config.to_json())
+    trainer = build_trainer(config, out_dir, rank=rank, world_size=world_size)
+    if resume:
+        trainer.resume()
+    trainer.train(until=until, progress=rank == 0)
+    return trainer

@@ -1,0 +1,232 @@
+"""The NP-Edit trainer: `generator_step` (VLM feedback + DMD through the unrolled generator) and `fake_score_step`.
+
+One loop runs both; phases follow the schedule: identity warmup -> single-step -> two-step unroll.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from training.backbones.base import noise_to, x0_from_velocity
+from training.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from training.config import TrainConfig
+from training.critic import Critic
+from training.data import EditBatch, EditBatches
+from training.losses import dmd_loss, flow_matching_loss, reconstruction_loss, vlm_feedback_loss
+from training.monitor import Monitor
+from training.questions import OUTPUT, REFERENCE, questions_for
+from training.unroll import phase, plan_unroll, unroll
+
+DO_NOTHING = "do nothing"
+
+
+@dataclass
+class StepOutput:
+    metrics: dict[str, float] = field(default_factory=dict)
+    samples: torch.Tensor | None = None  # generated latents of the step (detached), for image logging
+
+
+class Trainer:
+    """Owns the generator, its frozen teacher and trainable fake-score copies, the critic, optimizers and data."""
+
+    def __init__(self, config: TrainConfig, generator, critic: Critic, batches: EditBatches, out_dir: Path):
+        self.config, self.generator, self.critic, self.batches = config, generator, critic, batches
+        self.out_dir = Path(out_dir)
+        self.teacher = generator.with_transformer(copy.deepcopy(generator.transformer).requires_grad_(False).eval())
+        self.fake = generator.with_transformer(copy.deepcopy(generator.transformer).requires_grad_(True).train())
+        self.generator.transformer.requires_grad_(True).train()
+        optim = config.optim
+        self.optimizer = torch.optim.Adam(generator.transformer.parameters(), lr=optim.lr, betas=optim.betas,
+                                          weight_decay=optim.weight_decay)
+        self.fake_optimizer = torch.optim.Adam(self.fake.transformer.parameters(), lr=optim.fake_lr,
+                                               betas=optim.betas, weight_decay=optim.weight_decay)
+        self.rng = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.skipped = {"generator": 0, "fake": 0}
+        self._negative = None
+
+    # -- conditioning ------------------------------------------------------------------------------------------------
+    def _negative_text(self, batch_size: int):
+        if self._negative is None:
+            self._negative = self.generator.encode_text([self.config.loss.negative_prompt])
+        return self._negative.repeat(batch_size)
+
+    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, generator=self.rng, dtype=like.dtype).to(like.device)
+
+    def _uniform(self, n: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=self.rng)
+
+    def _cfg_scales(self, edit_types: list[str]) -> torch.Tensor:
+        loss = self.config.loss
+        return torch.tensor([loss.strong_cfg_scale if t in loss.strong_cfg_edit_types else loss.cfg_scale
+                             for t in edit_types])
+
+    def _apply(self, loss: torch.Tensor, params, optimizer, name: str) -> tuple[float, bool]:
+        """Backward, clip, step; a non-finite or exploding gradient skips the update (and is counted)."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(list(params), self.config.optim.grad_clip))
+        if not math.isfinite(norm) or norm > self.config.optim.skip_grad_norm_above:
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped[name] += 1
+            return norm, True
+        optimizer.step()
+        return norm, False
+
+    # -- the two updates ---------------------------------------------------------------------------------------------
+    def fake_score_step(self, batch: EditBatch) -> dict[str, float]:
+        """Flow matching of the fake score on detached generator samples, conditioned on the edited caption."""
+        with torch.no_grad():
+            references = self.generator.encode_images(batch.references)
+            text = self.generator.encode_text(batch.instructions, num_references=1)
+            plan = plan_unroll(self.step, self.config.schedule, self.generator, self.config.seed)
+            x0 = unroll(self.generator, self._noise(references), text, references, plan, self.rng)
+            caption = self.generator.encode_text(batch.edited_captions)
+        t, eps = self._uniform(x0.shape[0]), self._noise(x0)
+        v = self.fake.predict_velocity(noise_to(x0, eps, t), t, caption)
+        loss = flow_matching_loss(v, x0, eps).mean()
+        norm, skipped = self._apply(loss, self.fake.transformer.parameters(), self.fake_optimizer, "fake")
+        return {"fake/flow_matching": loss.item(), "fake/grad_norm": norm, "fake/skipped": float(skipped)}
+
+    def _warmup_loss(self, references: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Identity reconstruction: flow matching towards the reference itself, instruction 'do nothing'."""
+        text = self.generator.encode_text([DO_NOTHING] * references.shape[0], num_references=1)
+        t, eps = self._uniform(references.shape[0]), self._noise(references)
+        x_t = noise_to(references, eps, t)
+        v = self.generator.predict_velocity(x_t, t, text, reference=references)
+        loss = flow_matching_loss(v, references, eps).mean()
+        return loss, {"loss/identity": loss.item()}, x0_from_velocity(x_t, t, v).detach()
+
+    def _dmd(self, x0: torch.Tensor, batch: EditBatch) -> torch.Tensor:
+        """Paper eqn. 5 on the edited caption (no reference): teacher with CFG vs the fake score, per sample."""
+        loss = self.config.loss
+        with torch.no_grad():
+            t = self._uniform(x0.shape[0], loss.dmd_t_min, loss.dmd_t_max)
+            x_t = noise_to(x0.detach(), self._noise(x0), t)
+            caption = self.generator.encode_text(batch.edited_captions)
+            both = self.teacher.predict_velocity(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                                 caption.concat(self._negative_text(x0.shape[0])))
+            v_pos, v_neg = both.chunk(2)
+            scale = self._cfg_scales(batch.edit_types).to(x0).reshape(-1, 1, 1, 1)
+            x0_real = x0_from_velocity(x_t, t, v_neg + scale * (v_pos - v_neg))
+            x0_fake = x0_from_velocity(x_t, t, self.fake.predict_velocity(x_t, t, caption))
+        return dmd_loss(x0, x0_real, x0_fake)
+
+    def _vlm(self, images: torch.Tensor, batch: EditBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Paper eqn. 4 over both questions of every sample; returns the per-sample mean and P(correct) per kind."""
+        ramp = self.config.loss.critic_temperature_ramp_steps
+        temperature = 1.0 if ramp <= 0 else min(1.0, 0.1 + 0.9 * self.step / ramp)
+        groups, texts, owners, kinds, correct_yes = [], [], [], [], []
+        for b, (edit_type, instruction) in enumerate(zip(batch.edit_types, batch.instructions)):
+            for question in questions_for(edit_type, instruction):
+                pick = {REFERENCE: batch.references[b].to(images), OUTPUT: images[b]}
+                groups.append([pick[name] for name in question.images])
+                texts.append(question.text)
+                owners.append(b)
+                kinds.append(question.kind)
+                correct_yes.append(question.correct == "Yes")
+        logit_yes, logit_no = self.critic.answer_logits(groups, texts)
+        sign = torch.tensor(correct_yes, device=logit_yes.device)
+        logit_correct = torch.where(sign, logit_yes, logit_no)
+        logit_wrong = torch.where(sign, logit_no, logit_yes)
+        per_question = vlm_feedback_loss(logit_correct, logit_wrong, temperature)
+        owner = torch.tensor(owners, device=per_question.device)
+        per_sample = torch.zeros(images.shape[0], device=per_question.device).index_add(0, owner, per_question)
+        per_sample = per_sample / torch.bincount(owner, minlength=images.shape[0]).clamp(min=1)
+        p_correct = torch.sigmoid(logit_correct - logit_wrong).detach()
+        metrics = {f"vlm/p_correct_{k}": p_correct[[i for i, q in enumerate(kinds) if q == k]].mean().item()
+                   for k in sorted(set(kinds))}
+        return per_sample, metrics
+
+    def generator_step(self, batch: EditBatch) -> StepOutput:
+        """One generator update: warmup reconstruction, or VLM + DMD (+ 'do nothing' reconstruction)."""
+        loss_config = self.config.loss
+        with torch.no_grad():
+            references = self.generator.encode_images(batch.references)
+        if phase(self.step, self.config.schedule) == "warmup":
+            loss, metrics, samples = self._warmup_loss(references)
+        else:
+            do_nothing = self._uniform(references.shape[0]) < loss_config.do_nothing_prob
+            instructions = [DO_NOTHING if d else s for d, s in zip(do_nothing.tolist(), batch.instructions)]
+            text = self.generator.encode_text(instructions, num_references=1)
+            plan = plan_unroll(self.step, self.config.schedule, self.generator, self.config.seed)
+            x0 = unroll(self.generator, self._noise(references), text, references, plan, self.rng)
+            edit = (~do_nothing).float()
+            l_dmd = self._dmd(x0, batch)
+            l_vlm, metrics = self._vlm(self.generator.decode_latents(x0), batch)
+            l_rec = reconstruction_loss(x0, references)
+            per_sample = (loss_config.lambda_vlm * l_vlm + loss_config.lambda_dmd * l_dmd) * edit \
+                + loss_config.lambda_reconstruction * l_rec * (1 - edit)
+            loss = per_sample.mean()
+            metrics.update({"loss/vlm": l_vlm.mean().item(), "loss/dmd": l_dmd.mean().item(),
+                            "loss/do_nothing": (l_rec * (1 - edit)).sum().item() / max(1.0, (1 - edit).sum().item()),
+                            "unroll/steps": float(plan.num_steps)})
+            samples = x0.detach()
+        norm, skipped = self._apply(loss, self.generator.transformer.parameters(), self.optimizer, "generator")
+        metrics.update({"loss/total": loss.item(), "generator/grad_norm": norm, "generator/skipped": float(skipped),
+                        "generator/skipped_total": float(self.skipped["generator"]),
+                        "fake/skipped_total": float(self.skipped["fake"])})
+        return StepOutput(metrics, samples)
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "skipped": dict(self.skipped), "rng": self.rng.get_state(),
+                "generator": self.generator.transformer.state_dict(), "fake": self.fake.transformer.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "fake_optimizer": self.fake_optimizer.state_dict(),
+                "data": self.batches.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.skipped = state["step"], dict(state["skipped"])
+        self.rng.set_state(state["rng"])
+        self.generator.transformer.load_state_dict(state["generator"])
+        self.fake.transformer.load_state_dict(state["fake"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.fake_optimizer.load_state_dict(state["fake_optimizer"])
+        self.batches.load_state_dict(state["data"])
+
+    def save(self) -> Path:
+        return save_checkpoint(self.out_dir, self.step, self.generator, self.state_dict(), self.config.to_json())
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint under `out_dir` if there is one."""
+        path = latest_checkpoint(self.out_dir)
+        if path is None:
+            return False
+        self.load_state_dict(load_state(path))
+        return True
+
+    def train(self, *, until: int | None = None, progress: bool = True) -> list[dict[str, float]]:
+        """Run steps until `until` (default: the schedule's total), logging and checkpointing on cadence."""
+        schedule, log = self.config.schedule, self.config.log
+        until = schedule.total_steps if until is None else until
+        monitor = Monitor(self.out_dir, enabled=True)
+        history = []
+        bar = tqdm(total=until, initial=self.step, disable=not progress, desc="train", dynamic_ncols=True)
+        while self.step < until:
+            metrics: dict[str, float] = {}
+            if phase(self.step, schedule) != "warmup":
+                for _ in range(schedule.fake_steps_per_generator_step):
+                    metrics.update(self.fake_score_step(next(self.batches)))
+            batch = next(self.batches)
+            output = self.generator_step(batch)
+            metrics.update(output.metrics)
+            self.step += 1
+            history.append({"step": self.step, **metrics})
+            if self.step % log.log_every == 0 or self.step == until:
+                monitor.scalars(self.step, metrics)
+            if self.step % log.image_every == 0 or self.step == until:
+                monitor.edit_grid(self.step, batch, self.generator.decode_latents(output.samples))
+            if self.step % log.checkpoint_every == 0 or self.step == until:
+                self.save()
+            bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items() if k.startswith("loss/")})
+            bar.update(1)
+        bar.close()
+        monitor.close(history)
+        return history

@@ -1,0 +1,63 @@
+"""Few-step unrolled sampling WITH gradient, and the schedule that decides how many steps.
+
+Step 1 always starts from pure noise at t=1. After the single-step phase, with probability `two_step_prob` the
+prediction is re-noised with fresh noise to t in `two_step_times` (through the backbone's time shift) and denoised
+once more. Gradients flow through both generator calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from training.backbones.base import Backbone, TextFeatures, noise_to, x0_from_velocity
+from training.config import ScheduleConfig
+
+
+@dataclass(frozen=True)
+class UnrollPlan:
+    times: tuple[float, ...]  # model-convention noise levels of each generator call, starting with 1.0
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.times)
+
+
+def phase(step: int, schedule: ScheduleConfig) -> str:
+    """'warmup' (identity reconstruction), 'single_step', or 'two_step'."""
+    if step < schedule.warmup_steps:
+        return "warmup"
+    if step < schedule.warmup_steps + schedule.single_step_steps:
+        return "single_step"
+    return "two_step"
+
+
+def plan_unroll(step: int, schedule: ScheduleConfig, backbone: Backbone, seed: int) -> UnrollPlan:
+    """The unroll for a global step; seeded by (seed, step) so every rank and every fake-score sub-step agree."""
+    if phase(step, schedule) != "two_step":
+        return UnrollPlan((1.0,))
+    rng = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    if torch.rand((), generator=rng).item() >= schedule.two_step_prob:
+        return UnrollPlan((1.0,))
+    choice = schedule.two_step_times[int(torch.randint(len(schedule.two_step_times), (), generator=rng))]
+    return UnrollPlan((1.0, float(backbone.shift_time(torch.tensor(choice)))))
+
+
+def unroll(
+    backbone: Backbone,
+    noise: torch.Tensor,
+    text: TextFeatures,
+    reference: torch.Tensor,
+    plan: UnrollPlan,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """x0 after `plan.num_steps` generator calls; differentiable w.r.t. the generator's parameters."""
+    x_t, x0 = noise, None
+    for i, t in enumerate(plan.times):
+        t_batch = torch.full((noise.shape[0],), t, device=noise.device)
+        if i > 0:  # re-noise the previous prediction with fresh noise
+            fresh = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+            x_t = noise_to(x0, fresh, t_batch)
+        x0 = x0_from_velocity(x_t, t_batch, backbone.predict_velocity(x_t, t_batch, text, reference=reference))
+    return x0
