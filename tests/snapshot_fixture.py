@@ -1,0 +1,40 @@
+"""A small snapshot written straight through the `schemas` contract (no VLM): what the trainer's tests read."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from datasets_builder import lake
+from datasets_builder.images import normalise_image
+from odd_images import SAMPLES
+from schemas import EDIT_INSTRUCTIONS, IMAGES
+
+PROVENANCE = dict(model_id="fixture", prompt_version="fixture-1", sampling="{}", backend="transformers")
+EDITS = [
+    ("astronaut.jpg", "insertion", "Add a red hot air balloon in the sky", "an astronaut with a red balloon in the sky"),
+    ("coffee.jpg", "remove", "Remove the cup of coffee", "an empty saucer on a table"),
+    ("rocket.jpg", "style", "Turn the photo into a watercolor painting", "a watercolor painting of a rocket"),
+    ("horse.jpg", "local_color_change", "Make the horse bright blue", "a bright blue horse silhouette"),
+    ("chelsea.jpg", "background", "Change the background to a snowy forest", "a cat in a snowy forest"),
+    ("brick.jpg", "local_texture", "Make the bricks look like wood", "a wall of wooden planks"),
+]
+
+
+def write_fixture_snapshot(root: Path, tag: str = "fixture") -> lake.LakeConfig:
+    store = lake.LakeConfig.local(root)
+    images, edits = [], []
+    for name, edit_type, instruction, caption in EDITS:
+        result = normalise_image((SAMPLES / name).read_bytes())
+        images.append(dict(image_id=result.image_id, source=name, width=result.width, height=result.height,
+                           original_width=result.original_width, original_height=result.original_height,
+                           format=result.format, shard="fixture", image=result.data))
+        proposal_id = hashlib.sha256(f"{name}{instruction}".encode()).hexdigest()
+        edits.append(dict(**PROVENANCE, proposal_id=proposal_id, image_id=result.image_id, edit_type=edit_type,
+                          instruction=instruction, is_valid=True, reasoning="fixture", edited_caption=caption))
+    edits.append({**edits[0], "proposal_id": "0" * 64, "is_valid": False, "edited_caption": None})
+    files = {"images": [lake.write_staged(store, IMAGES, IMAGES.to_arrow(images), "fixture")],
+             "edit_instructions": [lake.write_staged(store, EDIT_INSTRUCTIONS, EDIT_INSTRUCTIONS.to_arrow(edits),
+                                                     "fixture")]}
+    lake.publish(store, files, message="fixture", tag=tag)
+    return store

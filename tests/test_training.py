@@ -1,0 +1,173 @@
+"""The trainer end to end on tiny models: gradients, learning, DMD direction, exact resume, CLI train/edit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from npedit.cli import main as npedit
+from snapshot_fixture import EDITS, write_fixture_snapshot
+from training.config import load_config
+from training.data import EditBatches, SnapshotEdits, bucket_sizes
+from training.run import build_trainer
+from training.unroll import UnrollPlan, unroll
+
+
+@pytest.fixture(scope="module")
+def lake_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lake")
+    write_fixture_snapshot(root)
+    return root
+
+
+def _config(lake_dir, tiny_models, **overrides):
+    base = {"data.lake_dir": str(lake_dir), "model.generator": str(tiny_models.generator),
+            "model.critic": str(tiny_models.vlm)}
+    return load_config("debug_tiny", overrides={**base, **overrides})
+
+
+PURE = {"loss.do_nothing_prob": 0.0, "schedule.warmup_steps": 0, "schedule.single_step_steps": 1000,
+        "schedule.fake_steps_per_generator_step": 0}
+
+
+def _p_correct(trainer, batch, seeds=(11, 12)) -> float:
+    """Mean P(correct answer) over both questions of every sample, on fixed noise."""
+    g = trainer.generator
+    total = 0.0
+    with torch.no_grad():
+        refs = g.encode_images(batch.references)
+        text = g.encode_text(batch.instructions, num_references=1)
+        for seed in seeds:
+            noise = torch.randn(refs.shape, generator=torch.Generator().manual_seed(seed))
+            images = g.decode_latents(unroll(g, noise, text, refs, UnrollPlan((1.0,))))
+            loss, _ = trainer._vlm(images, batch)
+            total += float(torch.exp(-loss).mean())  # per-sample mean of -log p: a geometric-mean P(correct)
+    return total / len(seeds)
+
+
+def test_data_reads_valid_edits_in_buckets_and_shards_by_rank(lake_dir, tiny_models):
+    config = _config(lake_dir, tiny_models, **{"data.aspect_ratios": (0.75, 1.0, 1.333)})
+    from datasets_builder.lake import LakeConfig
+
+    dataset = SnapshotEdits(LakeConfig.local(lake_dir), config.data)
+    assert len(dataset) == len(EDITS)  # the invalid row is left out
+    ranks = [EditBatches(dataset, 1, seed=0, rank=r, world_size=2).epoch_batches(0) for r in (0, 1)]
+    seen = [i for batches in ranks for b in batches for i in b]
+    assert sorted(seen) == list(range(len(EDITS)))
+    batch = next(EditBatches(dataset, 2, seed=0))
+    assert tuple(batch.references.shape[-2:]) in bucket_sizes(64, (0.75, 1.0, 1.333))
+    assert batch.references.min() >= -1 and batch.references.max() <= 1
+
+
+def test_vlm_loss_backward_reaches_generator_parameters(lake_dir, tiny_models, tmp_path):
+    trainer = build_trainer(_config(lake_dir, tiny_models, **PURE, **{"loss.lambda_dmd": 0.0}), tmp_path)
+    batch = next(trainer.batches)
+    g = trainer.generator
+    refs = g.encode_images(batch.references)
+    text = g.encode_text(batch.instructions, num_references=1)
+    noise = torch.randn(refs.shape, generator=torch.Generator().manual_seed(0))
+    x0 = unroll(g, noise, text, refs, UnrollPlan((1.0, 0.5)))
+    loss, _ = trainer._vlm(g.decode_latents(x0), batch)
+    loss.mean().backward()
+    grads = [p.grad for p in g.transformer.parameters()]
+    assert sum(1 for gr in grads if gr is not None and gr.abs().sum() > 0) > 0.8 * len(grads)
+    assert all(p.grad is None for p in trainer.critic.model.parameters())
+    assert all(p.grad is None for p in g.vae.parameters())
+
+
+def test_vlm_loss_alone_raises_the_critics_p_correct(lake_dir, tiny_models, tmp_path):
+    config = _config(lake_dir, tiny_models, **PURE, **{"loss.lambda_dmd": 0.0, "loss.lambda_vlm": 1.0,
+                                                         "optim.lr": 1e-3})
+    trainer = build_trainer(config, tmp_path)
+    batch = next(trainer.batches)
+    before = _p_correct(trainer, batch)
+    for _ in range(60):
+        trainer.generator_step(batch)
+        trainer.step += 1
+    after = _p_correct(trainer, batch)
+    assert after > before + 0.01, (before, after)
+
+
+def test_dmd_alone_moves_the_generator_toward_the_teacher(lake_dir, tiny_models, tmp_path):
+    config = _config(lake_dir, tiny_models, **{**PURE, "schedule.fake_steps_per_generator_step": 2},
+                     **{"loss.lambda_dmd": 1.0, "loss.lambda_vlm": 0.0, "loss.cfg_scale": 1.0,
+                        "loss.strong_cfg_scale": 1.0, "optim.lr": 1e-3, "optim.fake_lr": 1e-3})
+    trainer = build_trainer(config, tmp_path)
+    batch = next(trainer.batches)
+    assert float(trainer.generator_step(batch).metrics["loss/dmd"]) < 1e-10  # teacher == fake == generator, CFG 1
+    with torch.no_grad():  # a teacher whose clean estimates sit higher: x0_real = x0 + t per element
+        next(iter(trainer.teacher.transformer.all_final_layer.values())).linear.bias.add_(1.0)
+    g = trainer.generator
+
+    def mean_output() -> float:
+        with torch.no_grad():
+            refs = g.encode_images(batch.references)
+            text = g.encode_text(batch.instructions, num_references=1)
+            noise = torch.randn(refs.shape, generator=torch.Generator().manual_seed(5))
+            return float(unroll(g, noise, text, refs, UnrollPlan((1.0,))).mean())
+
+    before = mean_output()
+    for _ in range(20):
+        for _ in range(2):
+            trainer.fake_score_step(batch)
+        trainer.generator_step(batch)
+        trainer.step += 1
+    assert mean_output() > before + 0.3
+
+
+def test_interrupted_and_resumed_run_ends_with_identical_weights(lake_dir, tiny_models, tmp_path):
+    overrides = {"schedule.total_steps": 6, "schedule.warmup_steps": 1, "schedule.single_step_steps": 1,
+                 "schedule.two_step_prob": 1.0, "log.checkpoint_every": 3, "log.image_every": 3}
+    config = _config(lake_dir, tiny_models, **overrides)
+    straight = build_trainer(config, tmp_path / "a")
+    straight.train(progress=False)
+    first = build_trainer(config, tmp_path / "b")
+    first.train(until=3, progress=False)
+    del first  # the "killed" process
+    resumed = build_trainer(config, tmp_path / "b")
+    assert resumed.resume() and resumed.step == 3
+    resumed.train(progress=False)
+    for name in ("generator", "fake"):
+        a = getattr(straight, name).transformer.state_dict()
+        b = getattr(resumed, name).transformer.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert (tmp_path / "b" / "images" / "step-0000006.png").exists()
+    assert (tmp_path / "b" / "loss_curves.png").exists()
+    assert list((tmp_path / "b" / "tensorboard").iterdir())
+
+
+def test_cli_trains_then_edits_and_the_checkpoint_loads_in_diffusers(lake_dir, tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("NPEDIT_HOME", str(Path(tiny_models.root).parents[1]))
+    out = tmp_path / "run"
+    assert npedit(["train", "--lake-dir", str(lake_dir), "--snapshot", "fixture", "--out", str(out),
+                   "--steps", "4", "--set", "log.checkpoint_every=2"]) == 0
+    edited = tmp_path / "edited.png"
+    image = Path(__file__).resolve().parents[1] / "datasets_builder" / "sample_images" / "coffee.jpg"
+    assert npedit(["edit", "--checkpoint", str(out), "--image", str(image), "--instruction", "Add a cat",
+                   "--steps", "2", "--out", str(edited), "--width", "64", "--height", "48"]) == 0
+    from PIL import Image
+
+    assert Image.open(edited).size == (64, 48)
+    from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline.from_pretrained(out / "checkpoints" / "step-0000004" / "generator")
+    assert type(pipe.transformer).__name__ == "ZImageTransformer2DModel"
+    with pytest.raises(SystemExit, match="not a generator checkpoint"):
+        npedit(["edit", "--checkpoint", str(tmp_path), "--image", str(image), "--instruction", "x"])
+
+
+def test_bad_training_configs_are_clear_errors(lake_dir, tiny_models, tmp_path):
+    with pytest.raises(ValueError, match="unknown recipe"):
+        load_config("nope")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        _config(lake_dir, tiny_models, **{"data.resolution": 50})
+    with pytest.raises(ValueError, match="no config field"):
+        _config(lake_dir, tiny_models, **{"loss.lambda_zzz": 1})
+    toml = tmp_path / "bad.toml"
+    toml.write_text("[loss]\nlambda_vml = 0.1\n")
+    with pytest.raises(ValueError, match="unknown key 'lambda_vml'"):
+        load_config("debug_tiny", toml)
+    with pytest.raises(LookupError, match="no published snapshot 'v9'"):
+        build_trainer(_config(lake_dir, tiny_models, **{"data.snapshot": "v9"}), tmp_path)
