@@ -20,7 +20,7 @@ def save_checkpoint(out_dir: Path, step: int, generator, state: dict, config_jso
     final = checkpoint_dir(out_dir, step)
     staging = final.with_name(final.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    generator.save_pretrained(staging / "generator")
+    generator.save_pretrained(staging / "generator", transformer_state_dict=state["generator"])
     torch.save(state, staging / "state.pt")
     (staging / "config.json").write_text(config_json)
     shutil.rmtree(final, ignore_errors=True)

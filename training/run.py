@@ -58,11 +58,7 @@ def build_trainer(config: TrainConfig, out_dir: Path, *, rank: int = 0, world_si
         generator.transformer.enable_gradient_checkpointing()
     critic = QwenVLCritic.from_pretrained(critic_path, dtype=dtype)
     batches = snapshot_batches(config.data.lake_dir, config.data, seed=config.seed, rank=rank, world_size=world_size)
-    trainer = Trainer(config, generator, critic, batches, out_dir)
-    if world_size > 1:
-        shard_transformer(trainer.generator.transformer)
-        shard_transformer(trainer.fake.transformer)
-    return trainer
+    return Trainer(config, generator, critic, batches, out_dir, shard=shard_transformer if world_size > 1 else None)
 
 
 def run_training(config: TrainConfig, out_dir: Path | None = None, *, resume: bool = True,

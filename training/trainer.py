@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm import tqdm
 
 from training.backbones.base import noise_to, x0_from_velocity
@@ -35,18 +38,25 @@ class StepOutput:
 class Trainer:
     """Owns the generator, its frozen teacher and trainable fake-score copies, the critic, optimizers and data."""
 
-    def __init__(self, config: TrainConfig, generator, critic: Critic, batches: EditBatches, out_dir: Path):
+    def __init__(self, config: TrainConfig, generator, critic: Critic, batches: EditBatches, out_dir: Path,
+                 shard: Callable[[torch.nn.Module], None] | None = None):
+        """`shard` (e.g. FSDP2's per-block `fully_shard`) is applied to the three transformers before the optimizers
+        are built, so the optimizers hold the sharded parameters."""
         self.config, self.generator, self.critic, self.batches = config, generator, critic, batches
         self.out_dir = Path(out_dir)
         self.teacher = generator.with_transformer(copy.deepcopy(generator.transformer).requires_grad_(False).eval())
         self.fake = generator.with_transformer(copy.deepcopy(generator.transformer).requires_grad_(True).train())
         self.generator.transformer.requires_grad_(True).train()
+        for backbone in (self.generator, self.fake, self.teacher):
+            if shard is not None:
+                shard(backbone.transformer)
         optim = config.optim
         self.optimizer = torch.optim.Adam(generator.transformer.parameters(), lr=optim.lr, betas=optim.betas,
                                           weight_decay=optim.weight_decay)
         self.fake_optimizer = torch.optim.Adam(self.fake.transformer.parameters(), lr=optim.fake_lr,
                                                betas=optim.betas, weight_decay=optim.weight_decay)
         self.rng = torch.Generator().manual_seed(config.seed)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.step = 0
         self.skipped = {"generator": 0, "fake": 0}
         self._negative = None
@@ -177,22 +187,33 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Full (unsharded) weights and optimizer states keyed by parameter name: a collective under FSDP."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        generator, optimizer = get_state_dict(self.generator.transformer, self.optimizer, options=options)
+        fake, fake_optimizer = get_state_dict(self.fake.transformer, self.fake_optimizer, options=options)
         return {"step": self.step, "skipped": dict(self.skipped), "rng": self.rng.get_state(),
-                "generator": self.generator.transformer.state_dict(), "fake": self.fake.transformer.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "fake_optimizer": self.fake_optimizer.state_dict(),
+                "generator": generator, "fake": fake, "optimizer": optimizer, "fake_optimizer": fake_optimizer,
                 "data": self.batches.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.skipped = state["step"], dict(state["skipped"])
         self.rng.set_state(state["rng"])
-        self.generator.transformer.load_state_dict(state["generator"])
-        self.fake.transformer.load_state_dict(state["fake"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.fake_optimizer.load_state_dict(state["fake_optimizer"])
+        options = StateDictOptions(full_state_dict=True)
+        set_state_dict(self.generator.transformer, self.optimizer, model_state_dict=state["generator"],
+                       optim_state_dict=state["optimizer"], options=options)
+        set_state_dict(self.fake.transformer, self.fake_optimizer, model_state_dict=state["fake"],
+                       optim_state_dict=state["fake_optimizer"], options=options)
         self.batches.load_state_dict(state["data"])
 
     def save(self) -> Path:
-        return save_checkpoint(self.out_dir, self.step, self.generator, self.state_dict(), self.config.to_json())
+        """Every rank gathers; rank 0 writes the checkpoint."""
+        state = self.state_dict()
+        path = None
+        if self.rank == 0:
+            path = save_checkpoint(self.out_dir, self.step, self.generator, state, self.config.to_json())
+        if dist.is_initialized():
+            dist.barrier()
+        return path
 
     def resume(self) -> bool:
         """Load the latest checkpoint under `out_dir` if there is one."""
@@ -206,7 +227,7 @@ class Trainer:
         """Run steps until `until` (default: the schedule's total), logging and checkpointing on cadence."""
         schedule, log = self.config.schedule, self.config.log
         until = schedule.total_steps if until is None else until
-        monitor = Monitor(self.out_dir, enabled=True)
+        monitor = Monitor(self.out_dir, enabled=self.rank == 0)
         history = []
         bar = tqdm(total=until, initial=self.step, disable=not progress, desc="train", dynamic_ncols=True)
         while self.step < until:
@@ -221,7 +242,7 @@ class Trainer:
             history.append({"step": self.step, **metrics})
             if self.step % log.log_every == 0 or self.step == until:
                 monitor.scalars(self.step, metrics)
-            if self.step % log.image_every == 0 or self.step == until:
+            if self.rank == 0 and (self.step % log.image_every == 0 or self.step == until):
                 monitor.edit_grid(self.step, batch, self.generator.decode_latents(output.samples))
             if self.step % log.checkpoint_every == 0 or self.step == until:
                 self.save()

@@ -59,12 +59,21 @@ class ZImageBackbone(nn.Module):
         """A backbone sharing this one's text encoder and VAE with another transformer (teacher, fake score)."""
         return ZImageBackbone(transformer, self.text_encoder, self.tokenizer, self.vae, self.shift, self.source)
 
-    def save_pretrained(self, out_dir: str | Path) -> Path:
-        """A diffusers-layout checkpoint: the transformer is written; frozen components are linked from the source
-        when it is a local folder (no multi-GB copies per checkpoint), otherwise written too."""
+    def save_pretrained(self, out_dir: str | Path, transformer_state_dict: dict | None = None) -> Path:
+        """A diffusers-layout checkpoint: the transformer is written (from `transformer_state_dict` when given, e.g.
+        gathered from FSDP shards); frozen components are linked from the source when it is a local folder (no
+        multi-GB copies per checkpoint), otherwise written too."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.transformer.save_pretrained(out_dir / "transformer")
+        if transformer_state_dict is None:
+            self.transformer.save_pretrained(out_dir / "transformer")
+        else:
+            from safetensors.torch import save_file
+
+            (out_dir / "transformer").mkdir(exist_ok=True)
+            self.transformer.save_config(out_dir / "transformer")
+            tensors = {k: v.detach().contiguous() for k, v in transformer_state_dict.items()}
+            save_file(tensors, out_dir / "transformer" / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
         source = Path(self.source) if self.source is not None else None
         for name in ("text_encoder", "tokenizer", "vae", "scheduler", "model_index.json"):
             target = out_dir / name
