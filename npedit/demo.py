@@ -1,8 +1,8 @@
 """`npedit demo`: the main job on embedded defaults (sample photos shipped in the repo, tiny models).
 
 Steps: build the tiny models -> serve the sample photos on loopback and build a corpus with img2dataset + the tiny
-VLM -> publish a snapshot and print its stats -> edit images with instructions read back from the snapshot and write
-a PNG grid. Later stages (training) plug in between the snapshot and the edit.
+VLM -> publish a snapshot and print its stats -> train the editor a few steps from the snapshot (VLM feedback + DMD)
+-> edit snapshot images with the trained checkpoint and write a PNG grid.
 """
 
 from __future__ import annotations
@@ -50,12 +50,15 @@ def build_demo_corpus(out_dir: Path, console: Console) -> tuple:
 
 
 def run_demo(out_dir: Path, *, cache_dir: Path | None = None, size: int = 64) -> Path:
-    """Build tiny models and a corpus snapshot, print its stats, edit snapshot images, write a PNG grid."""
+    """Tiny models -> corpus snapshot (+ stats) -> a few training steps -> edits with the checkpoint -> PNG grid."""
     from datasets_builder.lake import read_table
     from datasets_builder.stats import snapshot_stats
     from model_zoo import build_tiny_models
     from npedit.corpus_cli import print_result
     from training.backbones import ZImageBackbone
+    from training.checkpoint import latest_checkpoint
+    from training.config import load_config
+    from training.run import run_training
     from training.sampling import edit_images
     from training.visualize import from_pil, save_edit_grid, to_pil
 
@@ -68,15 +71,22 @@ def run_demo(out_dir: Path, *, cache_dir: Path | None = None, size: int = 64) ->
 
     console.rule("2. corpus: loopback URLs -> img2dataset -> VLM stages -> DuckLake snapshot")
     lake, _ = build_demo_corpus(out_dir, console)
+    lake_dir = out_dir / "corpus_lake"
     for result in snapshot_stats(lake, "demo"):
         print_result(console, result)
 
-    console.rule("3. edit snapshot images with their instructions (untrained tiny generator)")
+    console.rule("3. train from snapshot 'demo' (recipe debug_tiny: warmup, one-step, two-step phases)")
+    config = load_config("debug_tiny", overrides={"data.lake_dir": str(lake_dir), "data.snapshot": "demo"})
+    trainer = run_training(config, out_dir / "run", resume=False)
+    checkpoint = latest_checkpoint(out_dir / "run")
+    console.print(f"trained {trainer.step} steps; checkpoint {checkpoint}; curves {out_dir / 'run' / 'loss_curves.png'}")
+
+    console.rule("4. edit snapshot images with the trained checkpoint (4 steps, no CFG)")
     instructions = read_table(lake, "edit_instructions", "demo", columns=["image_id", "instruction"]).to_pylist()
     images = {r["image_id"]: r["image"] for r in read_table(lake, "images", "demo", ["image_id", "image"]).to_pylist()}
     rows = instructions[:4]
     references = [Image.open(io.BytesIO(images[r["image_id"]])).convert("RGB") for r in rows]
-    backbone = ZImageBackbone.from_pretrained(models.generator)
+    backbone = ZImageBackbone.from_pretrained(checkpoint / "generator")
     batch = torch.stack([from_pil(img, (size, size)) for img in references])
     texts = [r["instruction"] for r in rows]
     edited = edit_images(backbone, batch, texts, num_steps=4, generator=torch.Generator().manual_seed(0))
