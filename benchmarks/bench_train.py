@@ -1,0 +1,149 @@
+"""Trainer speed on this CPU with tiny models, and FLOPs per sample at the real recipe's shapes (for MFU on a GPU).
+
+Reports, from one run: the step-time share of generator forward, VAE decode, VLM critic, teacher + fake score (DMD),
+backward + optimizer, fake-score updates and data loading; the loader's throughput as a multiple of what the trainer
+consumes; FLOPs per training sample for the tiny run (counted) and for `zimage_multigpu` shapes (counted on the meta
+device, no weights needed). Run: .venv/bin/python -m benchmarks.bench_train [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from model_zoo import build_tiny_models
+from training.config import load_config
+from training.run import build_trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from snapshot_fixture import write_fixture_snapshot  # noqa: E402
+
+
+class Timers:
+    """Wall time per component; a call nested inside another timed call counts for the outer one only."""
+
+    def __init__(self):
+        self.seconds, self.depth = defaultdict(float), 0
+
+    def wrap(self, name, fn):
+        def timed(*args, **kwargs):
+            self.depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.depth -= 1
+                if self.depth == 0:
+                    self.seconds[name] += time.perf_counter() - start
+
+        return timed
+
+
+def tiny_breakdown(steps: int) -> None:
+    torch.set_num_threads(2)
+    models = build_tiny_models()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_fixture_snapshot(Path(tmp) / "lake")
+        config = load_config("debug_tiny", overrides={
+            "data.lake_dir": str(Path(tmp) / "lake"), "model.generator": str(models.generator),
+            "model.critic": str(models.vlm), "schedule.warmup_steps": 0, "schedule.single_step_steps": 0,
+            "schedule.fake_steps_per_generator_step": 2, "data.batch_size": 2})
+        trainer = build_trainer(config, Path(tmp) / "run")
+        timers = Timers()
+        trainer.generator.predict_velocity = timers.wrap("generator forward", trainer.generator.predict_velocity)
+        trainer.generator.decode_latents = timers.wrap("VAE decode", trainer.generator.decode_latents)
+        trainer.critic.answer_logits = timers.wrap("VLM critic", trainer.critic.answer_logits)
+        trainer._dmd = timers.wrap("teacher + fake score (DMD)", trainer._dmd)
+        trainer.fake_score_step = timers.wrap("fake-score updates", trainer.fake_score_step)
+        next_batch = timers.wrap("data loading", trainer.batches.__next__)
+        for _ in range(2):  # warm-up
+            trainer.generator_step(next_batch())
+        timers.seconds.clear()
+        started = time.perf_counter()
+        for _ in range(steps):
+            for _ in range(config.schedule.fake_steps_per_generator_step):
+                trainer.fake_score_step(next_batch())
+            batch = next_batch()
+            step_start = time.perf_counter()
+            before = sum(v for k, v in timers.seconds.items() if k not in ("fake-score updates", "data loading"))
+            trainer.generator_step(batch)
+            inner = sum(v for k, v in timers.seconds.items() if k not in ("fake-score updates", "data loading"))
+            timers.seconds["backward + optimizer + rest"] += (time.perf_counter() - step_start) - (inner - before)
+            trainer.step += 1
+        total = time.perf_counter() - started
+        print(f"tiny models, 64 px, batch {config.data.batch_size}, {config.schedule.fake_steps_per_generator_step} "
+              f"fake-score updates per step: {total / steps:.3f} s/step")
+        for name, seconds in sorted(timers.seconds.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:30s} {seconds / steps:7.4f} s  {100 * seconds / total:5.1f} %")
+
+        loader = trainer.batches
+        started, n = time.perf_counter(), 0
+        while time.perf_counter() - started < 2.0:
+            n += len(next(loader).instructions)
+        loader_rate = n / (time.perf_counter() - started)
+        consumed = config.data.batch_size * (1 + config.schedule.fake_steps_per_generator_step) / (total / steps)
+        print(f"loader {loader_rate:.0f} samples/s vs trainer consumption {consumed:.1f} samples/s: "
+              f"{loader_rate / consumed:.0f}x headroom (one process, no workers)")
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            for _ in range(config.schedule.fake_steps_per_generator_step):
+                trainer.fake_score_step(next(loader))
+            trainer.generator_step(next(loader))
+        print(f"counted FLOPs per training sample (tiny, incl. fake updates): "
+              f"{counter.get_total_flops() / config.data.batch_size / 1e9:.2f} GFLOP")
+
+
+def real_shapes_flops() -> None:
+    """FLOPs of the Z-Image transformer at the real recipe's shapes, counted on the meta device."""
+    from diffusers import ZImageTransformer2DModel
+
+    config = load_config("zimage_multigpu")
+    side = config.data.resolution // 8  # latent side
+    with torch.device("meta"):
+        transformer = ZImageTransformer2DModel()  # the released 6B config (dim 3840, 30 layers)
+        latent = torch.empty(16, 1, side, side)
+        caption = [torch.empty(64, 2560)]
+        segments = [torch.empty(8, 2560), torch.empty(64, 2560), torch.empty(4, 2560)]
+        t = torch.empty(1)
+
+        def count(**kwargs) -> float:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                transformer(t=t, **kwargs)
+            return counter.get_total_flops()
+
+        t2i = count(x=[latent], cap_feats=caption)
+        omni = count(x=[[latent, latent]], cap_feats=[segments], siglip_feats=[None], image_noise_mask=[[0, 1]])
+    params = sum(p.numel() for p in transformer.parameters())
+    s = config.schedule
+    unroll_calls = 1 + s.two_step_prob  # expected generator calls per unroll in the two-step phase
+    generator = 3 * unroll_calls * omni  # forward + backward (~2x forward)
+    dmd = 2 * t2i + t2i  # teacher with CFG (2 passes) + fake score, no grad
+    fake_updates = s.fake_steps_per_generator_step * (unroll_calls * omni + 3 * t2i)
+    total = generator + dmd + fake_updates
+    print(f"real shapes ({config.data.resolution} px, Z-Image {params / 1e9:.2f} B params): T2I forward "
+          f"{t2i / 1e12:.1f} TFLOP, omni (reference + target) forward {omni / 1e12:.1f} TFLOP")
+    print(f"  per training sample: generator {generator / 1e12:.0f} + DMD {dmd / 1e12:.0f} + {s.fake_steps_per_generator_step} "
+          f"fake-score updates {fake_updates / 1e12:.0f} = {total / 1e12:.0f} TFLOP (transformer only; VAE and VLM "
+          f"not included)")
+    print(f"  MFU = samples/s x {total / 1e12:.0f} TFLOP / (GPUs x peak TFLOP/s), e.g. 989 TFLOP/s dense bf16 on H100")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    tiny_breakdown(args.steps)
+    real_shapes_flops()
+
+
+if __name__ == "__main__":
+    main()
