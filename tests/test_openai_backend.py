@@ -1,0 +1,73 @@
+"""The OpenAI-compatible backend against a loopback server speaking the chat-completions wire format.
+
+The server answers with the real tiny VLM (transformers + xgrammar), honouring `response_format`'s JSON schema as a
+`vllm serve` endpoint does; the client under test is exactly what `backend = "openai"` uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import threading
+
+import pytest
+
+from datasets_builder.vlm import PROMPTS, PromptInput, ResponseCache, SamplingParams, VlmRunner
+from datasets_builder.vlm.backends import OpenAICompatibleBackend, TransformersBackend, VlmRequest
+from odd_images import SAMPLES
+from schemas import VlmStage
+
+
+@pytest.fixture(scope="module")
+def endpoint(tiny_models):
+    model = TransformersBackend(tiny_models.vlm)
+    seen: list[dict] = []
+
+    class ChatCompletions(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            if self.path != "/v1/chat/completions" or self.headers.get("Authorization") != "Bearer EMPTY":
+                self.send_error(404)
+                return
+            content = body["messages"][0]["content"]
+            image = base64.b64decode(content[0]["image_url"]["url"].split(",", 1)[1])
+            request = VlmRequest(image, content[1]["text"], body["response_format"]["json_schema"]["schema"],
+                                 body["max_tokens"])
+            sampling = SamplingParams(body["temperature"], body["top_p"], body["seed"])
+            text = model.generate([request], sampling)[0]
+            payload = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(payload.encode())
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ChatCompletions)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen, str(tiny_models.vlm)
+    server.shutdown()
+
+
+def test_openai_backend_runs_every_stage_prompt_through_the_endpoint(endpoint, tmp_path):
+    base_url, seen, model = endpoint
+    backend = OpenAICompatibleBackend(model, base_url)
+    items = [PromptInput(p.stem, p.read_bytes(), {"count": 4}) for p in sorted(SAMPLES.glob("*.jpg"))[:3]]
+    runner = VlmRunner(backend, ResponseCache(tmp_path / "c.sqlite"), batch_size=3)
+    results = runner.run(PROMPTS[VlmStage.PROPOSE], items)
+    assert all(r.parsed is not None and len(r.parsed["edits"]) == 4 for r in results)
+    assert len(seen) == 3 and seen[-1]["model"] == model
+    assert seen[-1]["response_format"]["json_schema"]["schema"] == PROMPTS[VlmStage.PROPOSE].schema
+    assert runner.provenance(PROMPTS[VlmStage.PROPOSE])["backend"] == "openai"
+
+
+def test_unreachable_endpoint_fails_after_retries(tmp_path, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    backend = OpenAICompatibleBackend("m", "http://127.0.0.1:9/v1", timeout_s=2)
+    runner = VlmRunner(backend, ResponseCache(tmp_path / "c.sqlite"), max_attempts=2)
+    with pytest.raises(OSError):
+        runner.run(PROMPTS[VlmStage.CAPTION], [PromptInput("a", (SAMPLES / "coffee.jpg").read_bytes())])
+    assert runner.stats.retries == 1
