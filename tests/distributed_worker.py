@@ -19,7 +19,7 @@ config = load_config("debug_tiny", overrides={
     "log.checkpoint_every": 3, "data.batch_size": 1})
 trainer = build_trainer(config, Path(out_dir), rank=rank, world_size=world_size)
 seen = [pid for batch in trainer.batches.epoch_batches(0) for i in batch
-        for pid in [trainer.batches.dataset.rows[i]["proposal_id"]]]
+        for pid in [trainer.batches.dataset.row(i)["proposal_id"]]]
 trainer.train(progress=False)
 state = trainer.state_dict()["generator"]
 digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest() if rank == 0 else ""

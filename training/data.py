@@ -3,7 +3,9 @@ sharded deterministically per rank, resumable exactly (the iterator's state is t
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from datasets_builder.lake import LakeConfig, read_table, resolve
+from datasets_builder.lake import LakeConfig, read_table, resolve, table_files
 from training.config import DataConfig
 
 
@@ -49,40 +52,69 @@ def load_image(data: bytes, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(array / 127.5 - 1).permute(2, 0, 1)
 
 
+class ImageStore:
+    """Random access to image bytes in a snapshot's immutable Parquet files, one row group per read."""
+
+    def __init__(self, files: list[str]):
+        self.files = files
+        self._open: dict[int, tuple[pq.ParquetFile, list[int]]] = {}
+
+    def index(self) -> pa.Table:
+        """(image_id, width, height, file, row) for every image; pixels are not read."""
+        parts = []
+        for number, path in enumerate(self.files):
+            table = pq.read_table(path, columns=["image_id", "width", "height"])
+            parts.append(table.append_column("file", pa.array([number] * table.num_rows, pa.int32()))
+                              .append_column("row", pa.array(range(table.num_rows), pa.int64())))
+        return pa.concat_tables(parts) if parts else pa.table({"image_id": pa.array([], pa.string())})
+
+    def read(self, file: int, row: int) -> bytes:
+        if file not in self._open:
+            handle = pq.ParquetFile(self.files[file])
+            sizes = [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
+            self._open[file] = (handle, [0, *itertools.accumulate(sizes)])
+        handle, starts = self._open[file]
+        group = bisect.bisect_right(starts, row) - 1
+        return handle.read_row_group(group, columns=["image"]).column(0)[row - starts[group]].as_py()
+
+
 class SnapshotEdits:
-    """Every (valid) edit instruction of a snapshot joined with its image, in a fixed order (by proposal_id)."""
+    """Every (valid) edit instruction of a snapshot with where its image lives, in a fixed order (by proposal_id).
+
+    Only text and an image index are held in memory; pixels are read per sample from the snapshot's files.
+    """
 
     def __init__(self, lake: LakeConfig, config: DataConfig):
         snapshot = resolve(lake, config.snapshot)
         self.snapshot_id = snapshot.snapshot_id
-        edits = read_table(lake, "edit_instructions", snapshot.snapshot_id)
+        columns = ["proposal_id", "image_id", "edit_type", "instruction", "edited_caption", "is_valid"]
+        edits = read_table(lake, "edit_instructions", snapshot.snapshot_id, columns)
         if not config.include_invalid:
             edits = edits.filter(pc.field("is_valid"))
         if edits.num_rows == 0:
             raise ValueError(f"snapshot {snapshot.snapshot_id} has no valid edit instructions to train on")
-        edits = edits.sort_by("proposal_id")
-        images = read_table(lake, "images", snapshot.snapshot_id, ["image_id", "image", "width", "height"])
-        index = {image_id: i for i, image_id in enumerate(images.column("image_id").to_pylist())}
-        self.rows = edits.select(["proposal_id", "image_id", "edit_type", "instruction", "edited_caption"]).to_pylist()
-        missing = [r["image_id"] for r in self.rows if r["image_id"] not in index]
-        if missing:
-            raise ValueError(f"snapshot {snapshot.snapshot_id}: {len(missing)} edits reference missing images")
-        self.images: pa.Table = images
-        self.image_index = index
+        self.store = ImageStore(table_files(lake, "images", snapshot.snapshot_id))
+        joined = edits.join(self.store.index(), "image_id", join_type="left outer")
+        missing = joined.filter(pc.is_null(pc.field("file")))
+        if missing.num_rows:
+            raise ValueError(f"snapshot {snapshot.snapshot_id}: {missing.num_rows} edits reference missing images")
+        self.table = joined.sort_by("proposal_id")
         self.sizes = bucket_sizes(config.resolution, config.aspect_ratios)
-        aspect = [images["width"][index[r["image_id"]]].as_py() / images["height"][index[r["image_id"]]].as_py()
-                  for r in self.rows]
-        self.bucket = [self._nearest_bucket(a) for a in aspect]
+        aspect = pc.divide(pc.cast(self.table["width"], pa.float64()), pc.cast(self.table["height"], pa.float64()))
+        self.bucket = [self._nearest_bucket(a) for a in aspect.to_pylist()]
 
     def _nearest_bucket(self, aspect: float) -> int:
         """The bucket whose width/height is closest to `aspect` in log space."""
         return min(range(len(self.sizes)), key=lambda b: abs(np.log(aspect * self.sizes[b][0] / self.sizes[b][1])))
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.table.num_rows
 
-    def image_bytes(self, i: int) -> bytes:
-        return self.images["image"][self.image_index[self.rows[i]["image_id"]]].as_py()
+    def row(self, i: int) -> dict:
+        return self.table.slice(i, 1).to_pylist()[0]
+
+    def image_bytes(self, row: dict) -> bytes:
+        return self.store.read(row["file"], row["row"])
 
 
 class EditBatches:
@@ -121,9 +153,9 @@ class EditBatches:
         indices = batches[self.position]
         self.position += 1
         size = self.dataset.sizes[self.dataset.bucket[indices[0]]]
-        rows = [self.dataset.rows[i] for i in indices]
+        rows = [self.dataset.row(i) for i in indices]
         return EditBatch(
-            references=torch.stack([load_image(self.dataset.image_bytes(i), size) for i in indices]),
+            references=torch.stack([load_image(self.dataset.image_bytes(r), size) for r in rows]),
             instructions=[r["instruction"] for r in rows],
             edit_types=[r["edit_type"] for r in rows],
             edited_captions=[r["edited_caption"] or r["instruction"] for r in rows],
