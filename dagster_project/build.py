@@ -20,22 +20,24 @@ def build_corpus(
     tag: str | None = None,
     instance: dg.DagsterInstance | None = None,
     on_event: Callable[[str], None] = print,
+    log_level: str = "WARNING",
 ) -> dict:
     """Run fetch, then each shard's assets, then the snapshot with its checks; returns the snapshot metadata."""
     instance = instance or dg.DagsterInstance.ephemeral()
     resources = resources_from(config)
-    dg.materialize(ALL_ASSETS, selection=["fetched_shards"], instance=instance, resources=resources)
+    logs = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    dg.materialize(ALL_ASSETS, selection=["fetched_shards"], instance=instance, resources=resources, run_config=logs)
     keys = instance.get_dynamic_partitions(shards.name)
     for i, key in enumerate(keys, 1):
         dg.materialize(ALL_ASSETS, selection=SHARD_ASSET_KEYS, partition_key=key, instance=instance,
-                       resources=resources)
+                       resources=resources, run_config=logs)
         on_event(f"shard {key} done ({i}/{len(keys)})")
     result = dg.materialize(
         [*ALL_ASSETS, *SNAPSHOT_CHECKS],
         selection=dg.AssetSelection.assets("snapshot"),
         instance=instance,
         resources=resources,
-        run_config={"ops": {"snapshot": {"config": {"message": message, "tag": tag}}}},
+        run_config={**logs, "ops": {"snapshot": {"config": {"message": message, "tag": tag}}}},
         raise_on_error=False,
     )
     if not result.success:
