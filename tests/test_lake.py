@@ -76,3 +76,21 @@ def test_empty_lake_says_so(store):
         pass
     with pytest.raises(LookupError, match="no snapshot has been published"):
         lake.resolve(store)
+
+
+def test_sqlite_catalog_serves_readers_in_other_processes_while_held(tmp_path):
+    import subprocess
+    import sys
+
+    store = lake.LakeConfig(catalog=f"sqlite:{tmp_path / 'catalog.sqlite'}", data_path=f"{tmp_path / 'data'}/")
+    path = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 3), "a")
+    lake.publish(store, {"images_rejected": [path]}, message="first", tag="v1")
+    code = (
+        "import sys; from datasets_builder import lake; "
+        f"store = lake.LakeConfig(catalog={store.catalog!r}, data_path={store.data_path!r}); "
+        "print(lake.read_table(store, 'images_rejected', 'v1').num_rows)"
+    )
+    with lake.session(store):  # this process holds the catalog open
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "3"
