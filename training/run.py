@@ -39,26 +39,43 @@ def init_distributed() -> tuple[int, int]:
     return rank, world_size
 
 
-def shard_transformer(transformer: torch.nn.Module) -> None:
-    """FSDP2: shard each transformer block, then the root (parameters gathered per block during compute)."""
-    from torch.distributed.fsdp import fully_shard
+def training_device() -> torch.device:
+    """This rank's accelerator (torchrun's LOCAL_RANK) or the CPU."""
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
 
-    for blocks in ("noise_refiner", "context_refiner", "layers"):
-        for block in getattr(transformer, blocks, []):
-            fully_shard(block)
-    fully_shard(transformer)
+
+def transformer_sharder(compute_dtype: torch.dtype):
+    """FSDP2: shard each transformer block, then the root; parameters stay float32 masters, compute in
+    `compute_dtype`, gradients reduced in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+
+    def shard(transformer: torch.nn.Module) -> None:
+        for blocks in ("noise_refiner", "context_refiner", "layers"):
+            for block in getattr(transformer, blocks, []):
+                fully_shard(block, mp_policy=policy)
+        fully_shard(transformer, mp_policy=policy)
+
+    return shard
 
 
 def build_trainer(config: TrainConfig, out_dir: Path, *, rank: int = 0, world_size: int = 1) -> Trainer:
     torch.manual_seed(config.seed)
-    dtype = getattr(torch, config.model.dtype)
+    dtype = getattr(torch, config.model.dtype)  # compute dtype of the frozen models (and of FSDP2 compute)
+    device = training_device()
     generator_path, critic_path = resolve_model_paths(config)
-    generator = ZImageBackbone.from_pretrained(generator_path, dtype=dtype)
+    generator = ZImageBackbone.from_pretrained(generator_path, dtype=dtype, transformer_dtype=torch.float32)
     if config.model.gradient_checkpointing:
         generator.transformer.enable_gradient_checkpointing()
-    critic = QwenVLCritic.from_pretrained(critic_path, dtype=dtype)
+    critic = QwenVLCritic.from_pretrained(critic_path, dtype=dtype).to(device)
     batches = snapshot_batches(config.data.lake_dir, config.data, seed=config.seed, rank=rank, world_size=world_size)
-    return Trainer(config, generator, critic, batches, out_dir, shard=shard_transformer if world_size > 1 else None)
+    shard = transformer_sharder(dtype) if world_size > 1 else None
+    return Trainer(config, generator.to(device), critic, batches, out_dir, shard=shard)
 
 
 def run_training(config: TrainConfig, out_dir: Path | None = None, *, resume: bool = True,

@@ -71,7 +71,7 @@ class Trainer:
         return torch.randn(like.shape, generator=self.rng, dtype=like.dtype).to(like.device)
 
     def _uniform(self, n: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, generator=self.rng)
+        return (low + (high - low) * torch.rand(n, generator=self.rng)).to(self.generator.device)
 
     def _cfg_scales(self, edit_types: list[str]) -> torch.Tensor:
         loss = self.config.loss
@@ -163,12 +163,12 @@ class Trainer:
         if phase(self.step, self.config.schedule) == "warmup":
             loss, metrics, samples = self._warmup_loss(references)
         else:
-            do_nothing = self._uniform(references.shape[0]) < loss_config.do_nothing_prob
+            do_nothing = (self._uniform(references.shape[0]) < loss_config.do_nothing_prob).cpu()
             instructions = [DO_NOTHING if d else s for d, s in zip(do_nothing.tolist(), batch.instructions)]
             text = self.generator.encode_text(instructions, num_references=1)
             plan = plan_unroll(self.step, self.config.schedule, self.generator, self.config.seed)
             x0 = unroll(self.generator, self._noise(references), text, references, plan, self.rng)
-            edit = (~do_nothing).float()
+            edit = (~do_nothing).float().to(references.device)
             l_dmd = self._dmd(x0, batch)
             l_vlm, metrics = self._vlm(self.generator.decode_latents(x0), batch)
             l_rec = reconstruction_loss(x0, references)

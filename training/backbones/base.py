@@ -61,4 +61,4 @@ def noise_to(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tens
 
 
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+    return t.reshape(-1, *([1] * (like.dim() - 1))).to(device=like.device, dtype=like.dtype)

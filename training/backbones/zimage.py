@@ -46,9 +46,14 @@ class ZImageBackbone(nn.Module):
         self.shift = shift
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> ZImageBackbone:
-        """Load every component from a diffusers-layout directory or hub id (tiny or real: same code)."""
-        transformer = ZImageTransformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
+                        transformer_dtype: torch.dtype | None = None) -> ZImageBackbone:
+        """Load every component from a diffusers-layout directory or hub id (tiny or real: same code).
+
+        `dtype` is for the frozen text encoder; the transformer takes `transformer_dtype` (default: `dtype`), e.g.
+        float32 master weights for training while the frozen parts run in bfloat16. The VAE stays float32."""
+        transformer = ZImageTransformer2DModel.from_pretrained(path, subfolder="transformer",
+                                                               torch_dtype=transformer_dtype or dtype)
         text_encoder = AutoModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
@@ -118,7 +123,7 @@ class ZImageBackbone(nn.Module):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], (B,3,H,W) -> normalised latents (B,16,H/8,W/8), the distribution's mode."""
-        latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
+        latents = self.vae.encode(images.to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist.mode()
         return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -136,7 +141,7 @@ class ZImageBackbone(nn.Module):
         if wants_reference != (text.num_references > 0):
             raise ValueError("text must be encoded with num_references=1 exactly when a reference is given")
         dtype = self.transformer.dtype
-        t_model = (1 - t).to(dtype).reshape(-1)
+        t_model = (1 - t).to(device=self.device, dtype=dtype).reshape(-1)
         targets = [x.unsqueeze(1).to(dtype) for x in x_t]
         if wants_reference:
             refs = [r.unsqueeze(1).to(dtype).detach() for r in reference]
