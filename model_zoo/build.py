@@ -9,12 +9,14 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from model_zoo.llava_onevision import build_tiny_llava_onevision
 from model_zoo.qwen_vl import build_tiny_qwen25_vl
 from model_zoo.zimage import build_tiny_zimage
 
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 DEFAULT_SEED = 0
-_BUILDERS = {"qwen2_5_vl": build_tiny_qwen25_vl, "zimage": build_tiny_zimage}
+_BUILDERS = {"qwen2_5_vl": build_tiny_qwen25_vl, "zimage": build_tiny_zimage,
+             "llava_onevision": build_tiny_llava_onevision}
 
 
 def default_cache_dir() -> Path:
@@ -30,6 +32,7 @@ class TinyModels:
     root: Path
     vlm: Path
     generator: Path
+    llava: Path
 
     def as_dict(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -47,7 +50,7 @@ def weights_digest(model_dir: Path) -> str:
 def build_tiny_models(cache_dir: Path | None = None, *, seed: int = DEFAULT_SEED, force: bool = False) -> TinyModels:
     """Build (or reuse) the tiny zoo under `cache_dir/seed-<seed>`; a manifest records versions and weight digests."""
     root = (cache_dir or default_cache_dir()) / f"seed-{seed}"
-    models = TinyModels(root=root, vlm=root / "qwen2_5_vl", generator=root / "zimage")
+    models = TinyModels(root=root, vlm=root / "qwen2_5_vl", generator=root / "zimage", llava=root / "llava_onevision")
     manifest_path = root / "manifest.json"
     if manifest_path.exists() and not force:
         manifest = json.loads(manifest_path.read_text())

@@ -95,6 +95,10 @@ def load_processor(path: str | Path):
     config = AutoConfig.from_pretrained(path)
     if config.model_type in QWEN_VL_MODEL_TYPES:
         return ImageOnlyQwen2VLProcessor.from_pretrained(path)
+    if config.model_type == "llava_onevision":
+        from model_zoo.llava_onevision import ImageOnlyLlavaOnevisionProcessor
+
+        return ImageOnlyLlavaOnevisionProcessor.from_pretrained(path)
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(path)

@@ -37,14 +37,19 @@ def tokenizer_training_text() -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def build_qwen_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_qwen_tokenizer(
+    vocab_size: int = 1024,
+    special_tokens: tuple[str, ...] = QWEN_SPECIAL_TOKENS,
+    extra_special_tokens: dict[str, str] | None = None,
+    chat_template: str = QWEN_CHAT_TEMPLATE,
+) -> PreTrainedTokenizerFast:
     """Train a deterministic byte-level BPE on the shipped corpus and wrap it as a Qwen-style HF tokenizer."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -54,12 +59,13 @@ def build_qwen_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token="<|endoftext|>",
-        extra_special_tokens={
+        extra_special_tokens=extra_special_tokens
+        or {
             "image_token": "<|image_pad|>",
             "video_token": "<|video_pad|>",
             "vision_bos_token": "<|vision_start|>",
             "vision_eos_token": "<|vision_end|>",
         },
     )
-    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer

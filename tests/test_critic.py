@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.critic import QwenVLCritic, qwen_pixel_values
+from training.critics import QwenVLCritic, qwen_pixel_values
 from training.losses import vlm_feedback_loss
 from training.questions import questions_for, removed_object
 

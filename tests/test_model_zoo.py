@@ -63,7 +63,7 @@ def test_generator_backbone_loads_by_path_and_runs_t2i_and_edit_forward(zimage):
 def test_same_seed_gives_identical_weights_and_another_seed_differs(tmp_path, tiny_models):
     again = build_tiny_models(tmp_path / "a", seed=0)
     other = build_tiny_models(tmp_path / "b", seed=1)
-    for name in ("vlm", "generator"):
+    for name in ("vlm", "generator", "llava"):
         first, second, third = (weights_digest(getattr(m, name)) for m in (tiny_models, again, other))
         assert first == second, name
         assert first != third, name

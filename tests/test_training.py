@@ -173,6 +173,15 @@ def test_bad_training_configs_are_clear_errors(lake_dir, tiny_models, tmp_path):
         build_trainer(_config(lake_dir, tiny_models, **{"data.snapshot": "v9"}), tmp_path)
 
 
+def test_a_generator_step_with_the_llava_onevision_critic(lake_dir, tiny_models, tmp_path):
+    config = _config(lake_dir, tiny_models, **PURE, **{"model.critic": str(tiny_models.llava)})
+    trainer = build_trainer(config, tmp_path)
+    batch = next(trainer.batches)
+    metrics = trainer.generator_step(batch).metrics
+    assert type(trainer.critic).__name__ == "LlavaOnevisionCritic"
+    assert metrics["generator/grad_norm"] > 0 and 0 < metrics["vlm/p_correct_edit"] < 1
+
+
 def test_activation_checkpointing_gives_the_same_gradients(lake_dir, tiny_models, tmp_path):
     grads = []
     for checkpointing in (False, True):

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from training.backbones import ZImageBackbone
 from training.config import TrainConfig
-from training.critic import QwenVLCritic
+from training.critics import load_critic
 from training.data import snapshot_batches
 from training.trainer import Trainer
 
@@ -72,7 +72,7 @@ def build_trainer(config: TrainConfig, out_dir: Path, *, rank: int = 0, world_si
     generator = ZImageBackbone.from_pretrained(generator_path, dtype=dtype, transformer_dtype=torch.float32)
     if config.model.gradient_checkpointing:
         generator.transformer.enable_gradient_checkpointing()
-    critic = QwenVLCritic.from_pretrained(critic_path, dtype=dtype).to(device)
+    critic = load_critic(critic_path, dtype=dtype).to(device)
     batches = snapshot_batches(config.data.lake_dir, config.data, seed=config.seed, rank=rank, world_size=world_size)
     shard = transformer_sharder(dtype) if world_size > 1 else None
     return Trainer(config, generator.to(device), critic, batches, out_dir, shard=shard)

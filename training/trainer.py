@@ -19,7 +19,7 @@ from tqdm import tqdm
 from training.backbones.base import noise_to, x0_from_velocity
 from training.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from training.config import TrainConfig
-from training.critic import Critic
+from training.critics import Critic
 from training.data import EditBatch, EditBatches
 from training.losses import dmd_loss, flow_matching_loss, reconstruction_loss, vlm_feedback_loss
 from training.monitor import Monitor

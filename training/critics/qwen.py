@@ -1,4 +1,4 @@
-"""The frozen VLM critic: differentiable preprocessing and teacher-forced Yes/No logits.
+"""Qwen2-VL / Qwen2.5-VL as the frozen critic: differentiable preprocessing and teacher-forced Yes/No logits.
 
 The HF image processor works on PIL/numpy and is not differentiable; `qwen_pixel_values` redoes Qwen2-VL's
 preprocessing in torch (resize to the processor's grid, normalise, duplicate in time, cut into patches), so the
@@ -9,21 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from model_zoo.qwen_vl import QWEN_VL_MODEL_TYPES, load_vlm
-
-
-class Critic(Protocol):
-    """A frozen VLM answering Yes/No about one or more images per sample."""
-
-    def answer_logits(self, images: list[list[torch.Tensor]], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """images[b] = the (3,H,W) images of sample b in [-1, 1]; returns (logit_yes, logit_no), each (B,)."""
-        ...
+from training.critics.base import left_padded, yes_no_token_ids
 
 
 @dataclass(frozen=True)
@@ -50,6 +42,7 @@ def qwen_pixel_values(image01: torch.Tensor, geometry: QwenGeometry) -> tuple[to
     h, w = smart_resize(height, width, factor=factor, min_pixels=geometry.min_pixels, max_pixels=geometry.max_pixels)
     if (h, w) != (height, width):
         image01 = F.interpolate(image01[None], size=(h, w), mode="bicubic", antialias=True, align_corners=False)[0]
+        image01 = image01.clamp(0, 1)  # PIL resizes 8-bit images, so bicubic overshoot saturates there too
     mean = torch.tensor(geometry.mean, dtype=image01.dtype, device=image01.device)[:, None, None]
     std = torch.tensor(geometry.std, dtype=image01.dtype, device=image01.device)[:, None, None]
     x = ((image01 - mean) / std).unsqueeze(0).expand(geometry.temporal, -1, -1, -1)  # (T,C,h,w): a still "clip"
@@ -71,10 +64,7 @@ class QwenVLCritic(torch.nn.Module):
         self.model = model.requires_grad_(False).eval()
         self.processor = processor
         self.geometry = QwenGeometry.from_processor(processor)
-        tokenizer = processor.tokenizer
-        self.yes_id, self.no_id = (tokenizer.convert_tokens_to_ids(t) for t in ("Yes", "No"))
-        if tokenizer.unk_token_id in (self.yes_id, self.no_id) or None in (self.yes_id, self.no_id):
-            raise ValueError("the critic's tokenizer must have single 'Yes' and 'No' tokens")
+        self.yes_id, self.no_id = yes_no_token_ids(processor.tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> QwenVLCritic:
@@ -98,9 +88,7 @@ class QwenVLCritic(torch.nn.Module):
                 tokens = int(grid.prod()) // self.geometry.merge**2
                 prompt = prompt.replace(image_token, "<|placeholder|>" * tokens, 1)
             prompts.append(prompt.replace("<|placeholder|>", image_token))
-        tokenizer = self.processor.tokenizer
-        tokenizer.padding_side = "left"  # the answer position is the last one for every sample
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        batch = left_padded(self.processor.tokenizer, prompts, device)
         output = self.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
