@@ -5,6 +5,7 @@ import dagster as dg
 from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig
 from datasets_builder.corpus import Corpus
 from datasets_builder.fetch import FetchConfig
+from datasets_builder.images import ImageLimits
 
 
 class SourceResource(dg.ConfigurableResource):
@@ -19,6 +20,11 @@ class SourceResource(dg.ConfigurableResource):
     processes: int = 2
     threads: int = 16
     timeout_s: int = 10
+    retries: int = 0
+    min_side: int = 32
+    max_pixels: int = 40_000_000
+    max_stored_side: int = 1024
+    jpeg_quality: int = 95
 
 
 class VlmResource(dg.ConfigurableResource):
@@ -27,6 +33,8 @@ class VlmResource(dg.ConfigurableResource):
     backend: str = "transformers"
     model: str = ""
     batch_size: int = 8
+    device: str = "cpu"
+    dtype: str = "float32"
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
@@ -49,20 +57,25 @@ def corpus_from(source: SourceResource, vlm: VlmResource, lake: LakeResource) ->
             lake_dir=lake.lake_dir,
             catalog=lake.catalog,
             data_path=lake.data_path,
-            fetch=FetchConfig(source.shard_size, source.processes, source.threads, source.timeout_s),
-            vlm=VlmConfig(vlm.backend, vlm.model, vlm.batch_size, vlm.temperature, vlm.top_p, vlm.seed, vlm.base_url),
+            fetch=FetchConfig(source.shard_size, source.processes, source.threads, source.timeout_s, source.retries),
+            limits=ImageLimits(source.min_side, source.max_pixels, source.max_stored_side, source.jpeg_quality),
+            vlm=VlmConfig(backend=vlm.backend, model=vlm.model, batch_size=vlm.batch_size, device=vlm.device,
+                          dtype=vlm.dtype, temperature=vlm.temperature, top_p=vlm.top_p, seed=vlm.seed,
+                          base_url=vlm.base_url),
         )
     )
 
 
 def resources_from(config: CorpusConfig) -> dict[str, dg.ConfigurableResource]:
     """Resources equivalent to a `CorpusConfig` (the CLI's TOML), so both entry points build the same corpus."""
-    s, f, v = config.source, config.fetch, config.vlm
+    s, f, v, limits = config.source, config.fetch, config.vlm, config.limits
     return {
         "source": SourceResource(url_list=s.url_list, folder=s.folder, url_col=s.url_col, caption_col=s.caption_col,
                                  work_dir=config.work_dir, shard_size=f.shard_size, processes=f.processes,
-                                 threads=f.threads, timeout_s=f.timeout_s),
-        "vlm": VlmResource(backend=v.backend, model=v.model, batch_size=v.batch_size, temperature=v.temperature,
-                           top_p=v.top_p, seed=v.seed, base_url=v.base_url),
+                                 threads=f.threads, timeout_s=f.timeout_s, retries=f.retries,
+                                 min_side=limits.min_side, max_pixels=limits.max_pixels,
+                                 max_stored_side=limits.max_stored_side, jpeg_quality=limits.jpeg_quality),
+        "vlm": VlmResource(backend=v.backend, model=v.model, batch_size=v.batch_size, device=v.device, dtype=v.dtype,
+                           temperature=v.temperature, top_p=v.top_p, seed=v.seed, base_url=v.base_url),
         "lake": LakeResource(lake_dir=config.lake_dir, catalog=config.catalog, data_path=config.data_path),
     }

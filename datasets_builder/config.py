@@ -33,6 +33,8 @@ class VlmConfig:
     backend: str = "transformers"
     model: str = ""  # path or hub id; empty means the tiny model from the zoo
     batch_size: int = 8
+    device: str = "cpu"  # transformers backend: "cuda" on a GPU machine
+    dtype: str = "float32"  # transformers backend: "bfloat16" for real models on a GPU
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0

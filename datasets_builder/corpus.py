@@ -85,17 +85,25 @@ class Corpus:
         fingerprint, number = shard.rsplit("-", 1)
         return self.fetched_dir / fingerprint / f"{number}.parquet"
 
+    @cached_property
+    def limits_fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self.config.limits), sort_keys=True).encode()).hexdigest()[:8]
+
+    def images_name(self, shard: str) -> str:
+        """Names a shard's image files: the shard and a fingerprint of the image limits that produced them."""
+        return f"{shard}-{self.limits_fingerprint}"
+
     def build_images(self, shard: str) -> dict[str, int]:
         """Normalise one fetched shard; duplicates across shards are rejected against a persistent claim table."""
-        images_path = lake.staged_path(self.lake, "images", shard)
-        rejects_path = lake.staged_path(self.lake, "images_rejected", shard)
+        images_path = lake.staged_path(self.lake, "images", self.images_name(shard))
+        rejects_path = lake.staged_path(self.lake, "images_rejected", self.images_name(shard))
         if not (images_path.exists() and rejects_path.exists()):
             fetched = read_fetched_shard(self.fetched_path(shard))
             images, rejected = normalise_fetched(fetched, shard, self.config.limits)
             images, duplicates = self._claim(images, shard)
             rejected = pa.concat_tables([rejected, duplicates])
-            lake.write_staged(self.lake, IMAGES, images, shard)
-            lake.write_staged(self.lake, IMAGES_REJECTED, rejected, shard)
+            lake.write_staged(self.lake, IMAGES, images, self.images_name(shard))
+            lake.write_staged(self.lake, IMAGES_REJECTED, rejected, self.images_name(shard))
         rejected = pq.read_table(rejects_path, columns=["reason"]).column("reason").to_pylist()
         counts = {"images": pq.read_metadata(images_path).num_rows, "rejected": len(rejected)}
         counts.update({f"rejected_{r}": rejected.count(r) for r in sorted(set(rejected))})
@@ -131,6 +139,8 @@ class Corpus:
         key = (vlm.backend, model, vlm.base_url)
         if key not in _BACKENDS:
             options = {"base_url": vlm.base_url} if vlm.backend == "openai" else {}
+            if vlm.backend == "transformers":
+                options = {"device": vlm.device, "dtype": vlm.dtype}
             _BACKENDS[key] = make_backend(vlm.backend, model, **options)
         sampling = SamplingParams(temperature=vlm.temperature, top_p=vlm.top_p, seed=vlm.seed)
         cache = ResponseCache(self.work_dir / "vlm_cache.sqlite")
@@ -138,7 +148,8 @@ class Corpus:
 
     def stage_fingerprint(self, stage: VlmStage, runner: VlmRunner) -> str:
         """Names a stage's output files: model, prompt version, sampling, and the fingerprints of its inputs."""
-        parts = [runner.provenance(PROMPTS[stage]), [self.stage_fingerprint(s, runner) for s in STAGE_INPUTS[stage]]]
+        parts = [runner.provenance(PROMPTS[stage]), self.limits_fingerprint,
+                 [self.stage_fingerprint(s, runner) for s in STAGE_INPUTS[stage]]]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
     def stage_paths(self, stage: VlmStage, shard: str, runner: VlmRunner) -> tuple[Path, Path]:
@@ -157,7 +168,7 @@ class Corpus:
         runner = runner or self.runner()
         out_path, rejects_path = self.stage_paths(stage, shard, runner)
         if not (out_path.exists() and rejects_path.exists()):
-            images_path = lake.staged_path(self.lake, "images", shard)
+            images_path = lake.staged_path(self.lake, "images", self.images_name(shard))
             if not images_path.exists():
                 raise FileNotFoundError(f"shard {shard}: build its images before the VLM stages ({images_path})")
             images = pq.read_table(images_path)
@@ -184,7 +195,7 @@ class Corpus:
         files: dict[str, list[Path]] = {name: [] for name in lake.CORPUS_TABLES}
         for shard in self.shards():
             for table in ("images", "images_rejected"):
-                path = lake.staged_path(self.lake, table, shard)
+                path = lake.staged_path(self.lake, table, self.images_name(shard))
                 if path.exists():
                     files[table].append(path)
             for stage in STAGE_OUTPUT:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
@@ -35,9 +37,12 @@ def read_url_list(path: Path, url_col: str = "url", caption_col: str | None = "c
         raise ValueError(f"{path}: no column {url_col!r} (columns: {', '.join(frame.columns)})")
     caption = pl.col(caption_col).cast(pl.Utf8) if caption_col in frame.columns else pl.lit(None, pl.Utf8)
     urls = frame.select(pl.col(url_col).cast(pl.Utf8).alias("url"), caption.alias("caption"))
-    return urls.filter(pl.col("url").is_not_null() & (pl.col("url").str.strip_chars() != "")).unique(
-        "url", keep="first", maintain_order=True
-    )
+    present = urls.filter(pl.col("url").is_not_null() & (pl.col("url").str.strip_chars() != ""))
+    unique = present.unique("url", keep="first", maintain_order=True)
+    if unique.height != frame.height:
+        log.warning("%s: %d rows -> %d URLs (%d empty, %d repeated URLs kept once)", path, frame.height,
+                    unique.height, frame.height - present.height, present.height - unique.height)
+    return unique
 
 
 def folder_url_list(folder: Path) -> pl.DataFrame:

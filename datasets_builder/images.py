@@ -86,7 +86,7 @@ def normalise_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Normali
         image.seek(0)  # animated images: the first frame
         image.load()
         rgb = _to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any decoder failure of one image is that image's reject, not a crash
         return Rejected(ImageRejectReason.DECODE_ERROR, f"{type(exc).__name__}: {exc}", image_id)
     rgb.thumbnail((limits.max_stored_side, limits.max_stored_side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()

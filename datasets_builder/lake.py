@@ -156,6 +156,15 @@ def published_snapshots(config: LakeConfig) -> pa.Table:
         return SNAPSHOTS.to_arrow(_published(con))
 
 
+def _content_hash(files_by_table: Mapping[str, list[str]]) -> str:
+    """sha256 over (table, file name, file sha256) of every data file, in a fixed order."""
+    digest = hashlib.sha256()
+    for table in CORPUS_TABLES:
+        for path in sorted(files_by_table.get(table, [])):
+            digest.update(f"{table}\t{Path(path).name}\t{_file_digest(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def publish(
     config: LakeConfig,
     files: Mapping[str, list[Path]],
@@ -164,7 +173,13 @@ def publish(
     tag: str | None = None,
     builder_config: Mapping | None = None,
 ) -> SnapshotRow:
-    """Register every not-yet-registered file in one commit = one snapshot; nothing new -> the latest snapshot."""
+    """Register every not-yet-registered file in one commit = one snapshot.
+
+    Files hold rows or are skipped (DuckLake registers no empty file). A table given here must be exactly the union
+    of its registered files and the new ones: a registered file that this publish would not include means the lake
+    holds outputs of another configuration, which is an error rather than a silent mix. Nothing new returns the
+    latest snapshot, unless a new tag was asked for (an error: a tag names new content).
+    """
     unknown = set(files) - set(CORPUS_TABLES)
     if unknown:
         raise SchemaError("snapshots", "row_counts", "names tables outside the corpus", value=sorted(unknown))
@@ -173,25 +188,37 @@ def publish(
         published = _published(con)
         if tag is not None and any(s.tag == tag for s in published):
             raise ValueError(f"tag {tag!r} already names snapshot {next(s for s in published if s.tag == tag).snapshot_id}")
+        final: dict[str, list[str]] = {}
         new: list[tuple[str, str]] = []
-        for table, paths in sorted(files.items()):
+        for table in CORPUS_TABLES:
             have = set(registered_files(con, table))
-            new += [(table, str(Path(p).resolve())) for p in sorted(paths) if str(Path(p).resolve()) not in have]
-        if not new and published:
-            return published[-1]
+            if table not in files:
+                final[table] = sorted(have)
+                continue
+            wanted = {str(Path(p).resolve()) for p in files[table] if pq.read_metadata(p).num_rows > 0}
+            stale = sorted(have - wanted)
+            if stale:
+                raise ValueError(
+                    f"{config.catalog}: {table} already holds {len(stale)} file(s) this build would not publish "
+                    f"(e.g. {Path(stale[0]).name}): outputs of another model, prompt, sampling or image limits. "
+                    "Publish this configuration into a new lake_dir."
+                )
+            final[table] = sorted(have | wanted)
+            new += [(table, path) for path in sorted(wanted - have)]
+        if not new:
+            if published and tag is None:
+                return published[-1]
+            latest = f"snapshot {published[-1].snapshot_id} already holds every file" if published else "no rows"
+            raise ValueError(f"nothing new to publish ({latest}); a tag names new content, so {tag!r} was not set")
         con.execute("BEGIN")
         try:
             for table, path in new:
                 con.execute(f"CALL ducklake_add_data_files('{LAKE}', '{table}', ?)", [path])
             counts = {t: con.execute(f"SELECT count(*) FROM {LAKE}.{t}").fetchone()[0] for t in CORPUS_TABLES}
-            digest = hashlib.sha256()
-            for table in CORPUS_TABLES:
-                for path in registered_files(con, table) + sorted(p for t, p in new if t == table):
-                    digest.update(f"{table}\t{Path(path).name}\t{_file_digest(path)}\n".encode())
             meta = {
                 "parent": published[-1].snapshot_id if published else None,
                 "row_counts": counts,
-                "content_hash": digest.hexdigest(),
+                "content_hash": _content_hash(final),
                 "config": json.dumps(dict(builder_config or {}), sort_keys=True, default=str),
                 "schema_version": SCHEMA_VERSION,
                 "tag": tag,
@@ -205,6 +232,13 @@ def publish(
             con.execute("ROLLBACK")
             raise
         return _published(con)[-1]
+
+
+def verify_content_hash(config: LakeConfig, snapshot: int | str | None = None) -> bool:
+    """Recompute a snapshot's content hash from its files (proves its bytes are unchanged)."""
+    row = resolve(config, snapshot)
+    files = {table: table_files(config, table, row.snapshot_id) for table in CORPUS_TABLES}
+    return _content_hash(files) == row.content_hash
 
 
 def resolve(config: LakeConfig, snapshot: int | str | None = None) -> SnapshotRow:

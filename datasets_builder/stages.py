@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +15,14 @@ from datasets_builder.vlm.prompts import BACKGROUNDS_PER_OBJECT, EDITS_PER_IMAGE
 from schemas import BACKGROUND_PROMPTS, CAPTIONS, EDIT_INSTRUCTIONS, EDIT_PROPOSALS, OBJECTS, VLM_REJECTS, VlmStage
 
 Rows = list[dict[str, Any]]
+Dropped = list[tuple[Any, str]]  # (the part of an answer that was not kept, why)
 
 
-def proposal_id(image_id: str, edit_type: str, instruction: str, prompt_version: str) -> str:
-    return hashlib.sha256("\x1f".join((image_id, edit_type, instruction, prompt_version)).encode()).hexdigest()
+def proposal_id(image_id: str, edit_type: str, instruction: str, provenance: dict[str, str]) -> str:
+    """Unique per (image, edit, and the model/prompt/sampling that proposed it)."""
+    parts = (image_id, edit_type, instruction, provenance["model_id"], provenance["prompt_version"],
+             provenance["sampling"])
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
 def _image_inputs(images: pa.Table, fields: Callable[[dict], dict] = lambda row: {}) -> list[PromptInput]:
@@ -28,32 +33,42 @@ def _image_inputs(images: pa.Table, fields: Callable[[dict], dict] = lambda row:
 
 
 def _run(
-    runner: VlmRunner, stage: VlmStage, items: list[PromptInput], to_rows: Callable[[VlmResult, dict], Rows]
+    runner: VlmRunner,
+    stage: VlmStage,
+    items: list[PromptInput],
+    to_rows: Callable[[VlmResult, dict], tuple[Rows, Dropped]],
 ) -> tuple[Rows, Rows]:
-    """Run one stage; a parse error or a rule the answer breaks (ValueError from `to_rows`) becomes a reject."""
+    """Run one stage. A parse error or a broken rule (ValueError from `to_rows`) rejects the whole answer; a part
+    of an answer that is not kept (a repeated edit type, say) is a reject of its own, keyed by answer and position."""
     prompt = PROMPTS[stage]
     provenance = runner.provenance(prompt)
     kept, rejected = [], []
+
+    def reject(request_hash: str, raw: str, error: str, item: PromptInput) -> None:
+        rejected.append(dict(**provenance, request_hash=request_hash, stage=stage.value, image_id=item.image_id,
+                             raw_text=raw, error=error, proposal_id=item.key))
+
     for result in runner.run(prompt, items):
-        error = result.error
-        if error is None:
-            try:
-                kept += to_rows(result, provenance)
-                continue
-            except ValueError as exc:
-                error = str(exc)
-        rejected.append(
-            dict(**provenance, request_hash=result.request_hash, stage=stage.value, image_id=result.item.image_id,
-                 raw_text=result.raw, error=error, proposal_id=result.item.key)
-        )
+        if result.error is not None:
+            reject(result.request_hash, result.raw, result.error, result.item)
+            continue
+        try:
+            rows, dropped = to_rows(result, provenance)
+        except ValueError as exc:
+            reject(result.request_hash, result.raw, str(exc), result.item)
+            continue
+        kept += rows
+        for position, (part, why) in dropped:
+            part_hash = hashlib.sha256(f"{result.request_hash}:{position}".encode()).hexdigest()
+            reject(part_hash, json.dumps(part), why, result.item)
     return kept, rejected
 
 
 def caption_images(images: pa.Table, runner: VlmRunner) -> tuple[pa.Table, pa.Table]:
     """The reference caption c^y of each image."""
 
-    def rows(result: VlmResult, provenance: dict) -> Rows:
-        return [dict(**provenance, image_id=result.item.image_id, caption=result.parsed["caption"].strip())]
+    def rows(result: VlmResult, provenance: dict) -> tuple[Rows, Dropped]:
+        return [dict(**provenance, image_id=result.item.image_id, caption=result.parsed["caption"].strip())], []
 
     kept, rejected = _run(runner, VlmStage.CAPTION, _image_inputs(images), rows)
     return CAPTIONS.to_arrow(kept), VLM_REJECTS.to_arrow(rejected)
@@ -63,19 +78,23 @@ def propose_edits(images: pa.Table, runner: VlmRunner) -> tuple[pa.Table, pa.Tab
     """Several instructions per image, each of a different edit type (a repeated type keeps its first)."""
     items = _image_inputs(images, lambda row: {"count": EDITS_PER_IMAGE})
 
-    def rows(result: VlmResult, provenance: dict) -> Rows:
-        out, seen = [], set()
-        for edit in result.parsed["edits"]:
+    def rows(result: VlmResult, provenance: dict) -> tuple[Rows, Dropped]:
+        out, seen, dropped = [], set(), []
+        for position, edit in enumerate(result.parsed["edits"]):
             instruction = edit["instruction"].strip()
-            if edit["edit_type"] in seen or len(instruction) < 5:
+            if edit["edit_type"] in seen:
+                dropped.append((position, (edit, f"repeats edit type {edit['edit_type']!r} (the first is kept)")))
+                continue
+            if len(instruction) < 5:
+                dropped.append((position, (edit, "instruction shorter than 5 characters")))
                 continue
             seen.add(edit["edit_type"])
-            pid = proposal_id(result.item.image_id, edit["edit_type"], instruction, provenance["prompt_version"])
+            pid = proposal_id(result.item.image_id, edit["edit_type"], instruction, provenance)
             out.append(dict(**provenance, proposal_id=pid, image_id=result.item.image_id,
                             edit_type=edit["edit_type"], instruction=instruction))
         if not out:
             raise ValueError("no usable instruction in the answer")
-        return out
+        return out, dropped
 
     kept, rejected = _run(runner, VlmStage.PROPOSE, items, rows)
     return EDIT_PROPOSALS.to_arrow(kept), VLM_REJECTS.to_arrow(rejected)
@@ -95,7 +114,7 @@ def validate_edits(
         if p["image_id"] in image_bytes
     ]
 
-    def rows(result: VlmResult, provenance: dict) -> Rows:
+    def rows(result: VlmResult, provenance: dict) -> tuple[Rows, Dropped]:
         answer, proposal = result.parsed, proposal_rows[result.item.key]
         caption = answer["edited_caption"].strip()
         if answer["is_valid"] and len(caption) < 5:
@@ -106,7 +125,7 @@ def validate_edits(
                      edit_type=proposal["edit_type"], instruction=proposal["instruction"],
                      is_valid=answer["is_valid"], reasoning=answer["reasoning"].strip(),
                      edited_caption=caption if answer["is_valid"] else None,
-                     reference_caption=reference.get(proposal["image_id"]))]
+                     reference_caption=reference.get(proposal["image_id"]))], []
 
     kept, rejected = _run(runner, VlmStage.VALIDATE, items, rows)
     return EDIT_INSTRUCTIONS.to_arrow(kept), VLM_REJECTS.to_arrow(rejected)
@@ -115,14 +134,14 @@ def validate_edits(
 def judge_objects(images: pa.Table, runner: VlmRunner) -> tuple[pa.Table, pa.Table]:
     """Object-centric judgement for customization data: one distinct, centred, fully visible object."""
 
-    def rows(result: VlmResult, provenance: dict) -> Rows:
+    def rows(result: VlmResult, provenance: dict) -> tuple[Rows, Dropped]:
         answer = result.parsed
         name = answer["object_name"].strip()
         if answer["is_object_centric"] and not name:
             raise ValueError("judged object-centric but the object name is empty")
         return [dict(**provenance, image_id=result.item.image_id, is_object_centric=answer["is_object_centric"],
                      object_name=name if answer["is_object_centric"] else None,
-                     reasoning=answer["reasoning"].strip())]
+                     reasoning=answer["reasoning"].strip())], []
 
     kept, rejected = _run(runner, VlmStage.OBJECT, _image_inputs(images), rows)
     return OBJECTS.to_arrow(kept), VLM_REJECTS.to_arrow(rejected)
@@ -139,13 +158,20 @@ def propose_backgrounds(objects: pa.Table, images: pa.Table, runner: VlmRunner) 
     items = _image_inputs(selected, lambda row: {"object_name": names[row["image_id"]],
                                                  "count": BACKGROUNDS_PER_OBJECT})
 
-    def rows(result: VlmResult, provenance: dict) -> Rows:
-        captions = [c.strip() for c in result.parsed["background_captions"] if len(c.strip()) >= 10]
+    def rows(result: VlmResult, provenance: dict) -> tuple[Rows, Dropped]:
+        captions, dropped = [], []
+        for position, caption in enumerate(c.strip() for c in result.parsed["background_captions"]):
+            if len(caption) < 10:
+                dropped.append((position, (caption, "background caption shorter than 10 characters")))
+            elif caption in captions:
+                dropped.append((position, (caption, "repeats an earlier background caption")))
+            else:
+                captions.append(caption)
         if not captions:
             raise ValueError("no usable background caption in the answer")
         return [dict(**provenance, image_id=result.item.image_id, index=i,
                      object_name=result.item.fields["object_name"], background_caption=c)
-                for i, c in enumerate(dict.fromkeys(captions))]
+                for i, c in enumerate(captions)], dropped
 
     kept, rejected = _run(runner, VlmStage.BACKGROUND, items, rows)
     return BACKGROUND_PROMPTS.to_arrow(kept), VLM_REJECTS.to_arrow(rejected)

@@ -50,7 +50,9 @@ def edit(args: argparse.Namespace) -> int:
         checkpoint = checkpoint / "generator"
     if not (checkpoint / "transformer").exists():
         raise SystemExit(f"{args.checkpoint}: not a generator checkpoint (no transformer/ folder)")
-    backbone = ZImageBackbone.from_pretrained(checkpoint)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    backbone = ZImageBackbone.from_pretrained(checkpoint, dtype=dtype).to(device)
     image = Image.open(args.image).convert("RGB")
     factor = backbone.spatial_factor
     width = args.width or max(factor, round(image.width / factor) * factor)
@@ -87,4 +89,5 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--width", type=int, default=None)
     e.add_argument("--height", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     e.set_defaults(func=edit)

@@ -56,7 +56,7 @@ class CaptionRow(VlmProvenance):
 
 @dataclass(frozen=True)
 class EditProposalRow(VlmProvenance):
-    proposal_id: str = column(SHA256_HEX, doc="sha256 of (image_id, edit_type, instruction, prompt_version)")
+    proposal_id: str = column(SHA256_HEX, doc="sha256 of (image_id, edit_type, instruction, model, prompt version, sampling)")
     image_id: str = column(SHA256_HEX)
     edit_type: str = column(one_of(EDIT_TYPES))
     instruction: str = column(NON_EMPTY)

@@ -31,6 +31,7 @@ def test_publish_time_travel_and_immutability(store):
     assert lake.read_table(store, "images_rejected", v1.snapshot_id).num_rows == 3
     assert lake.read_table(store, "images_rejected").num_rows == 5  # latest
     assert v1.content_hash != v2.content_hash
+    assert lake.verify_content_hash(store, "v1") and lake.verify_content_hash(store, "v2")
     published = lake.published_snapshots(store)
     assert published.column("tag").to_pylist() == ["v1", "v2"]
     assert published.column("message").to_pylist() == ["first", "second"]
@@ -42,6 +43,27 @@ def test_republishing_registers_nothing_twice(store):
     again = lake.publish(store, {"images_rejected": [path]}, message="again")
     assert again.snapshot_id == v1.snapshot_id
     assert lake.read_table(store, "images_rejected").num_rows == 3
+
+
+def test_outputs_of_another_configuration_are_refused_not_mixed(store):
+    old = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 3), "a-model1")
+    lake.publish(store, {"images_rejected": [old]}, message="model 1", tag="v1")
+    replacement = lake.write_staged(store, IMAGES_REJECTED, _rejects("b", 3), "a-model2")
+    with pytest.raises(ValueError, match="already holds 1 file.*a-model1.parquet.*new lake_dir"):
+        lake.publish(store, {"images_rejected": [replacement]}, message="model 2")
+    assert lake.read_table(store, "images_rejected").num_rows == 3
+
+
+def test_empty_files_and_tags_without_new_content(store):
+    empty = lake.write_staged(store, IMAGES_REJECTED, _rejects("e", 0), "empty")
+    with pytest.raises(ValueError, match="nothing new to publish \\(no rows\\)"):
+        lake.publish(store, {"images_rejected": [empty]}, message="m", tag="v0")
+    full = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 2), "a")
+    v1 = lake.publish(store, {"images_rejected": [empty, full]}, message="m", tag="v1")
+    assert lake.verify_content_hash(store, "v1")
+    assert lake.publish(store, {"images_rejected": [empty, full]}, message="again").snapshot_id == v1.snapshot_id
+    with pytest.raises(ValueError, match="already holds every file.*'v2' was not set"):
+        lake.publish(store, {"images_rejected": [empty, full]}, message="again", tag="v2")
 
 
 def test_staged_files_are_never_rewritten(store):

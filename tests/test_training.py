@@ -117,18 +117,21 @@ def test_dmd_alone_moves_the_generator_toward_the_teacher(lake_dir, tiny_models,
     assert mean_output() > before + 0.3
 
 
-def test_interrupted_and_resumed_run_ends_with_identical_weights(lake_dir, tiny_models, tmp_path):
-    overrides = {"schedule.total_steps": 6, "schedule.warmup_steps": 1, "schedule.single_step_steps": 1,
-                 "schedule.two_step_prob": 1.0, "log.checkpoint_every": 3, "log.image_every": 3}
+@pytest.mark.parametrize("interrupt_at", [1, 3])  # 1: still in warmup, the fake optimizer has not stepped
+def test_interrupted_and_resumed_run_ends_with_identical_weights(lake_dir, tiny_models, tmp_path, interrupt_at):
+    overrides = {"schedule.total_steps": 6, "schedule.warmup_steps": 2, "schedule.single_step_steps": 1,
+                 "schedule.two_step_prob": 1.0, "log.checkpoint_every": interrupt_at, "log.image_every": 3,
+                 "log.keep_checkpoints": 2}
     config = _config(lake_dir, tiny_models, **overrides)
     straight = build_trainer(config, tmp_path / "a")
     straight.train(progress=False)
     first = build_trainer(config, tmp_path / "b")
-    first.train(until=3, progress=False)
+    first.train(until=interrupt_at, progress=False)
     del first  # the "killed" process
     resumed = build_trainer(config, tmp_path / "b")
-    assert resumed.resume() and resumed.step == 3
+    assert resumed.resume() and resumed.step == interrupt_at
     resumed.train(progress=False)
+    assert len(list((tmp_path / "b" / "checkpoints").glob("step-*"))) <= 2
     for name in ("generator", "fake"):
         a = getattr(straight, name).transformer.state_dict()
         b = getattr(resumed, name).transformer.state_dict()

@@ -124,3 +124,29 @@ def test_runner_retries_transient_backend_failures(tmp_path, monkeypatch):
     runner = VlmRunner(Flaky(), ResponseCache(tmp_path / "c.sqlite"), max_attempts=3)
     assert runner.run(PROMPTS[VlmStage.CAPTION], [PromptInput("a", b"x")])[0].parsed
     assert runner.stats.retries == 2
+
+
+def test_dropped_parts_of_an_answer_become_rejects_of_their_own(tmp_path):
+    import pyarrow as pa
+
+    from datasets_builder.stages import propose_edits
+
+    edits = [{"edit_type": "style", "instruction": "Make it a watercolor"},
+             {"edit_type": "style", "instruction": "Make it an oil painting"},
+             {"edit_type": "remove", "instruction": " Nope"},
+             {"edit_type": "insertion", "instruction": "Add a kite in the sky"}]
+
+    class Fixed:
+        name, model_id = "transformers", "fixed"
+
+        def generate(self, requests, sampling):
+            return [json.dumps({"edits": edits})] * len(requests)
+
+    images = pa.table({"image_id": ["a" * 64], "image": [b"x"]})
+    runner = VlmRunner(Fixed(), ResponseCache(tmp_path / "c.sqlite"))
+    proposals, rejects = propose_edits(images, runner)
+    assert proposals.column("edit_type").to_pylist() == ["style", "insertion"]
+    assert sorted(rejects.column("error").to_pylist()) == [
+        "instruction shorter than 5 characters", "repeats edit type 'style' (the first is kept)"]
+    assert proposals.num_rows + rejects.num_rows == len(edits)
+    assert len(set(rejects.column("request_hash").to_pylist())) == 2

@@ -70,6 +70,7 @@ class LogConfig:
     log_every: int = 10
     image_every: int = 100
     checkpoint_every: int = 500
+    keep_checkpoints: int = 3
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import bisect
 import io
 import itertools
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +56,10 @@ def load_image(data: bytes, size: tuple[int, int]) -> torch.Tensor:
 class ImageStore:
     """Random access to image bytes in a snapshot's immutable Parquet files, one row group per read."""
 
-    def __init__(self, files: list[str]):
+    def __init__(self, files: list[str], max_open: int = 64):
         self.files = files
-        self._open: dict[int, tuple[pq.ParquetFile, list[int]]] = {}
+        self.max_open = max_open  # least recently used files are closed beyond this (open-file limits)
+        self._open: OrderedDict[int, tuple[pq.ParquetFile, list[int]]] = OrderedDict()
 
     def index(self) -> pa.Table:
         """(image_id, width, height, file, row) for every image; pixels are not read."""
@@ -73,6 +75,9 @@ class ImageStore:
             handle = pq.ParquetFile(self.files[file])
             sizes = [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
             self._open[file] = (handle, [0, *itertools.accumulate(sizes)])
+            if len(self._open) > self.max_open:
+                self._open.popitem(last=False)[1][0].close()
+        self._open.move_to_end(file)
         handle, starts = self._open[file]
         group = bisect.bisect_right(starts, row) - 1
         return handle.read_row_group(group, columns=["image"]).column(0)[row - starts[group]].as_py()
@@ -127,8 +132,15 @@ class EditBatches:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.position = 0, 0
+        self._cached_epoch: tuple[int, list[list[int]]] = (-1, [])
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The batches of one epoch for this rank (computed once per epoch, not per batch)."""
+        if self._cached_epoch[0] != epoch:
+            self._cached_epoch = (epoch, self._compute_epoch_batches(epoch))
+        return self._cached_epoch[1]
+
+    def _compute_epoch_batches(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.dataset)))
         random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
         mine = order[self.rank :: self.world_size]

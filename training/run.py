@@ -53,7 +53,8 @@ def transformer_sharder(compute_dtype: torch.dtype):
     `compute_dtype`, gradients reduced in float32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    # inputs are cast by the backbone itself: FSDP's cast would also round the timestep to bf16
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
 
     def shard(transformer: torch.nn.Module) -> None:
         for blocks in ("noise_refiner", "context_refiner", "layers"):
@@ -74,7 +75,10 @@ def build_trainer(config: TrainConfig, out_dir: Path, *, rank: int = 0, world_si
         generator.transformer.enable_gradient_checkpointing()
     critic = load_critic(critic_path, dtype=dtype).to(device)
     batches = snapshot_batches(config.data.lake_dir, config.data, seed=config.seed, rank=rank, world_size=world_size)
-    shard = transformer_sharder(dtype) if world_size > 1 else None
+    shard = None
+    if world_size > 1:
+        shard = transformer_sharder(dtype)
+        generator.compute_dtype = dtype
     return Trainer(config, generator.to(device), critic, batches, out_dir, shard=shard)
 
 

@@ -55,8 +55,9 @@ class Trainer:
                                           weight_decay=optim.weight_decay)
         self.fake_optimizer = torch.optim.Adam(self.fake.transformer.parameters(), lr=optim.fake_lr,
                                                betas=optim.betas, weight_decay=optim.weight_decay)
-        self.rng = torch.Generator().manual_seed(config.seed)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.rng = torch.Generator().manual_seed(config.seed + 1_000_003 * self.rank)  # own noise per rank
         self.step = 0
         self.skipped = {"generator": 0, "fake": 0}
         self._negative = None
@@ -187,30 +188,48 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Full (unsharded) weights and optimizer states keyed by parameter name: a collective under FSDP."""
+        """Full (unsharded) weights and optimizer states keyed by parameter name, plus every rank's RNG and data
+        position: a collective under FSDP."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        generator, optimizer = get_state_dict(self.generator.transformer, self.optimizer, options=options)
-        fake, fake_optimizer = get_state_dict(self.fake.transformer, self.fake_optimizer, options=options)
-        return {"step": self.step, "skipped": dict(self.skipped), "rng": self.rng.get_state(),
-                "generator": generator, "fake": fake, "optimizer": optimizer, "fake_optimizer": fake_optimizer,
-                "data": self.batches.state_dict()}
+        state = {"step": self.step, "skipped": dict(self.skipped)}
+        for name, model, optimizer in (("generator", self.generator.transformer, self.optimizer),
+                                       ("fake", self.fake.transformer, self.fake_optimizer)):
+            # an optimizer that never stepped has no state: exporting it would make torch take a dummy step
+            optimizers = [optimizer] if optimizer.state else []
+            state[name], state[f"{name}_optimizer"] = get_state_dict(model, optimizers, options=options)
+        mine = {"rng": self.rng.get_state(), "data": self.batches.state_dict()}
+        ranks = [None] * self.world_size
+        if dist.is_initialized():
+            dist.all_gather_object(ranks, mine)
+        else:
+            ranks = [mine]
+        state["ranks"] = ranks
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if len(state["ranks"]) != self.world_size:
+            raise ValueError(f"the checkpoint was written by {len(state['ranks'])} ranks; resume with as many "
+                             f"(this run has {self.world_size})")
         self.step, self.skipped = state["step"], dict(state["skipped"])
-        self.rng.set_state(state["rng"])
         options = StateDictOptions(full_state_dict=True)
-        set_state_dict(self.generator.transformer, self.optimizer, model_state_dict=state["generator"],
-                       optim_state_dict=state["optimizer"], options=options)
-        set_state_dict(self.fake.transformer, self.fake_optimizer, model_state_dict=state["fake"],
-                       optim_state_dict=state["fake_optimizer"], options=options)
-        self.batches.load_state_dict(state["data"])
+        for name, model, optimizer in (("generator", self.generator.transformer, self.optimizer),
+                                       ("fake", self.fake.transformer, self.fake_optimizer)):
+            if state[f"{name}_optimizer"]:
+                set_state_dict(model, optimizer, model_state_dict=state[name],
+                               optim_state_dict=state[f"{name}_optimizer"], options=options)
+            else:
+                set_state_dict(model, [], model_state_dict=state[name], optim_state_dict={}, options=options)
+        mine = state["ranks"][self.rank]
+        self.rng.set_state(mine["rng"])
+        self.batches.load_state_dict(mine["data"])
 
     def save(self) -> Path:
         """Every rank gathers; rank 0 writes the checkpoint."""
         state = self.state_dict()
         path = None
         if self.rank == 0:
-            path = save_checkpoint(self.out_dir, self.step, self.generator, state, self.config.to_json())
+            path = save_checkpoint(self.out_dir, self.step, self.generator, state, self.config.to_json(),
+                                   keep=self.config.log.keep_checkpoints)
         if dist.is_initialized():
             dist.barrier()
         return path

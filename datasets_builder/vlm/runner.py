@@ -140,6 +140,8 @@ class VlmRunner:
                 for i in batch
             ]
             answers = self._generate_with_retries(requests)
+            if len(answers) != len(requests):
+                raise RuntimeError(f"{self.backend.name} backend returned {len(answers)} answers for {len(requests)}")
             fresh = {hashes[i]: text for i, text in zip(batch, answers)}
             self.cache.put_many(fresh)
             raw.update(fresh)

@@ -39,6 +39,7 @@ class ZImageBackbone(nn.Module):
                  source: str | Path | None = None):
         super().__init__()
         self.source = source  # where the frozen components came from (checkpoints link to it)
+        self.compute_dtype = next(transformer.parameters()).dtype  # FSDP2 mixed precision sets it lower
         self.transformer = transformer
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         self.vae = vae.requires_grad_(False).eval()
@@ -62,7 +63,9 @@ class ZImageBackbone(nn.Module):
 
     def with_transformer(self, transformer) -> ZImageBackbone:
         """A backbone sharing this one's text encoder and VAE with another transformer (teacher, fake score)."""
-        return ZImageBackbone(transformer, self.text_encoder, self.tokenizer, self.vae, self.shift, self.source)
+        backbone = ZImageBackbone(transformer, self.text_encoder, self.tokenizer, self.vae, self.shift, self.source)
+        backbone.compute_dtype = self.compute_dtype
+        return backbone
 
     def save_pretrained(self, out_dir: str | Path, transformer_state_dict: dict | None = None) -> Path:
         """A diffusers-layout checkpoint: the transformer is written (from `transformer_state_dict` when given, e.g.
@@ -140,8 +143,8 @@ class ZImageBackbone(nn.Module):
         wants_reference = reference is not None
         if wants_reference != (text.num_references > 0):
             raise ValueError("text must be encoded with num_references=1 exactly when a reference is given")
-        dtype = self.transformer.dtype
-        t_model = (1 - t).to(device=self.device, dtype=dtype).reshape(-1)
+        dtype = self.compute_dtype
+        t_model = (1 - t).to(device=self.device, dtype=torch.float32).reshape(-1)  # t*1000 in bf16 would round
         targets = [x.unsqueeze(1).to(dtype) for x in x_t]
         if wants_reference:
             refs = [r.unsqueeze(1).to(dtype).detach() for r in reference]

@@ -91,6 +91,8 @@ class LlavaOnevisionCritic(torch.nn.Module):
                     pixels, tokens = self.square_crop(image01), self.processor.num_image_tokens + 1  # + newline
                 crops.append(pixels)
                 sizes.append(list(image01.shape[-2:]))
+                if self.processor.vision_feature_select_strategy == "default":
+                    tokens -= 1  # the CLS feature is dropped
                 prompt = prompt.replace(image_token, "<|placeholder|>" * tokens, 1)
             counts.append(len(sample_images))
             prompts.append(prompt.replace("<|placeholder|>", image_token))
