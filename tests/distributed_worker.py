@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under `torchrun --nproc_per_node 2`: a few FSDP2 steps on CPU (gloo)."""
+"""Run by tests/test_distributed.py under `torchrun --nproc_per_node 2`: FSDP2 steps on CPU (gloo), resumable."""
 
 from __future__ import annotations
 
@@ -9,21 +9,22 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from training.checkpoint import full_model_state
 from training.config import load_config
 from training.run import build_trainer, init_distributed
 
-lake_dir, generator, critic, out_dir = sys.argv[1:5]
+lake_dir, generator, critic, out_dir, until = sys.argv[1:6]
 rank, world_size = init_distributed()
 config = load_config("debug_tiny", overrides={
-    "data.lake_dir": lake_dir, "model.generator": generator, "model.critic": critic, "schedule.total_steps": 3,
-    "log.checkpoint_every": 3, "data.batch_size": 1})
+    "data.lake_dir": lake_dir, "model.generator": generator, "model.critic": critic, "schedule.total_steps": 4,
+    "schedule.warmup_steps": 1, "schedule.single_step_steps": 1, "log.checkpoint_every": 2, "data.batch_size": 1})
 trainer = build_trainer(config, Path(out_dir), rank=rank, world_size=world_size)
-seen = [pid for batch in trainer.batches.epoch_batches(0) for i in batch
-        for pid in [trainer.batches.dataset.row(i)["proposal_id"]]]
-trainer.train(progress=False)
-state = trainer.state_dict()["generator"]
-digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest() if rank == 0 else ""
-sharded = type(trainer.generator.transformer).__name__
-Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
-    {"seen": seen, "digest": digest, "step": trainer.step, "class": sharded, "world": dist.get_world_size()}))
+resumed = trainer.resume()
+seen = [trainer.batches.dataset.row(i)["proposal_id"] for batch in trainer.batches.epoch_batches(0) for i in batch]
+trainer.train(until=int(until), progress=False)
+weights = full_model_state(trainer.generator.transformer)
+digest = hashlib.sha256(b"".join(weights[k].numpy().tobytes() for k in sorted(weights))).hexdigest()
+Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
+    "seen": seen, "digest": digest if rank == 0 else "", "step": trainer.step, "resumed": resumed,
+    "class": type(trainer.generator.transformer).__name__, "world": dist.get_world_size()}))
 dist.destroy_process_group()

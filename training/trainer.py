@@ -13,11 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm import tqdm
 
 from training.backbones.base import noise_to, x0_from_velocity
-from training.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.critics import Critic
 from training.data import EditBatch, EditBatches
@@ -187,59 +186,36 @@ class Trainer:
         return StepOutput(metrics, samples)
 
     # -- the loop ----------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Full (unsharded) weights and optimizer states keyed by parameter name, plus every rank's RNG and data
-        position: a collective under FSDP."""
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = {"step": self.step, "skipped": dict(self.skipped)}
-        for name, model, optimizer in (("generator", self.generator.transformer, self.optimizer),
-                                       ("fake", self.fake.transformer, self.fake_optimizer)):
-            # an optimizer that never stepped has no state: exporting it would make torch take a dummy step
-            optimizers = [optimizer] if optimizer.state else []
-            state[name], state[f"{name}_optimizer"] = get_state_dict(model, optimizers, options=options)
+    def _models(self) -> dict:
+        return {"generator": (self.generator.transformer, self.optimizer),
+                "fake": (self.fake.transformer, self.fake_optimizer)}
+
+    def _meta(self) -> dict:
+        """Step, skip counters and every rank's RNG and data position (gathered: a collective)."""
         mine = {"rng": self.rng.get_state(), "data": self.batches.state_dict()}
         ranks = [None] * self.world_size
         if dist.is_initialized():
             dist.all_gather_object(ranks, mine)
         else:
             ranks = [mine]
-        state["ranks"] = ranks
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        if len(state["ranks"]) != self.world_size:
-            raise ValueError(f"the checkpoint was written by {len(state['ranks'])} ranks; resume with as many "
-                             f"(this run has {self.world_size})")
-        self.step, self.skipped = state["step"], dict(state["skipped"])
-        options = StateDictOptions(full_state_dict=True)
-        for name, model, optimizer in (("generator", self.generator.transformer, self.optimizer),
-                                       ("fake", self.fake.transformer, self.fake_optimizer)):
-            if state[f"{name}_optimizer"]:
-                set_state_dict(model, optimizer, model_state_dict=state[name],
-                               optim_state_dict=state[f"{name}_optimizer"], options=options)
-            else:
-                set_state_dict(model, [], model_state_dict=state[name], optim_state_dict={}, options=options)
-        mine = state["ranks"][self.rank]
-        self.rng.set_state(mine["rng"])
-        self.batches.load_state_dict(mine["data"])
+        return {"step": self.step, "skipped": dict(self.skipped), "ranks": ranks}
 
     def save(self) -> Path:
-        """Every rank gathers; rank 0 writes the checkpoint."""
-        state = self.state_dict()
-        path = None
-        if self.rank == 0:
-            path = save_checkpoint(self.out_dir, self.step, self.generator, state, self.config.to_json(),
-                                   keep=self.config.log.keep_checkpoints)
-        if dist.is_initialized():
-            dist.barrier()
-        return path
+        """Every rank takes part; rank 0 publishes the checkpoint."""
+        return save_checkpoint(self.out_dir, self.step, self.generator, self._models(), self._meta(),
+                               self.config.to_json(), keep=self.config.log.keep_checkpoints, rank=self.rank,
+                               world_size=self.world_size)
 
     def resume(self) -> bool:
-        """Load the latest checkpoint under `out_dir` if there is one."""
+        """Load the latest checkpoint under `out_dir` if there is one; it must come from as many ranks."""
         path = latest_checkpoint(self.out_dir)
         if path is None:
             return False
-        self.load_state_dict(load_state(path))
+        meta = load_checkpoint(path, self._models(), self.world_size)
+        self.step, self.skipped = meta["step"], dict(meta["skipped"])
+        mine = meta["ranks"][self.rank]
+        self.rng.set_state(mine["rng"])
+        self.batches.load_state_dict(mine["data"])
         return True
 
     def train(self, *, until: int | None = None, progress: bool = True) -> list[dict[str, float]]:
