@@ -72,3 +72,10 @@ def test_gradient_reaches_the_pixels(critic):
 def test_unknown_critic_family_is_a_clear_error(tiny_models):
     with pytest.raises(ValueError, match="no critic for model type 'qwen3'"):
         load_critic(tiny_models.generator / "text_encoder")
+
+
+def test_a_critic_refuses_another_family(tiny_models, critic):
+    from training.critics import QwenVLCritic
+
+    with pytest.raises(ValueError, match="QwenVLCritic needs a qwen2_vl / qwen2_5_vl model, got 'llava_onevision'"):
+        QwenVLCritic(critic.model, critic.processor)

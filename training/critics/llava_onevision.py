@@ -7,15 +7,13 @@ with the mean colour. Token counts come from the processor's own arithmetic, so 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
 from transformers.image_transforms import divide_to_patches
 
-from model_zoo.qwen_vl import load_vlm
-from training.critics.base import left_padded, yes_no_token_ids
+from training.critics.base import ChatCritic, left_padded
 
 
 def _resize(image01: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -25,29 +23,18 @@ def _resize(image01: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return resized[0].clamp(0, 1)  # PIL resizes 8-bit images, so bicubic overshoot saturates there too
 
 
-class LlavaOnevisionCritic(torch.nn.Module):
+class LlavaOnevisionCritic(ChatCritic):
     """LLaVA-OneVision as a differentiable Yes/No critic (tiny or real: same code)."""
 
+    model_types = ("llava_onevision",)
+
     def __init__(self, model, processor):
-        super().__init__()
-        if model.config.model_type != "llava_onevision":
-            raise ValueError(f"LlavaOnevisionCritic needs a llava_onevision model, got {model.config.model_type!r}")
-        self.model = model.requires_grad_(False).eval()
-        self.processor = processor
+        super().__init__(model, processor)
         image_processor = processor.image_processor
         self.crop = (image_processor.size.height, image_processor.size.width)
         self.pinpoints = image_processor.image_grid_pinpoints
         self.mean = torch.tensor(image_processor.image_mean).reshape(3, 1, 1)
         self.std = torch.tensor(image_processor.image_std).reshape(3, 1, 1)
-        self.yes_id, self.no_id = yes_no_token_ids(processor.tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> LlavaOnevisionCritic:
-        return cls(*load_vlm(path, dtype=dtype))
-
-    def prompt(self, num_images: int, text: str) -> str:
-        content = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
-        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
     def _normalise(self, image01: torch.Tensor) -> torch.Tensor:
         return (image01 - self.mean.to(image01)) / self.std.to(image01)

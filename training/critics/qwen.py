@@ -8,14 +8,13 @@ critic's gradient reaches the generated pixels. It is bit-exact with the process
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from model_zoo.qwen_vl import QWEN_VL_MODEL_TYPES, load_vlm
-from training.critics.base import left_padded, yes_no_token_ids
+from model_zoo.qwen_vl import QWEN_VL_MODEL_TYPES
+from training.critics.base import ChatCritic, left_padded
 
 
 @dataclass(frozen=True)
@@ -54,25 +53,14 @@ def qwen_pixel_values(image01: torch.Tensor, geometry: QwenGeometry) -> tuple[to
     return patches, torch.tensor([[1, gh, gw]], device=image01.device)
 
 
-class QwenVLCritic(torch.nn.Module):
+class QwenVLCritic(ChatCritic):
     """Qwen2-VL / Qwen2.5-VL as a frozen, differentiable Yes/No critic (tiny or real: same code)."""
 
+    model_types = QWEN_VL_MODEL_TYPES
+
     def __init__(self, model, processor):
-        super().__init__()
-        if model.config.model_type not in QWEN_VL_MODEL_TYPES:
-            raise ValueError(f"QwenVLCritic needs a Qwen2-VL family model, got {model.config.model_type!r}")
-        self.model = model.requires_grad_(False).eval()
-        self.processor = processor
+        super().__init__(model, processor)
         self.geometry = QwenGeometry.from_processor(processor)
-        self.yes_id, self.no_id = yes_no_token_ids(processor.tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> QwenVLCritic:
-        return cls(*load_vlm(path, dtype=dtype))
-
-    def prompt(self, num_images: int, text: str) -> str:
-        content = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
-        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
     def answer_logits(self, images: list[list[torch.Tensor]], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.model.parameters()).device
