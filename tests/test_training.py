@@ -214,3 +214,19 @@ def test_images_are_read_by_row_group_not_all_at_once(lake_dir, tiny_models):
     import io
 
     assert Image.open(io.BytesIO(dataset.image_bytes(row))).size[0] > 0
+
+
+def test_checkpoints_link_frozen_parts_written_once_when_the_base_is_not_a_folder(lake_dir, tiny_models, tmp_path):
+    config = _config(lake_dir, tiny_models, **{"schedule.total_steps": 2, "log.checkpoint_every": 1})
+    trainer = build_trainer(config, tmp_path)
+    trainer.generator.source = "some-org/some-model"  # as when the base was given as a hub id
+    trainer.train(progress=False)
+    frozen = tmp_path / "frozen_components"
+    for step in (1, 2):
+        generator = tmp_path / "checkpoints" / f"step-{step:07d}" / "generator"
+        for name in ("text_encoder", "tokenizer", "vae", "scheduler"):
+            assert (generator / name).is_symlink() and (generator / name).resolve() == (frozen / name).resolve()
+    from training.backbones import ZImageBackbone
+
+    loaded = ZImageBackbone.from_pretrained(tmp_path / "checkpoints" / "step-0000002" / "generator")
+    assert loaded.shift == trainer.generator.shift

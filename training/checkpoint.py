@@ -72,7 +72,8 @@ def save_checkpoint(out_dir: Path, step: int, generator, models: Models, meta: d
         payload = {"meta": meta, "sharded": False, "optimizers": stepped, **_states(models, FULL, stepped)}
     generator_weights = full_model_state(models["generator"][0])
     if rank == 0:
-        generator.save_pretrained(staging / "generator", transformer_state_dict=generator_weights)
+        generator.save_pretrained(staging / "generator", transformer_state_dict=generator_weights,
+                                  frozen_dir=out_dir / "frozen_components")
         torch.save(payload, staging / "state.pt")
         (staging / "config.json").write_text(config_json)
         shutil.rmtree(final, ignore_errors=True)

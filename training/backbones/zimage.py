@@ -67,10 +67,11 @@ class ZImageBackbone(nn.Module):
         backbone.compute_dtype = self.compute_dtype
         return backbone
 
-    def save_pretrained(self, out_dir: str | Path, transformer_state_dict: dict | None = None) -> Path:
+    def save_pretrained(self, out_dir: str | Path, transformer_state_dict: dict | None = None,
+                        frozen_dir: str | Path | None = None) -> Path:
         """A diffusers-layout checkpoint: the transformer is written (from `transformer_state_dict` when given, e.g.
-        gathered from FSDP shards); frozen components are linked from the source when it is a local folder (no
-        multi-GB copies per checkpoint), otherwise written too."""
+        gathered from FSDP shards); frozen components are linked, not copied: to the source when it is a local
+        folder, else to `frozen_dir`, where they are written once (a hub id as the base costs one copy per run)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         if transformer_state_dict is None:
@@ -82,21 +83,26 @@ class ZImageBackbone(nn.Module):
             self.transformer.save_config(out_dir / "transformer")
             tensors = {k: v.detach().contiguous() for k, v in transformer_state_dict.items()}
             save_file(tensors, out_dir / "transformer" / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
-        source = Path(self.source) if self.source is not None else None
+        source = Path(self.source) if self.source is not None and Path(self.source).is_dir() else None
+        holder = Path(frozen_dir) if frozen_dir is not None else None
+        writers = {
+            "text_encoder": self.text_encoder.save_pretrained,
+            "tokenizer": self.tokenizer.save_pretrained,
+            "vae": self.vae.save_pretrained,
+            "scheduler": FlowMatchEulerDiscreteScheduler(shift=self.shift, use_dynamic_shifting=False).save_pretrained,
+        }
         for name in ("text_encoder", "tokenizer", "vae", "scheduler", "model_index.json"):
             target = out_dir / name
             if target.exists() or target.is_symlink():
                 continue
             if source is not None and (source / name).exists():
                 target.symlink_to((source / name).resolve())
-            elif name == "text_encoder":
-                self.text_encoder.save_pretrained(target)
-            elif name == "tokenizer":
-                self.tokenizer.save_pretrained(target)
-            elif name == "vae":
-                self.vae.save_pretrained(target)
-            elif name == "scheduler":
-                FlowMatchEulerDiscreteScheduler(shift=self.shift, use_dynamic_shifting=False).save_pretrained(target)
+            elif name in writers and holder is not None:
+                if not (holder / name).exists():
+                    writers[name](holder / name)
+                target.symlink_to((holder / name).resolve())
+            elif name in writers:
+                writers[name](target)
         return out_dir
 
     @property
