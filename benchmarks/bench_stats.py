@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 
 from datasets_builder import lake
-from datasets_builder.stats import DIFF, QUERIES, ROWS_PER_SNAPSHOT
+from datasets_builder.stats import QUERIES, ROWS_PER_SNAPSHOT, diff_sql
 from schemas import EDIT_TYPES
 
 PROVENANCE = "'tiny' AS model_id, 'p1' AS prompt_version, '{}' AS sampling, 'transformers' AS backend"
@@ -75,7 +75,7 @@ def main() -> None:
               f"in {args.files} files each, written+published in {time.perf_counter() - started:.1f} s")
         version = lake.resolve(store, "bench").snapshot_id
         before = lake.resolve(store, "before").snapshot_id
-        diff = "\nUNION ALL".join(DIFF.format(table=t, a=before, b=version) for t in lake.CORPUS_TABLES)
+        diff = diff_sql(before, version)
         with lake.session(store, read_only=True) as con:
             con.execute("SET threads = 2")
             queries = {**{k: q.format(v=version) for k, q in QUERIES.items()}, "rows_per_snapshot": ROWS_PER_SNAPSHOT,

@@ -64,6 +64,22 @@ def extension_dir() -> str:
     return str(Path(duckdb_ext.__file__).parent / "extensions")
 
 
+def setup_statements(config: LakeConfig, *, read_only: bool) -> list[str]:
+    """The SQL that opens the lake from any DuckDB client: offline extension wheels, the catalog attached as `lake`."""
+    return [
+        f"SET extension_directory = '{extension_dir()}'",
+        "SET autoinstall_known_extensions = false",
+        "LOAD ducklake",
+        config.attach_sql(read_only),
+    ]
+
+
+def _corpus_table(table: str) -> str:
+    if table not in CORPUS_TABLES:
+        raise ValueError(f"unknown table {table!r}; corpus tables: {', '.join(CORPUS_TABLES)}")
+    return table
+
+
 def connect(config: LakeConfig, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the lake attached as `lake`, extensions loaded from the offline wheels."""
     if not config.catalog.startswith(("postgres:", "sqlite:")):
@@ -73,10 +89,8 @@ def connect(config: LakeConfig, *, read_only: bool = False) -> duckdb.DuckDBPyCo
     if "://" not in config.data_path:
         Path(config.data_path).mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
-    con.execute(f"SET extension_directory = '{extension_dir()}'")
-    con.execute("SET autoinstall_known_extensions = false")
-    con.execute("LOAD ducklake")
-    con.execute(config.attach_sql(read_only))
+    for statement in setup_statements(config, read_only=read_only):
+        con.execute(statement)
     return con
 
 
@@ -258,8 +272,7 @@ def resolve(config: LakeConfig, snapshot: int | str | None = None) -> SnapshotRo
 
 def table_files(config: LakeConfig, table: str, snapshot: int | str | None = None) -> list[str]:
     """The Parquet files holding `table` at a published snapshot (for readers that stream or seek)."""
-    if table not in CORPUS_TABLES:
-        raise ValueError(f"unknown table {table!r}; corpus tables: {', '.join(CORPUS_TABLES)}")
+    _corpus_table(table)
     version = resolve(config, snapshot).snapshot_id
     with session(config, read_only=True) as con:
         deletes = con.execute(
@@ -273,8 +286,7 @@ def table_files(config: LakeConfig, table: str, snapshot: int | str | None = Non
 
 def read_table(config: LakeConfig, table: str, snapshot: int | str | None = None, columns: list[str] | None = None) -> pa.Table:
     """Rows of `table` exactly as they were at a published snapshot."""
-    if table not in CORPUS_TABLES:
-        raise ValueError(f"unknown table {table!r}; corpus tables: {', '.join(CORPUS_TABLES)}")
+    _corpus_table(table)
     version = resolve(config, snapshot).snapshot_id
     select = ", ".join(columns) if columns else "*"
     with session(config, read_only=True) as con:

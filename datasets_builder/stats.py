@@ -68,20 +68,20 @@ def snapshot_stats(config: lake.LakeConfig, snapshot: int | str | None = None) -
     return results
 
 
+def diff_sql(version_a: int, version_b: int) -> str:
+    """Row counts of every corpus table at two snapshot versions, one row per table."""
+    return "\nUNION ALL".join(DIFF.format(table=t, a=version_a, b=version_b) for t in lake.CORPUS_TABLES)
+
+
 def snapshot_diff(config: lake.LakeConfig, a: int | str, b: int | str) -> QueryResult:
     """Row counts per table at two snapshots."""
-    va, vb = lake.resolve(config, a).snapshot_id, lake.resolve(config, b).snapshot_id
-    sql = "\nUNION ALL".join(DIFF.format(table=t, a=va, b=vb) for t in lake.CORPUS_TABLES)
+    sql = diff_sql(lake.resolve(config, a).snapshot_id, lake.resolve(config, b).snapshot_id)
     with lake.session(config, read_only=True) as con:
         return _run(con, f"diff {a} -> {b}", sql)
 
 
 def write_cli_init(config: lake.LakeConfig, path: Path) -> Path:
     """An init file for the `duckdb` CLI: offline extensions, the lake attached read-only and selected."""
-    path.write_text(
-        f"SET extension_directory = '{lake.extension_dir()}';\n"
-        f"SET autoinstall_known_extensions = false;\n"
-        f"{config.attach_sql(read_only=True)};\n"
-        f"USE {lake.LAKE};\n"
-    )
+    statements = [*lake.setup_statements(config, read_only=True), f"USE {lake.LAKE}"]
+    path.write_text("".join(f"{statement};\n" for statement in statements))
     return path
