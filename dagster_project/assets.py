@@ -62,6 +62,7 @@ SHARD_ASSET_KEYS = ["images", *STAGE_OUTPUT.values()]
 class SnapshotConfig(dg.Config):
     message: str = "corpus build"
     tag: str | None = None
+    replace: bool = False  # the snapshot holds only this configuration's outputs; earlier snapshots keep theirs
 
 
 @dg.asset(group_name=GROUP,
@@ -75,7 +76,7 @@ def snapshot(context: dg.AssetExecutionContext, config: SnapshotConfig, source: 
         any(p.name.startswith(s) for p in files[t]) for t in ("images", *STAGE_OUTPUT.values()))]
     if missing:
         context.log.warning(f"shards not finished, left out of this snapshot: {missing}")
-    published = corpus.publish(message=config.message, tag=config.tag)
+    published = corpus.publish(message=config.message, tag=config.tag, replace=config.replace)
     sample = lake_store.read_table(
         corpus.lake, "edit_instructions", published.snapshot_id,
         columns=["edit_type", "instruction", "is_valid", "edited_caption"],

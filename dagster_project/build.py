@@ -18,6 +18,7 @@ def build_corpus(
     *,
     message: str = "corpus build",
     tag: str | None = None,
+    replace: bool = False,
     instance: dg.DagsterInstance | None = None,
     on_event: Callable[[str], None] = print,
     log_level: str = "WARNING",
@@ -37,12 +38,21 @@ def build_corpus(
         selection=dg.AssetSelection.assets("snapshot"),
         instance=instance,
         resources=resources,
-        run_config={**logs, "ops": {"snapshot": {"config": {"message": message, "tag": tag}}}},
+        run_config={**logs, "ops": {"snapshot": {"config": {"message": message, "tag": tag, "replace": replace}}}},
         raise_on_error=False,
     )
     if not result.success:
-        raise RuntimeError("publishing the snapshot failed; see the Dagster log above")
+        errors = [_root_cause(e.step_failure_data.error) for e in result.get_step_failure_events()
+                  if e.step_failure_data.error is not None]
+        raise RuntimeError("publishing the snapshot failed: " + ("; ".join(errors) or "see the Dagster log above"))
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("snapshot")[0].metadata.items()}
     for evaluation in result.get_asset_check_evaluations():
         metadata[f"check_{evaluation.check_name}"] = "passed" if evaluation.passed else "FAILED"
     return metadata
+
+
+def _root_cause(error) -> str:
+    """The message of the exception that started a Dagster step failure (not Dagster's wrapper)."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()

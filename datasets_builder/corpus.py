@@ -47,9 +47,7 @@ class Corpus:
     def __init__(self, config: CorpusConfig):
         self.config = config
         self.work_dir = Path(config.work_dir).resolve()
-        lake_dir = Path(config.lake_dir).resolve()
-        local = lake.LakeConfig.local(lake_dir)
-        self.lake = lake.LakeConfig(config.catalog or local.catalog, config.data_path or local.data_path)
+        self.lake = lake.LakeConfig.of(config.lake_dir, config.catalog, config.data_path)
 
     @property
     def fetched_dir(self) -> Path:
@@ -205,10 +203,12 @@ class Corpus:
                     files["vlm_rejects"].append(rejects_path)
         return files
 
-    def publish(self, *, message: str, tag: str | None = None, runner: VlmRunner | None = None) -> SnapshotRow:
-        """Publish every finished file as one immutable snapshot."""
+    def publish(self, *, message: str, tag: str | None = None, replace: bool = False,
+                runner: VlmRunner | None = None) -> SnapshotRow:
+        """Publish every finished file as one immutable snapshot (`replace`: retire other configurations' files)."""
         config = json.loads(json.dumps(asdict(self.config), default=str))
-        return lake.publish(self.lake, self.staged_files(runner), message=message, tag=tag, builder_config=config)
+        return lake.publish(self.lake, self.staged_files(runner), message=message, tag=tag, builder_config=config,
+                            replace=replace)
 
 
 def _tiny_vlm_path() -> Path:

@@ -44,8 +44,21 @@ class LakeConfig:
 
     @classmethod
     def local(cls, root: Path) -> LakeConfig:
-        root = root.resolve()
+        root = Path(root).resolve()
         return cls(catalog=str(root / "corpus.ducklake"), data_path=str(root / "data") + "/")
+
+    @classmethod
+    def of(cls, lake_dir: str | Path, catalog: str | None = None, data_path: str | None = None) -> LakeConfig:
+        """The lake every entry point addresses the same way: `catalog` and `data_path` default to `lake_dir`."""
+        local = cls.local(Path(lake_dir))
+        if data_path and "://" not in data_path:
+            data_path = str(Path(data_path).resolve()) + "/"
+        return cls(catalog=catalog or local.catalog, data_path=data_path or local.data_path)
+
+    @property
+    def is_shared_catalog(self) -> bool:
+        """A SQLite or PostgreSQL catalog admits several processes; a DuckDB-file catalog only one."""
+        return self.catalog.startswith(("postgres:", "sqlite:"))
 
     def attach_sql(self, read_only: bool) -> str:
         options = [f"DATA_PATH '{self.data_path}'"] + (["READ_ONLY"] if read_only else [])
@@ -82,7 +95,7 @@ def _corpus_table(table: str) -> str:
 
 def connect(config: LakeConfig, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the lake attached as `lake`, extensions loaded from the offline wheels."""
-    if not config.catalog.startswith(("postgres:", "sqlite:")):
+    if not config.is_shared_catalog:
         if read_only and not Path(config.catalog).exists():
             raise LookupError(f"no corpus lake at {config.catalog}: build one with `npedit corpus build`")
         Path(config.catalog).parent.mkdir(parents=True, exist_ok=True)
@@ -186,13 +199,16 @@ def publish(
     message: str,
     tag: str | None = None,
     builder_config: Mapping | None = None,
+    replace: bool = False,
 ) -> SnapshotRow:
     """Register every not-yet-registered file in one commit = one snapshot.
 
     Files hold rows or are skipped (DuckLake registers no empty file). A table given here must be exactly the union
     of its registered files and the new ones: a registered file that this publish would not include means the lake
-    holds outputs of another configuration, which is an error rather than a silent mix. Nothing new returns the
-    latest snapshot, unless a new tag was asked for (an error: a tag names new content).
+    holds outputs of another configuration, which is an error rather than a silent mix, unless `replace` is set:
+    then the same commit retires those files, so the new snapshot holds exactly the given files while every earlier
+    snapshot keeps its own (retired files stay on disk, untouched, for time travel). Nothing new returns the latest
+    snapshot, unless a new tag was asked for (an error: a tag names new content).
     """
     unknown = set(files) - set(CORPUS_TABLES)
     if unknown:
@@ -204,6 +220,7 @@ def publish(
             raise ValueError(f"tag {tag!r} already names snapshot {next(s for s in published if s.tag == tag).snapshot_id}")
         final: dict[str, list[str]] = {}
         new: list[tuple[str, str]] = []
+        retired: dict[str, list[str]] = {}
         for table in CORPUS_TABLES:
             have = set(registered_files(con, table))
             if table not in files:
@@ -211,21 +228,27 @@ def publish(
                 continue
             wanted = {str(Path(p).resolve()) for p in files[table] if pq.read_metadata(p).num_rows > 0}
             stale = sorted(have - wanted)
-            if stale:
+            if stale and not replace:
                 raise ValueError(
                     f"{config.catalog}: {table} already holds {len(stale)} file(s) this build would not publish "
                     f"(e.g. {Path(stale[0]).name}): outputs of another model, prompt, sampling or image limits. "
-                    "Publish this configuration into a new lake_dir."
+                    "Publish with replace (`npedit corpus build --replace`) to make this configuration's outputs "
+                    "the new snapshot's rows, or publish into a new lake_dir."
                 )
-            final[table] = sorted(have | wanted)
+            if stale:
+                retired[table] = stale
+            final[table] = sorted(wanted if replace else have | wanted)
             new += [(table, path) for path in sorted(wanted - have)]
-        if not new:
+        if not new and not retired:
             if published and tag is None:
                 return published[-1]
             latest = f"snapshot {published[-1].snapshot_id} already holds every file" if published else "no rows"
             raise ValueError(f"nothing new to publish ({latest}); a tag names new content, so {tag!r} was not set")
         con.execute("BEGIN")
         try:
+            for table, paths in retired.items():
+                # Deleting every row of a file by its name ends the file in the catalog (no delete file is written).
+                con.execute(f"DELETE FROM {LAKE}.{table} WHERE filename IN (SELECT unnest(?::VARCHAR[]))", [paths])
             for table, path in new:
                 con.execute(f"CALL ducklake_add_data_files('{LAKE}', '{table}', ?)", [path])
             counts = {t: con.execute(f"SELECT count(*) FROM {LAKE}.{t}").fetchone()[0] for t in CORPUS_TABLES}
@@ -236,6 +259,7 @@ def publish(
                 "config": json.dumps(dict(builder_config or {}), sort_keys=True, default=str),
                 "schema_version": SCHEMA_VERSION,
                 "tag": tag,
+                "retired_files": {t: len(paths) for t, paths in retired.items()},
             }
             con.execute(
                 f"CALL {LAKE}.set_commit_message('npedit', ?, extra_info => ?)",

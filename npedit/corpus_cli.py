@@ -19,14 +19,15 @@ def _config(args: argparse.Namespace):
         raise SystemExit("npedit corpus build: give --config, --url-list or --folder")
     return CorpusConfig(
         source=SourceConfig(url_list=args.url_list and str(args.url_list), folder=args.folder and str(args.folder)),
-        work_dir=str(args.work_dir), lake_dir=str(args.lake_dir), fetch=FetchConfig(shard_size=args.shard_size),
+        work_dir=str(args.work_dir), lake_dir=str(args.lake_dir), catalog=args.catalog, data_path=args.data_path,
+        fetch=FetchConfig(shard_size=args.shard_size),
     )
 
 
 def _lake(args: argparse.Namespace):
     from datasets_builder.lake import LakeConfig
 
-    return LakeConfig.local(args.lake_dir)
+    return LakeConfig.of(args.lake_dir, args.catalog, args.data_path)
 
 
 def print_result(console: Console, result) -> None:
@@ -42,7 +43,8 @@ def build(args: argparse.Namespace) -> int:
     from dagster_project.build import build_corpus
 
     console = Console()
-    metadata = build_corpus(_config(args), message=args.message, tag=args.tag, on_event=console.print)
+    metadata = build_corpus(_config(args), message=args.message, tag=args.tag, replace=args.replace,
+                            on_event=console.print)
     console.print({k: v for k, v in metadata.items() if k != "preview"})
     return 0
 
@@ -71,6 +73,14 @@ def sql_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_lake_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lake-dir", type=Path, default=Path("corpus_lake"))
+    parser.add_argument("--catalog", default=None,
+                        help="DuckLake catalog: a file, sqlite:PATH or 'postgres:dbname=... host=...' "
+                             "(default: LAKE_DIR/corpus.ducklake)")
+    parser.add_argument("--data-path", default=None, help="folder of the Parquet files (default: LAKE_DIR/data/)")
+
+
 def add_corpus_commands(sub: argparse._SubParsersAction) -> None:
     corpus = sub.add_parser("corpus", help="build and inspect the unpaired editing corpus")
     commands = corpus.add_subparsers(dest="corpus_command", required=True)
@@ -80,17 +90,20 @@ def add_corpus_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--url-list", type=Path, help="parquet/csv/jsonl with a url (and optional caption) column")
     b.add_argument("--folder", type=Path, help="a folder of images instead of a URL list")
     b.add_argument("--work-dir", type=Path, default=Path("corpus_work"))
-    b.add_argument("--lake-dir", type=Path, default=Path("corpus_lake"))
+    _add_lake_options(b)
     b.add_argument("--shard-size", type=int, default=1000)
     b.add_argument("--message", default="corpus build")
     b.add_argument("--tag", default=None, help="a unique name for the snapshot (e.g. v1)")
+    b.add_argument("--replace", action="store_true",
+                   help="the new snapshot holds only this configuration's outputs (another model, prompt, sampling "
+                        "or image limits); earlier snapshots keep theirs")
     b.set_defaults(func=build)
 
     for name, func, text in (("stats", stats, "print the users' questions answered at a snapshot"),
                              ("diff", diff, "row counts per table at two snapshots"),
                              ("sql-init", sql_init, "write an init file for the duckdb CLI")):
         p = commands.add_parser(name, help=text)
-        p.add_argument("--lake-dir", type=Path, default=Path("corpus_lake"))
+        _add_lake_options(p)
         if name == "stats":
             p.add_argument("--snapshot", default=None, help="id or tag; default: the latest")
         if name == "diff":

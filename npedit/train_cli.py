@@ -26,6 +26,10 @@ def train(args: argparse.Namespace) -> int:
         overrides["data.snapshot"] = args.snapshot
     if args.lake_dir is not None:
         overrides["data.lake_dir"] = str(args.lake_dir)
+    if args.catalog is not None:
+        overrides["data.catalog"] = args.catalog
+    if args.data_path is not None:
+        overrides["data.data_path"] = args.data_path
     if args.steps is not None:
         overrides["schedule.total_steps"] = args.steps
     config = load_config(args.recipe, args.config, overrides)
@@ -74,6 +78,8 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--config", type=Path, default=None, help="TOML with [model] [data] [loss] ... tables on top")
     t.add_argument("--snapshot", default=None, help="snapshot id or tag (default: latest)")
     t.add_argument("--lake-dir", type=Path, default=None)
+    t.add_argument("--catalog", default=None, help="a shared DuckLake catalog, e.g. 'postgres:dbname=npedit host=db'")
+    t.add_argument("--data-path", default=None, help="the lake's Parquet folder (default: LAKE_DIR/data/)")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--out", type=Path, default=None)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set loss.lambda_vlm=0.02")

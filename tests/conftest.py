@@ -34,3 +34,25 @@ def vlm(tiny_models):
     from model_zoo.qwen_vl import load_vlm
 
     return load_vlm(tiny_models.vlm)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server for catalog tests; skipped where none can run unless CI requires it."""
+    from postgres_server import postgres_server
+
+    server = postgres_server()
+    try:
+        running = server.__enter__()
+    except (FileNotFoundError, RuntimeError) as error:
+        if os.environ.get("NPEDIT_REQUIRE_POSTGRES") == "1":
+            raise
+        pytest.skip(f"no PostgreSQL server here: {error}")
+    yield running
+    server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def postgres_dsn(postgres):
+    """An empty database of its own on the shared test server (one DuckLake catalog per test)."""
+    return postgres.new_database()

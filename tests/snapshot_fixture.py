@@ -21,8 +21,9 @@ EDITS = [
 ]
 
 
-def write_fixture_snapshot(root: Path, tag: str = "fixture") -> lake.LakeConfig:
-    store = lake.LakeConfig.local(root)
+def write_fixture_snapshot(root: Path | lake.LakeConfig, tag: str = "fixture") -> lake.LakeConfig:
+    """Publish the fixture edits into a lake folder (or any lake) as snapshot `tag`."""
+    store = root if isinstance(root, lake.LakeConfig) else lake.LakeConfig.local(root)
     images, edits = [], []
     for name, edit_type, instruction, caption in EDITS:
         result = normalise_image((SAMPLES / name).read_bytes())

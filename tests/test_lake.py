@@ -49,9 +49,30 @@ def test_outputs_of_another_configuration_are_refused_not_mixed(store):
     old = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 3), "a-model1")
     lake.publish(store, {"images_rejected": [old]}, message="model 1", tag="v1")
     replacement = lake.write_staged(store, IMAGES_REJECTED, _rejects("b", 3), "a-model2")
-    with pytest.raises(ValueError, match="already holds 1 file.*a-model1.parquet.*new lake_dir"):
+    with pytest.raises(ValueError, match="already holds 1 file.*a-model1.parquet.*--replace"):
         lake.publish(store, {"images_rejected": [replacement]}, message="model 2")
     assert lake.read_table(store, "images_rejected").num_rows == 3
+
+
+def test_replace_retires_another_configurations_files_and_earlier_snapshots_keep_them(store):
+    shared = lake.write_staged(store, IMAGES_REJECTED, _rejects("s", 2), "s-limits1")
+    old = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 3), "a-model1")
+    v1 = lake.publish(store, {"images_rejected": [shared, old]}, message="model 1", tag="v1")
+    before = lake.read_table(store, "images_rejected", "v1").to_pylist()
+    new = lake.write_staged(store, IMAGES_REJECTED, _rejects("b", 4), "a-model2")
+    v2 = lake.publish(store, {"images_rejected": [shared, new]}, message="model 2", tag="v2", replace=True)
+    assert (v1.row_counts["images_rejected"], v2.row_counts["images_rejected"]) == (5, 6)
+    assert sorted(lake.read_table(store, "images_rejected", "v2").column("shard").to_pylist()) == ["b"] * 4 + ["s"] * 2
+    assert lake.read_table(store, "images_rejected", "v1").to_pylist() == before
+    assert lake.table_files(store, "images_rejected", "v2") == sorted([str(shared), str(new)])
+    assert lake.table_files(store, "images_rejected", "v1") == sorted([str(shared), str(old)])
+    assert old.exists() and lake.verify_content_hash(store, "v1") and lake.verify_content_hash(store, "v2")
+    again = lake.publish(store, {"images_rejected": [shared, new]}, message="again", replace=True)
+    assert again.snapshot_id == v2.snapshot_id
+    back = lake.publish(store, {"images_rejected": [shared, old]}, message="model 1 again", tag="v3", replace=True)
+    assert sorted(lake.read_table(store, "images_rejected", "v3").column("source").to_pylist()) == sorted(
+        row["source"] for row in before)
+    assert back.content_hash == v1.content_hash and lake.verify_content_hash(store, "v2")
 
 
 def test_empty_files_and_tags_without_new_content(store):

@@ -22,6 +22,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     lake_dir: str = "corpus_lake"
+    catalog: str | None = None  # e.g. "postgres:dbname=npedit host=db"; default: the file in lake_dir
+    data_path: str | None = None  # where the Parquet files live; default: lake_dir/data/
     snapshot: str | None = None  # id or tag; None = latest
     resolution: int = 64  # side of the square-equivalent training area; buckets keep ~resolution^2 pixels
     aspect_ratios: tuple[float, ...] = (1.0,)  # width / height of the resolution buckets

@@ -181,7 +181,7 @@ class EditBatches:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
-def snapshot_batches(lake_dir: str | Path, config: DataConfig, *, seed: int, rank: int = 0,
-                     world_size: int = 1) -> EditBatches:
-    return EditBatches(SnapshotEdits(LakeConfig.local(Path(lake_dir)), config), config.batch_size, seed=seed,
-                       rank=rank, world_size=world_size)
+def snapshot_batches(config: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1) -> EditBatches:
+    """This rank's batches of the snapshot `config` names, in the lake it names."""
+    lake = LakeConfig.of(config.lake_dir, config.catalog, config.data_path)
+    return EditBatches(SnapshotEdits(lake, config), config.batch_size, seed=seed, rank=rank, world_size=world_size)

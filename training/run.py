@@ -74,7 +74,7 @@ def build_trainer(config: TrainConfig, out_dir: Path, *, rank: int = 0, world_si
     if config.model.gradient_checkpointing:
         generator.transformer.enable_gradient_checkpointing()
     critic = load_critic(critic_path, dtype=dtype).to(device)
-    batches = snapshot_batches(config.data.lake_dir, config.data, seed=config.seed, rank=rank, world_size=world_size)
+    batches = snapshot_batches(config.data, seed=config.seed, rank=rank, world_size=world_size)
     shard = None
     if world_size > 1:
         shard = transformer_sharder(dtype)

@@ -1,0 +1,82 @@
+"""A team's lake: the catalog in PostgreSQL, shared by every process; builds, stats, replacement and the trainer."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from dagster_project.build import build_corpus
+from datasets_builder import lake, stats
+from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig
+from datasets_builder.corpus import Corpus
+from datasets_builder.fetch import FetchConfig
+from odd_images import SAMPLES
+from snapshot_fixture import EDITS, write_fixture_snapshot
+from training.config import DataConfig
+from training.data import snapshot_batches
+
+pytestmark = pytest.mark.slow
+
+
+def _team_config(root: Path, dsn: str, model: Path, seed: int) -> CorpusConfig:
+    folder = root / "source"
+    if not folder.exists():
+        folder.mkdir()
+        for name in ("astronaut.jpg", "coffee.jpg", "rocket.jpg"):
+            shutil.copy(SAMPLES / name, folder / name)
+        (folder / "broken.jpg").write_bytes(b"<html>not an image</html>")
+    return CorpusConfig(
+        source=SourceConfig(folder=str(folder)), work_dir=str(root / "work"), lake_dir=str(root / "unused"),
+        catalog=f"postgres:{dsn}", data_path=str(root / "shared_data") + "/", fetch=FetchConfig(shard_size=8),
+        vlm=VlmConfig(model=str(model), seed=seed),
+    )
+
+
+def _npedit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "npedit.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_postgres_catalog_builds_serves_other_processes_and_replaces_a_configuration(tmp_path, postgres_dsn,
+                                                                                      tiny_models):
+    config = _team_config(tmp_path, postgres_dsn, tiny_models.vlm, seed=0)
+    store = Corpus(config).lake
+    assert store.catalog.startswith("postgres:") and not (tmp_path / "unused").exists()
+    first = build_corpus(config, tag="v1", message="seed 0", on_event=lambda m: None)
+    assert first["rows_images"] == 3 and first["rows_images_rejected"] == 1
+    assert first["check_counts_add_up"] == "passed" and first["check_no_duplicate_keys"] == "passed"
+    v1 = {t: sorted(map(str, lake.read_table(store, t, "v1").to_pylist())) for t in ("captions", "edit_proposals")}
+
+    lake_args = ["--catalog", store.catalog, "--data-path", store.data_path]
+    with lake.session(store):  # a writer holds the catalog; other processes still read it
+        out = _npedit("corpus", "stats", *lake_args, "--snapshot", "v1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "proposals_per_edit_type" in out.stdout and "reject_reasons" in out.stdout
+
+    other = replace(config, vlm=replace(config.vlm, seed=1))  # another sampling: new files, same images
+    with pytest.raises(RuntimeError, match="publishing the snapshot failed: .*captions already holds 1 file.*--replace"):
+        build_corpus(other, tag="v2", message="seed 1", on_event=lambda m: None)
+    second = build_corpus(other, tag="v2", message="seed 1", replace=True, on_event=lambda m: None)
+    assert second["rows_images"] == 3 and second["check_counts_add_up"] == "passed"
+    for table in ("captions", "edit_proposals"):
+        assert sorted(map(str, lake.read_table(store, table, "v1").to_pylist())) == v1[table], table
+        samplings = set(lake.read_table(store, table, "v2", columns=["sampling"]).column(0).to_pylist())
+        assert len(samplings) == 1 and '"seed": 1' in samplings.pop(), table
+    assert lake.verify_content_hash(store, "v1") and lake.verify_content_hash(store, "v2")
+    diff = {row[0]: (row[1], row[2]) for row in stats.snapshot_diff(store, "v1", "v2").rows}
+    assert diff["images"] == (3, 3) and diff["captions"] == (3, 3)
+
+
+def test_trainer_reads_a_snapshot_from_a_postgres_catalog(tmp_path, postgres_dsn):
+    store = lake.LakeConfig(catalog=f"postgres:{postgres_dsn}", data_path=str(tmp_path / "data") + "/")
+    write_fixture_snapshot(store, tag="team")
+    data = DataConfig(lake_dir=str(tmp_path / "unused"), catalog=store.catalog, data_path=store.data_path,
+                      snapshot="team", batch_size=3)
+    batches = snapshot_batches(data, seed=0)
+    batch = next(iter(batches))
+    assert len(batch.instructions) == 3 and batch.references.shape[0] == 3
+    assert set(batch.instructions) <= {instruction for _, _, instruction, _ in EDITS}
