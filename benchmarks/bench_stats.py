@@ -29,8 +29,8 @@ def synthesize(store: lake.LakeConfig, rows: int, files: int) -> None:
     con = duckdb.connect()
     for f in range(files):
         start = f * per_file
-        ids = f"sha256((i // 4)::VARCHAR)"
-        pid = f"sha256(i::VARCHAR)"
+        ids = "sha256((i // 4)::VARCHAR)"
+        pid = "sha256(i::VARCHAR)"
         etype = f"{TYPES}[(hash(i) % 8)::BIGINT + 1]"
         specs = {
             "edit_proposals": f"SELECT {PROVENANCE}, {pid} AS proposal_id, {ids} AS image_id, {etype} AS edit_type, "
@@ -51,7 +51,7 @@ def synthesize(store: lake.LakeConfig, rows: int, files: int) -> None:
         }
         for table, select in specs.items():
             n = per_file if table in ("edit_proposals", "edit_instructions") else per_file // 40
-            path = lake.staged_path(store, table, f"bench-{f:05d}")
+            path = Path(lake.staged_path(store, table, f"bench-{f:05d}"))
             path.parent.mkdir(parents=True, exist_ok=True)
             con.execute(f"COPY ({select} FROM range({start}, {start + n}) t(i)) TO '{path}' "
                         "(FORMAT parquet, COMPRESSION zstd)")

@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 
 from dagster_project.resources import LakeResource, SourceResource, VlmResource, corpus_from
 from datasets_builder import lake as lake_store
+from datasets_builder import storage
 from datasets_builder.corpus import STAGE_INPUTS, STAGE_OUTPUT
 from schemas import VlmStage
 
@@ -73,7 +74,7 @@ def snapshot(context: dg.AssetExecutionContext, config: SnapshotConfig, source: 
     corpus = corpus_from(source, vlm, lake)
     files = corpus.staged_files()
     missing = [s for s in corpus.shards() if not all(
-        any(p.name.startswith(s) for p in files[t]) for t in ("images", *STAGE_OUTPUT.values()))]
+        any(storage.name(p).startswith(s) for p in files[t]) for t in ("images", *STAGE_OUTPUT.values()))]
     if missing:
         context.log.warning(f"shards not finished, left out of this snapshot: {missing}")
     published = corpus.publish(message=config.message, tag=config.tag, replace=config.replace)

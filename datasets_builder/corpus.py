@@ -14,9 +14,8 @@ from functools import cached_property
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from datasets_builder import lake
+from datasets_builder import lake, storage
 from datasets_builder.config import CorpusConfig
 from datasets_builder.fetch import fetch_images, folder_url_list, read_fetched_shard, read_url_list
 from datasets_builder.images import normalise_fetched
@@ -95,15 +94,15 @@ class Corpus:
         """Normalise one fetched shard; duplicates across shards are rejected against a persistent claim table."""
         images_path = lake.staged_path(self.lake, "images", self.images_name(shard))
         rejects_path = lake.staged_path(self.lake, "images_rejected", self.images_name(shard))
-        if not (images_path.exists() and rejects_path.exists()):
+        if not (storage.exists(images_path) and storage.exists(rejects_path)):
             fetched = read_fetched_shard(self.fetched_path(shard))
             images, rejected = normalise_fetched(fetched, shard, self.config.limits)
             images, duplicates = self._claim(images, shard)
             rejected = pa.concat_tables([rejected, duplicates])
             lake.write_staged(self.lake, IMAGES, images, self.images_name(shard))
             lake.write_staged(self.lake, IMAGES_REJECTED, rejected, self.images_name(shard))
-        rejected = pq.read_table(rejects_path, columns=["reason"]).column("reason").to_pylist()
-        counts = {"images": pq.read_metadata(images_path).num_rows, "rejected": len(rejected)}
+        rejected = storage.read_parquet(rejects_path, columns=["reason"]).column("reason").to_pylist()
+        counts = {"images": storage.num_rows(images_path), "rejected": len(rejected)}
         counts.update({f"rejected_{r}": rejected.count(r) for r in sorted(set(rejected))})
         return counts
 
@@ -150,26 +149,31 @@ class Corpus:
                  [self.stage_fingerprint(s, runner) for s in STAGE_INPUTS[stage]]]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
-    def stage_paths(self, stage: VlmStage, shard: str, runner: VlmRunner) -> tuple[Path, Path]:
+    def stage_names(self, stage: VlmStage, shard: str, runner: VlmRunner) -> tuple[str, str]:
+        """Names of a stage's files for one shard: its rows, and its `vlm_rejects`."""
         name = f"{shard}-{self.stage_fingerprint(stage, runner)}"
-        return (lake.staged_path(self.lake, STAGE_OUTPUT[stage], name),
-                lake.staged_path(self.lake, "vlm_rejects", f"{name}-{stage.value}"))
+        return name, f"{name}-{stage.value}"
+
+    def stage_paths(self, stage: VlmStage, shard: str, runner: VlmRunner) -> tuple[str, str]:
+        rows_name, rejects_name = self.stage_names(stage, shard, runner)
+        return (lake.staged_path(self.lake, STAGE_OUTPUT[stage], rows_name),
+                lake.staged_path(self.lake, "vlm_rejects", rejects_name))
 
     def _read_stage(self, stage: VlmStage, shard: str, runner: VlmRunner) -> pa.Table:
         path = self.stage_paths(stage, shard, runner)[0]
-        if not path.exists():
+        if not storage.exists(path):
             raise FileNotFoundError(f"shard {shard}: run the {stage.value} stage before its dependants ({path})")
-        return pq.read_table(path)
+        return storage.read_parquet(path)
 
     def run_stage(self, stage: VlmStage, shard: str, runner: VlmRunner | None = None) -> dict[str, int]:
         """Run one VLM stage on one shard (skipped when its files exist); returns row and reject counts."""
         runner = runner or self.runner()
         out_path, rejects_path = self.stage_paths(stage, shard, runner)
-        if not (out_path.exists() and rejects_path.exists()):
+        if not (storage.exists(out_path) and storage.exists(rejects_path)):
             images_path = lake.staged_path(self.lake, "images", self.images_name(shard))
-            if not images_path.exists():
+            if not storage.exists(images_path):
                 raise FileNotFoundError(f"shard {shard}: build its images before the VLM stages ({images_path})")
-            images = pq.read_table(images_path)
+            images = storage.read_parquet(images_path)
             if stage is VlmStage.CAPTION:
                 rows, rejects = caption_images(images, runner)
             elif stage is VlmStage.PROPOSE:
@@ -182,23 +186,24 @@ class Corpus:
                 rows, rejects = judge_objects(images, runner)
             else:
                 rows, rejects = propose_backgrounds(self._read_stage(VlmStage.OBJECT, shard, runner), images, runner)
-            lake.write_staged(self.lake, ALL_TABLES[STAGE_OUTPUT[stage]], rows, out_path.stem)
-            lake.write_staged(self.lake, VLM_REJECTS, rejects, rejects_path.stem)
-        return {"rows": pq.read_metadata(out_path).num_rows, "rejects": pq.read_metadata(rejects_path).num_rows}
+            rows_name, rejects_name = self.stage_names(stage, shard, runner)
+            lake.write_staged(self.lake, ALL_TABLES[STAGE_OUTPUT[stage]], rows, rows_name)
+            lake.write_staged(self.lake, VLM_REJECTS, rejects, rejects_name)
+        return {"rows": storage.num_rows(out_path), "rejects": storage.num_rows(rejects_path)}
 
     # -- 7. snapshot -------------------------------------------------------------------------------------------------
-    def staged_files(self, runner: VlmRunner | None = None) -> dict[str, list[Path]]:
+    def staged_files(self, runner: VlmRunner | None = None) -> dict[str, list[str]]:
         """Every finished file of the current configuration, per table."""
         runner = runner or self.runner()
         files: dict[str, list[Path]] = {name: [] for name in lake.CORPUS_TABLES}
         for shard in self.shards():
             for table in ("images", "images_rejected"):
                 path = lake.staged_path(self.lake, table, self.images_name(shard))
-                if path.exists():
+                if storage.exists(path):
                     files[table].append(path)
             for stage in STAGE_OUTPUT:
                 out_path, rejects_path = self.stage_paths(stage, shard, runner)
-                if out_path.exists() and rejects_path.exists():
+                if storage.exists(out_path) and storage.exists(rejects_path):
                     files[STAGE_OUTPUT[stage]].append(out_path)
                     files["vlm_rejects"].append(rejects_path)
         return files

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datasets_builder import storage
 from schemas import ALL_TABLES, SCHEMA_VERSION, SNAPSHOTS, SchemaError, SnapshotRow, TableSpec
 
 LAKE = "lake"
@@ -36,7 +36,8 @@ class LakeConfig:
     """Where the catalog and the data files live.
 
     `catalog` is a DuckLake metadata location: a file path (`corpus.ducklake`, one writing process), `sqlite:path`, or
-    `postgres:dbname=... host=...` for a team. `data_path` is a folder (absolute) or an object-store URL.
+    `postgres:dbname=... host=...` for a team. `data_path` is a folder (absolute) or an object-store URL
+    (`s3://bucket/prefix/`, configured from the environment: see `storage`).
     """
 
     catalog: str
@@ -51,8 +52,8 @@ class LakeConfig:
     def of(cls, lake_dir: str | Path, catalog: str | None = None, data_path: str | None = None) -> LakeConfig:
         """The lake every entry point addresses the same way: `catalog` and `data_path` default to `lake_dir`."""
         local = cls.local(Path(lake_dir))
-        if data_path and "://" not in data_path:
-            data_path = str(Path(data_path).resolve()) + "/"
+        if data_path:
+            data_path = storage.normalise(data_path).rstrip("/") + "/"
         return cls(catalog=catalog or local.catalog, data_path=data_path or local.data_path)
 
     @property
@@ -79,10 +80,12 @@ def extension_dir() -> str:
 
 def setup_statements(config: LakeConfig, *, read_only: bool) -> list[str]:
     """The SQL that opens the lake from any DuckDB client: offline extension wheels, the catalog attached as `lake`."""
+    remote = ["LOAD httpfs", "LOAD aws", storage.duckdb_s3_secret_sql()] if storage.is_remote(config.data_path) else []
     return [
         f"SET extension_directory = '{extension_dir()}'",
         "SET autoinstall_known_extensions = false",
         "LOAD ducklake",
+        *remote,
         config.attach_sql(read_only),
     ]
 
@@ -99,8 +102,7 @@ def connect(config: LakeConfig, *, read_only: bool = False) -> duckdb.DuckDBPyCo
         if read_only and not Path(config.catalog).exists():
             raise LookupError(f"no corpus lake at {config.catalog}: build one with `npedit corpus build`")
         Path(config.catalog).parent.mkdir(parents=True, exist_ok=True)
-    if "://" not in config.data_path:
-        Path(config.data_path).mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(config.data_path)
     con = duckdb.connect()
     for statement in setup_statements(config, read_only=read_only):
         con.execute(statement)
@@ -117,29 +119,29 @@ def session(config: LakeConfig, *, read_only: bool = False) -> Iterator[duckdb.D
         con.close()
 
 
-def staged_path(config: LakeConfig, table: str, name: str) -> Path:
+def staged_path(config: LakeConfig, table: str, name: str) -> str:
     """Where a partition run writes its file for `table`: inside DATA_PATH, so the catalog stores it relative."""
-    return Path(config.data_path) / "main" / table / "staged" / f"{name}.parquet"
+    return storage.join(config.data_path, "main", table, "staged", f"{name}.parquet")
 
 
-def write_staged(config: LakeConfig, spec: TableSpec, table: pa.Table, name: str) -> Path:
-    """Validate and write one immutable Parquet file (atomically); an existing file is kept, never rewritten."""
+def write_staged(config: LakeConfig, spec: TableSpec, table: pa.Table, name: str) -> str:
+    """Validate and write one immutable Parquet file (atomically); an existing file is kept, never rewritten.
+
+    Its sha256 goes in a `.sha256` sidecar written first, so a data file never exists without its digest.
+    """
     path = staged_path(config, spec.name, name)
-    if path.exists():
+    if storage.exists(path):
         return path
     table = spec.validate(table)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS.get(spec.name))
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    Path(f"{path}.sha256").write_text(digest)
-    os.replace(tmp, path)
+    data = storage.parquet_bytes(table, ROW_GROUP_ROWS.get(spec.name))
+    storage.write_bytes(f"{path}.sha256", hashlib.sha256(data).hexdigest().encode())
+    storage.write_bytes(path, data)
     return path
 
 
 def _file_digest(path: str) -> str:
-    sidecar = Path(f"{path}.sha256")
-    return sidecar.read_text().strip() if sidecar.exists() else hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    sidecar = f"{path}.sha256"
+    return storage.read_text(sidecar).strip() if storage.exists(sidecar) else storage.sha256(path)
 
 
 def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -188,13 +190,13 @@ def _content_hash(files_by_table: Mapping[str, list[str]]) -> str:
     digest = hashlib.sha256()
     for table in CORPUS_TABLES:
         for path in sorted(files_by_table.get(table, [])):
-            digest.update(f"{table}\t{Path(path).name}\t{_file_digest(path)}\n".encode())
+            digest.update(f"{table}\t{storage.name(path)}\t{_file_digest(path)}\n".encode())
     return digest.hexdigest()
 
 
 def publish(
     config: LakeConfig,
-    files: Mapping[str, list[Path]],
+    files: Mapping[str, list[str | Path]],
     *,
     message: str,
     tag: str | None = None,
@@ -226,12 +228,12 @@ def publish(
             if table not in files:
                 final[table] = sorted(have)
                 continue
-            wanted = {str(Path(p).resolve()) for p in files[table] if pq.read_metadata(p).num_rows > 0}
+            wanted = {storage.normalise(p) for p in files[table] if storage.num_rows(str(p)) > 0}
             stale = sorted(have - wanted)
             if stale and not replace:
                 raise ValueError(
                     f"{config.catalog}: {table} already holds {len(stale)} file(s) this build would not publish "
-                    f"(e.g. {Path(stale[0]).name}): outputs of another model, prompt, sampling or image limits. "
+                    f"(e.g. {storage.name(stale[0])}): outputs of another model, prompt, sampling or image limits. "
                     "Publish with replace (`npedit corpus build --replace`) to make this configuration's outputs "
                     "the new snapshot's rows, or publish into a new lake_dir."
                 )
@@ -306,6 +308,16 @@ def table_files(config: LakeConfig, table: str, snapshot: int | str | None = Non
         if deletes:
             raise ValueError(f"{table} at snapshot {version} has delete files; read it with read_table instead")
         return registered_files(con, table, version)
+
+
+def read_data_file(path: str, columns: list[str] | None = None) -> pa.Table:
+    """One file that `table_files` named, local or in object storage."""
+    return storage.read_parquet(path, columns)
+
+
+def open_data_file(path: str) -> pq.ParquetFile:
+    """One file that `table_files` named, opened for reads of single row groups."""
+    return storage.parquet_file(path)
 
 
 def read_table(config: LakeConfig, table: str, snapshot: int | str | None = None, columns: list[str] | None = None) -> pa.Table:

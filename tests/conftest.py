@@ -56,3 +56,28 @@ def postgres():
 def postgres_dsn(postgres):
     """An empty database of its own on the shared test server (one DuckLake catalog per test)."""
     return postgres.new_database()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from s3_server import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch):
+    """An empty bucket; the AWS settings every process (DuckDB, pyarrow, subprocesses) reads point at the server."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    for key, value in dict(AWS_ACCESS_KEY_ID="npedit", AWS_SECRET_ACCESS_KEY="npedit-secret", AWS_REGION="us-east-1",
+                           AWS_ENDPOINT_URL=s3_endpoint).items():
+        monkeypatch.setenv(key, value)
+    bucket = f"lake-{uuid.uuid4().hex[:8]}"
+    host = s3_endpoint.split("://", 1)[1]
+    pafs.S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1", access_key="npedit",
+                      secret_key="npedit-secret", allow_bucket_creation=True).create_dir(bucket)
+    return bucket

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from datasets_builder import lake
@@ -66,7 +68,7 @@ def test_replace_retires_another_configurations_files_and_earlier_snapshots_keep
     assert lake.read_table(store, "images_rejected", "v1").to_pylist() == before
     assert lake.table_files(store, "images_rejected", "v2") == sorted([str(shared), str(new)])
     assert lake.table_files(store, "images_rejected", "v1") == sorted([str(shared), str(old)])
-    assert old.exists() and lake.verify_content_hash(store, "v1") and lake.verify_content_hash(store, "v2")
+    assert Path(old).exists() and lake.verify_content_hash(store, "v1") and lake.verify_content_hash(store, "v2")
     again = lake.publish(store, {"images_rejected": [shared, new]}, message="again", replace=True)
     assert again.snapshot_id == v2.snapshot_id
     back = lake.publish(store, {"images_rejected": [shared, old]}, message="model 1 again", tag="v3", replace=True)
@@ -89,9 +91,9 @@ def test_empty_files_and_tags_without_new_content(store):
 
 def test_staged_files_are_never_rewritten(store):
     path = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 3), "a")
-    stamp = path.stat().st_mtime_ns
+    stamp = Path(path).stat().st_mtime_ns
     assert lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 9), "a") == path
-    assert path.stat().st_mtime_ns == stamp
+    assert Path(path).stat().st_mtime_ns == stamp
 
 
 def test_bad_input_gives_clear_errors(store):

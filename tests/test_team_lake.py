@@ -1,17 +1,20 @@
-"""A team's lake: the catalog in PostgreSQL, shared by every process; builds, stats, replacement and the trainer."""
+"""A team's lake: the catalog in PostgreSQL, the files in object storage (S3 on loopback), shared by every process."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
+import torch
 
 from dagster_project.build import build_corpus
-from datasets_builder import lake, stats
+from datasets_builder import lake, stats, storage
 from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig
 from datasets_builder.corpus import Corpus
 from datasets_builder.fetch import FetchConfig
@@ -80,3 +83,50 @@ def test_trainer_reads_a_snapshot_from_a_postgres_catalog(tmp_path, postgres_dsn
     batch = next(iter(batches))
     assert len(batch.instructions) == 3 and batch.references.shape[0] == 3
     assert set(batch.instructions) <= {instruction for _, _, instruction, _ in EDITS}
+
+
+def _objects(bucket: str, prefix: str) -> list[str]:
+    fs, _ = storage.filesystem(f"s3://{bucket}/{prefix}")
+    selector = pafs.FileSelector(f"{bucket}/{prefix}", recursive=True, allow_not_found=True)
+    return sorted(info.path for info in fs.get_file_info(selector) if info.path.endswith(".parquet"))
+
+
+def test_object_storage_data_path_with_a_postgres_catalog(tmp_path, postgres_dsn, s3_bucket, tiny_models):
+    config = replace(_team_config(tmp_path, postgres_dsn, tiny_models.vlm, seed=0),
+                     data_path=f"s3://{s3_bucket}/corpus/")
+    store = Corpus(config).lake
+    metadata = build_corpus(config, tag="v1", message="into object storage", on_event=lambda m: None)
+    assert metadata["rows_images"] == 3 and metadata["rows_images_rejected"] == 1
+    assert metadata["check_counts_add_up"] == "passed" and metadata["check_schema_valid"] == "passed"
+    assert not list(tmp_path.rglob("staged")), "staged files must go to the bucket, not the local disk"
+    with lake.session(store, read_only=True) as con:
+        registered = [f for t in lake.CORPUS_TABLES for f in lake.registered_files(con, t)]
+    assert registered and all(f.startswith(f"s3://{s3_bucket}/corpus/main/") for f in registered)
+    assert {f.removeprefix("s3://") for f in registered} <= set(_objects(s3_bucket, "corpus"))
+    assert lake.verify_content_hash(store, "v1")
+    assert lake.read_table(store, "captions", "v1").num_rows == 3
+
+    out = _npedit("corpus", "stats", "--catalog", store.catalog, "--data-path", store.data_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "validity_per_edit_type" in out.stdout
+    init = stats.write_cli_init(store, tmp_path / "init.sql")
+    assert "npedit-secret" not in init.read_text()  # credentials stay in the environment
+    cli = subprocess.run([str(Path(sys.executable).parent / "duckdb"), "-init", str(init), "-csv", "-c",
+                          "SELECT count(*) FROM images"], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert cli.stdout.strip().splitlines()[-1] == "3"
+
+
+def test_trainer_reads_the_same_batches_from_object_storage(tmp_path, s3_bucket):
+    local = write_fixture_snapshot(tmp_path / "local", tag="team")
+    remote = write_fixture_snapshot(
+        lake.LakeConfig(catalog=f"sqlite:{tmp_path / 'catalog.sqlite'}", data_path=f"s3://{s3_bucket}/fixture/"),
+        tag="team")
+    assert lake.resolve(remote, "team").content_hash == lake.resolve(local, "team").content_hash
+    batches = {}
+    for name, store in (("local", local), ("remote", remote)):
+        data = DataConfig(lake_dir=str(tmp_path / "unused"), catalog=store.catalog, data_path=store.data_path,
+                          snapshot="team", batch_size=2)
+        batches[name] = list(itertools.islice(iter(snapshot_batches(data, seed=3)), 3))
+    for a, b in zip(batches["local"], batches["remote"], strict=True):
+        assert a.instructions == b.instructions and torch.equal(a.references, b.references)

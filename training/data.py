@@ -9,7 +9,6 @@ import itertools
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from datasets_builder.lake import LakeConfig, read_table, resolve, table_files
+from datasets_builder.lake import LakeConfig, open_data_file, read_data_file, read_table, resolve, table_files
 from training.config import DataConfig
 
 
@@ -65,14 +64,14 @@ class ImageStore:
         """(image_id, width, height, file, row) for every image; pixels are not read."""
         parts = []
         for number, path in enumerate(self.files):
-            table = pq.read_table(path, columns=["image_id", "width", "height"])
+            table = read_data_file(path, columns=["image_id", "width", "height"])
             parts.append(table.append_column("file", pa.array([number] * table.num_rows, pa.int32()))
                               .append_column("row", pa.array(range(table.num_rows), pa.int64())))
         return pa.concat_tables(parts) if parts else pa.table({"image_id": pa.array([], pa.string())})
 
     def read(self, file: int, row: int) -> bytes:
         if file not in self._open:
-            handle = pq.ParquetFile(self.files[file])
+            handle = open_data_file(self.files[file])
             sizes = [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
             self._open[file] = (handle, [0, *itertools.accumulate(sizes)])
             if len(self._open) > self.max_open:

@@ -1,0 +1,147 @@
+"""Files of a lake's data path, on a local disk or in S3-compatible object storage, through pyarrow filesystems.
+
+A file is named by a string: an absolute local path, or an `s3://bucket/key` URL. Object storage is configured the way
+AWS tools are, from the environment: credentials by the SDK's default chain (`AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, profiles, instance roles), `AWS_REGION`, and `AWS_ENDPOINT_URL` for S3-compatible stores
+(MinIO, Ceph, R2, GCS interoperability). DuckDB reads the same settings (`duckdb_s3_secret_sql`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+REMOTE_SCHEMES = ("s3",)
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri
+
+
+def _check_scheme(uri: str) -> str:
+    scheme = urlparse(uri).scheme
+    if scheme not in REMOTE_SCHEMES:
+        raise ValueError(f"{uri}: object storage must be one of {', '.join(s + '://' for s in REMOTE_SCHEMES)}")
+    return scheme
+
+
+def endpoint() -> str | None:
+    """The S3-compatible endpoint from `AWS_ENDPOINT_URL` (None: AWS itself)."""
+    return os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@lru_cache(maxsize=4)
+def _s3(endpoint_url: str | None, region: str | None) -> pafs.S3FileSystem:
+    options: dict = {"region": region} if region else {}
+    if endpoint_url:
+        parsed = urlparse(endpoint_url)
+        options.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
+    return pafs.S3FileSystem(**options)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem holding `uri` and the path within it."""
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), str(Path(uri).resolve())
+    _check_scheme(uri)
+    parsed = urlparse(uri)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return _s3(endpoint(), region), f"{parsed.netloc}{parsed.path}"
+
+
+def normalise(uri: str | Path) -> str:
+    """One spelling per file: absolute local paths, URLs as given (the catalog compares names)."""
+    uri = str(uri)
+    return uri if is_remote(uri) else str(Path(uri).resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    """`base` (a folder path or URL) with path parts appended."""
+    if is_remote(base):
+        return base.rstrip("/") + "/" + "/".join(parts)
+    return str(Path(base).joinpath(*parts))
+
+
+def name(uri: str) -> str:
+    return PurePosixPath(urlparse(uri).path if is_remote(uri) else uri).name
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def make_dirs(uri: str) -> None:
+    """Create a local folder (object stores have no folders to create)."""
+    if not is_remote(uri):
+        Path(uri).mkdir(parents=True, exist_ok=True)
+
+
+def read_text(uri: str) -> str:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def sha256(uri: str) -> str:
+    fs, path = filesystem(uri)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        while chunk := stream.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file at once: an object appears complete or not at all; a local file via rename."""
+    fs, path = filesystem(uri)
+    if is_remote(uri):
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    Path(tmp).write_bytes(data)
+    os.replace(tmp, path)
+
+
+def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+    """`table` as the bytes of one zstd Parquet file."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd", row_group_size=row_group_size)
+    return buffer.getvalue().to_pybytes()
+
+
+def parquet_file(uri: str) -> pq.ParquetFile:
+    """An open Parquet file (row groups are read on demand: one ranged GET each in object storage)."""
+    fs, path = filesystem(uri)
+    return pq.ParquetFile(fs.open_input_file(path))
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = filesystem(uri)
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def num_rows(uri: str) -> int:
+    return parquet_file(uri).metadata.num_rows
+
+
+def duckdb_s3_secret_sql() -> str:
+    """The DuckDB secret that reads S3 with the same settings as `filesystem` (credentials stay in the environment)."""
+    options = ["TYPE s3", "PROVIDER credential_chain"]
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options.append(f"REGION '{region}'")
+    if endpoint():
+        parsed = urlparse(endpoint())
+        options += [f"ENDPOINT '{parsed.netloc or parsed.path}'", "URL_STYLE 'path'",
+                    f"USE_SSL {'false' if parsed.scheme == 'http' else 'true'}"]
+    return f"CREATE OR REPLACE SECRET npedit_s3 ({', '.join(options)})"
