@@ -31,6 +31,10 @@ CORPUS_TABLES = tuple(name for name in ALL_TABLES if name != "snapshots")
 ROW_GROUP_ROWS = {"images": 64}
 
 
+class LakeUnavailable(ConnectionError):
+    """The catalog or the data path cannot be reached (server down, bad credentials, missing extension)."""
+
+
 @dataclass(frozen=True)
 class LakeConfig:
     """Where the catalog and the data files live.
@@ -102,10 +106,16 @@ def connect(config: LakeConfig, *, read_only: bool = False) -> duckdb.DuckDBPyCo
         if read_only and not Path(config.catalog).exists():
             raise LookupError(f"no corpus lake at {config.catalog}: build one with `npedit corpus build`")
         Path(config.catalog).parent.mkdir(parents=True, exist_ok=True)
-    storage.make_dirs(config.data_path)
+    if not read_only:
+        storage.make_dirs(config.data_path)
     con = duckdb.connect()
-    for statement in setup_statements(config, read_only=read_only):
-        con.execute(statement)
+    try:
+        for statement in setup_statements(config, read_only=read_only):
+            con.execute(statement)
+    except duckdb.Error as error:
+        con.close()
+        raise LakeUnavailable(f"cannot open the lake (catalog {config.catalog}, data {config.data_path}): "
+                              f"{str(error).strip()}") from error
     return con
 
 
@@ -228,7 +238,8 @@ def publish(
             if table not in files:
                 final[table] = sorted(have)
                 continue
-            wanted = {storage.normalise(p) for p in files[table] if storage.num_rows(str(p)) > 0}
+            given = {storage.normalise(p) for p in files[table]}
+            wanted = (given & have) | {p for p in given - have if storage.num_rows(p) > 0}  # no empty files
             stale = sorted(have - wanted)
             if stale and not replace:
                 raise ValueError(

@@ -136,7 +136,7 @@ def num_rows(uri: str) -> int:
 
 def duckdb_s3_secret_sql() -> str:
     """The DuckDB secret that reads S3 with the same settings as `filesystem` (credentials stay in the environment)."""
-    options = ["TYPE s3", "PROVIDER credential_chain"]
+    options = ["TYPE s3", "PROVIDER credential_chain", "VALIDATION 'none'"]  # missing credentials fail on access
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         options.append(f"REGION '{region}'")

@@ -181,3 +181,35 @@ def test_bad_configs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError):
         VlmConfig(batch_size=0)
     _ = dg  # dagster is imported by the graph under test
+
+
+def _perturbed(instance):
+    """A copy of a config dataclass with every field changed from its default (nested dataclasses too)."""
+    import dataclasses
+
+    changes = {}
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            changes[f.name] = _perturbed(value)
+        elif isinstance(value, bool):
+            changes[f.name] = not value
+        elif isinstance(value, int | float):
+            changes[f.name] = value + 1
+        elif f.name == "backend":
+            changes[f.name] = "openai"
+        elif isinstance(value, str) or value is None:
+            changes[f.name] = f"{value or ''}changed"
+    if isinstance(instance, SourceConfig):
+        changes["folder"] = None
+    return dataclasses.replace(instance, **changes)
+
+
+def test_dagster_resources_carry_every_config_field_both_ways():
+    from dagster_project.resources import corpus_from, resources_from
+
+    default = CorpusConfig(source=SourceConfig(folder="images"))
+    changed = _perturbed(default)
+    assert changed.vlm != default.vlm and changed.limits != default.limits and changed.fetch != default.fetch
+    for config in (default, changed):
+        assert corpus_from(**resources_from(config)).config == config

@@ -130,3 +130,13 @@ def test_trainer_reads_the_same_batches_from_object_storage(tmp_path, s3_bucket)
         batches[name] = list(itertools.islice(iter(snapshot_batches(data, seed=3)), 3))
     for a, b in zip(batches["local"], batches["remote"], strict=True):
         assert a.instructions == b.instructions and torch.equal(a.references, b.references)
+
+
+def test_an_unreachable_catalog_or_missing_lake_is_one_clear_line(tmp_path):
+    down = _npedit("corpus", "stats", "--catalog", "postgres:dbname=x host=127.0.0.1 port=1 user=postgres",
+                   "--lake-dir", str(tmp_path / "lake"))
+    assert down.returncode == 2 and "Traceback" not in down.stderr
+    assert down.stderr.startswith("npedit: error: cannot open the lake (catalog postgres:") and "port 1" in down.stderr
+    missing = _npedit("corpus", "stats", "--lake-dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no corpus lake at" in missing.stderr and "Traceback" not in missing.stderr
+    assert not (tmp_path / "lake").exists() and not (tmp_path / "nowhere").exists()  # reading creates nothing
