@@ -11,6 +11,10 @@ from schemas import VlmStage
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
 GROUP = "corpus"
+# Concurrency pools bound what a UI backfill of many shards runs at once (limits in DAGSTER_HOME/dagster.yaml, written
+# by `npedit ui`): each VLM stage run loads the model, so "vlm" admits as many runs as models fit on the machine;
+# "lake_writer" keeps publishing the single writer of the catalog.
+VLM_POOL, IMAGES_POOL, LAKE_WRITER_POOL = "vlm", "images", "lake_writer"
 
 
 @dg.asset(group_name=GROUP, description="Fetch the source with img2dataset into Parquet shards; registers shards.")
@@ -29,7 +33,7 @@ def fetched_shards(context: dg.AssetExecutionContext, source: SourceResource, vl
                                           **{f"urls_{k}": v for k, v in statuses.items()}})
 
 
-@dg.asset(group_name=GROUP, partitions_def=shards, deps=[fetched_shards],
+@dg.asset(group_name=GROUP, partitions_def=shards, deps=[fetched_shards], pool=IMAGES_POOL,
           description="Decoded, normalised, deduplicated images of one shard, and the rejects with their reason.")
 def images(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmResource,
            lake: LakeResource) -> dg.MaterializeResult:
@@ -39,7 +43,7 @@ def images(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmRe
 
 
 def _vlm_stage_asset(stage: VlmStage, deps: list[str]) -> dg.AssetsDefinition:
-    @dg.asset(name=STAGE_OUTPUT[stage], group_name=GROUP, partitions_def=shards, deps=deps,
+    @dg.asset(name=STAGE_OUTPUT[stage], group_name=GROUP, partitions_def=shards, deps=deps, pool=VLM_POOL,
               description=f"VLM stage '{stage.value}' over one shard (rows + vlm_rejects).")
     def _stage(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmResource,
                lake: LakeResource) -> dg.MaterializeResult:
@@ -66,7 +70,7 @@ class SnapshotConfig(dg.Config):
     replace: bool = False  # the snapshot holds only this configuration's outputs; earlier snapshots keep theirs
 
 
-@dg.asset(group_name=GROUP,
+@dg.asset(group_name=GROUP, pool=LAKE_WRITER_POOL,
           deps=[dg.AssetDep(k, partition_mapping=dg.AllPartitionMapping()) for k in SHARD_ASSET_KEYS],
           description="Publish every finished shard file as one immutable DuckLake snapshot.")
 def snapshot(context: dg.AssetExecutionContext, config: SnapshotConfig, source: SourceResource, vlm: VlmResource,

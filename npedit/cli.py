@@ -31,9 +31,10 @@ def _ui(args: argparse.Namespace) -> int:
     import shutil
 
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    from dagster_project.instance import ensure_instance_settings
+
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()
+    ensure_instance_settings(home)
     command = [dagster, "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(args.port)]
     os.execv(command[0], command)  # replaces this process: Ctrl-C reaches dagster dev directly
 

@@ -109,6 +109,24 @@ def test_definitions_load_with_every_asset_and_check():
     assert len(list(graph.asset_check_keys)) == 5
 
 
+def test_ui_settings_bound_runs_and_model_holding_steps(tmp_path):
+    from dagster_project.definitions import defs
+    from dagster_project.instance import ensure_instance_settings
+
+    home = tmp_path / "dagster_home"
+    ensure_instance_settings(home)
+    limits = dg.DagsterInstance.from_config(str(home)).get_concurrency_config()
+    assert limits.pool_config.default_pool_limit == 1 and limits.run_queue_config.max_concurrent_runs == 4
+    graph = defs.resolve_asset_graph()
+    pools = {k.to_user_string(): graph.get(k).pools for k in graph.get_all_asset_keys()}
+    assert pools["snapshot"] == {"lake_writer"} and pools["images"] == {"images"}
+    assert all(pools[t] == {"vlm"} for t in ("captions", "edit_proposals", "edit_instructions", "objects",
+                                             "background_prompts"))
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 3\n")
+    ensure_instance_settings(home)  # the user's settings are kept
+    assert dg.DagsterInstance.from_config(str(home)).get_concurrency_config().pool_config.default_pool_limit == 3
+
+
 def _rows(store, version, table, key):
     return sorted(r[key] for r in lake.read_table(store, table, version).to_pylist())
 
