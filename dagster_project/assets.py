@@ -1,7 +1,6 @@
 """Thin assets over `datasets_builder.corpus.Corpus`: one per table, partitioned by ingest shard."""
 
 import dagster as dg
-import pyarrow.parquet as pq
 
 from dagster_project.resources import LakeResource, SourceResource, VlmResource, corpus_from
 from datasets_builder import lake as lake_store
@@ -26,7 +25,7 @@ def fetched_shards(context: dg.AssetExecutionContext, source: SourceResource, vl
     context.instance.add_dynamic_partitions(shards.name, new)
     statuses = {}
     for name in names:
-        for status in pq.read_table(corpus.fetched_path(name), columns=["status"]).column(0).to_pylist():
+        for status in storage.read_parquet(corpus.fetched_path(name), columns=["status"]).column(0).to_pylist():
             statuses[status] = statuses.get(status, 0) + 1
     context.log.info(f"{len(names)} shards ({len(new)} new): {statuses}")
     return dg.MaterializeResult(metadata={"shards": len(names), "new_shards": len(new),

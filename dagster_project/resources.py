@@ -16,6 +16,7 @@ class SourceResource(dg.ConfigurableResource):
     url_col: str = "url"
     caption_col: str = "caption"
     work_dir: str = "corpus_work"
+    fetched_dir: str | None = None
     shard_size: int = 1000
     processes: int = 2
     threads: int = 16
@@ -54,6 +55,7 @@ def corpus_from(source: SourceResource, vlm: VlmResource, lake: LakeResource) ->
         CorpusConfig(
             source=SourceConfig(source.url_list, source.folder, source.url_col, source.caption_col),
             work_dir=source.work_dir,
+            fetched_dir=source.fetched_dir,
             lake_dir=lake.lake_dir,
             catalog=lake.catalog,
             data_path=lake.data_path,
@@ -71,7 +73,7 @@ def resources_from(config: CorpusConfig) -> dict[str, dg.ConfigurableResource]:
     s, f, v, limits = config.source, config.fetch, config.vlm, config.limits
     return {
         "source": SourceResource(url_list=s.url_list, folder=s.folder, url_col=s.url_col, caption_col=s.caption_col,
-                                 work_dir=config.work_dir, shard_size=f.shard_size, processes=f.processes,
+                                 work_dir=config.work_dir, fetched_dir=config.fetched_dir, shard_size=f.shard_size, processes=f.processes,
                                  threads=f.threads, timeout_s=f.timeout_s, retries=f.retries,
                                  min_side=limits.min_side, max_pixels=limits.max_pixels,
                                  max_stored_side=limits.max_stored_side, jpeg_quality=limits.jpeg_quality),

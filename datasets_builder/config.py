@@ -56,6 +56,7 @@ class CorpusConfig:
     lake_dir: str = "corpus_lake"
     catalog: str | None = None  # e.g. "postgres:dbname=npedit host=db" for a team; default: a file in lake_dir
     data_path: str | None = None  # e.g. an object-store URL; default: lake_dir/data/
+    fetched_dir: str | None = None  # fetched shards; default: work_dir/fetched; a shared URL lets machines split a build
     fetch: FetchConfig = field(default_factory=FetchConfig)
     limits: ImageLimits = field(default_factory=ImageLimits)
     vlm: VlmConfig = field(default_factory=VlmConfig)

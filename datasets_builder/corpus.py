@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -16,8 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from datasets_builder import lake, storage
+from datasets_builder.claims import ImageClaims, PostgresClaims, SqliteClaims
 from datasets_builder.config import CorpusConfig
-from datasets_builder.fetch import fetch_images, folder_url_list, read_fetched_shard, read_url_list
+from datasets_builder.fetch import fetch_into, finished_shards, folder_url_list, read_fetched_shard, read_url_list
 from datasets_builder.images import normalise_fetched
 from datasets_builder.stages import caption_images, judge_objects, propose_backgrounds, propose_edits, validate_edits
 from datasets_builder.vlm import PROMPTS, ResponseCache, SamplingParams, VlmRunner, make_backend
@@ -49,14 +49,18 @@ class Corpus:
         self.lake = lake.LakeConfig.of(config.lake_dir, config.catalog, config.data_path)
 
     @property
-    def fetched_dir(self) -> Path:
-        return self.work_dir / "fetched"
+    def fetched_dir(self) -> str:
+        """Where fetched shards live: `work_dir/fetched`, or a folder/URL every machine of the build can read."""
+        if self.config.fetched_dir:
+            return storage.normalise(self.config.fetched_dir).rstrip("/")
+        return str(self.work_dir / "fetched")
 
-    def _state(self) -> sqlite3.Connection:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.work_dir / "state.sqlite", timeout=60, isolation_level=None)
-        db.execute("CREATE TABLE IF NOT EXISTS image_claims (image_id TEXT PRIMARY KEY, shard TEXT, source TEXT)")
-        return db
+    @cached_property
+    def claims(self) -> ImageClaims:
+        """Duplicate claims: in the catalog's PostgreSQL database for a team, else SQLite in the work dir."""
+        if self.lake.catalog.startswith("postgres:"):
+            return PostgresClaims(self.lake.catalog.removeprefix("postgres:"), lake.extension_dir())
+        return SqliteClaims(self.work_dir / "state.sqlite")
 
     # -- 1. source images ------------------------------------------------------------------------------------------
     def fetch(self) -> list[str]:
@@ -71,16 +75,18 @@ class Corpus:
         else:
             urls = read_url_list(Path(source.url_list), source.url_col, source.caption_col)
         fingerprint = hashlib.sha256(urls.write_csv().encode()).hexdigest()[:12]
-        fetched = fetch_images(urls, self.fetched_dir / fingerprint, self.config.fetch)
-        return [f"{fingerprint}-{p.stem}" for p in fetched]
+        staging = self.work_dir / "fetch_staging" / fingerprint
+        fetched = fetch_into(urls, storage.join(self.fetched_dir, fingerprint), staging, self.config.fetch)
+        return [f"{fingerprint}-{storage.name(p).removesuffix('.parquet')}" for p in fetched]
 
     def shards(self) -> list[str]:
-        """Every fetched shard of every source fetched into this work dir."""
-        return sorted(f"{p.parent.name}-{p.stem}" for p in self.fetched_dir.glob("*/[0-9]*.parquet"))
+        """Every finished shard of every source fetched into `fetched_dir`."""
+        found = finished_shards(self.fetched_dir, recursive=True)
+        return sorted(f"{storage.name(storage.parent(p))}-{storage.name(p).removesuffix('.parquet')}" for p in found)
 
-    def fetched_path(self, shard: str) -> Path:
+    def fetched_path(self, shard: str) -> str:
         fingerprint, number = shard.rsplit("-", 1)
-        return self.fetched_dir / fingerprint / f"{number}.parquet"
+        return storage.join(self.fetched_dir, fingerprint, f"{number}.parquet")
 
     @cached_property
     def limits_fingerprint(self) -> str:
@@ -107,19 +113,7 @@ class Corpus:
         return counts
 
     def _claim(self, images: pa.Table, shard: str) -> tuple[pa.Table, pa.Table]:
-        db = self._state()
-        with db:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT OR IGNORE INTO image_claims VALUES (?, ?, ?)",
-                zip(images.column("image_id").to_pylist(), [shard] * images.num_rows,
-                    images.column("source").to_pylist()),
-            )
-            owners = dict(
-                (row[0], (row[1], row[2]))
-                for row in db.execute("SELECT image_id, shard, source FROM image_claims WHERE shard != ?", [shard])
-            )
-        db.close()
+        owners = self.claims.claim(shard, images.column("image_id").to_pylist(), images.column("source").to_pylist())
         keep = [image_id not in owners for image_id in images.column("image_id").to_pylist()]
         duplicates = [
             dict(source=row["source"], shard=shard, reason="duplicate", image_id=row["image_id"],

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from datasets_builder import storage
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -82,9 +84,40 @@ def fetch_images(urls: pl.DataFrame, out_dir: Path, config: FetchConfig = FetchC
     return sorted(p for p in out_dir.glob("[0-9]*.parquet"))
 
 
-def read_fetched_shard(path: Path) -> pa.Table:
+def finished_shards(folder: str, *, recursive: bool = False) -> list[str]:
+    """Shard files img2dataset finished in `folder` (its `<n>_stats.json` is written when a shard is complete)."""
+    files = storage.list_files(folder, recursive=recursive)
+    markers = {f.removesuffix("_stats.json") for f in files if f.endswith("_stats.json")}
+    return [f for f in files if re.fullmatch(r"\d+\.parquet", storage.name(f)) and f.removesuffix(".parquet") in markers]
+
+
+def fetch_into(urls: pl.DataFrame, target: str, staging: Path, config: FetchConfig = FetchConfig()) -> list[str]:
+    """Fetch into `target`, a local folder or an object-store URL every machine of a build reads.
+
+    For object storage img2dataset works in the local `staging` folder; each finished shard is uploaded, then its
+    marker, and its local copy dropped. Markers already in `target` are copied into `staging` first, so shards any
+    machine finished are not fetched again.
+    """
+    if not storage.is_remote(target):
+        fetch_images(urls, Path(target), config)
+        return finished_shards(target)
+    staging.mkdir(parents=True, exist_ok=True)
+    for marker in storage.list_files(target):
+        if marker.endswith("_stats.json") and not (staging / storage.name(marker)).exists():
+            (staging / storage.name(marker)).write_bytes(storage.read_bytes(marker))
+    fetch_images(urls, staging, config)
+    for marker in sorted(staging.glob("*_stats.json")):
+        shard_file = staging / marker.name.replace("_stats.json", ".parquet")
+        if shard_file.exists():
+            storage.write_bytes(storage.join(target, shard_file.name), shard_file.read_bytes())
+            storage.write_bytes(storage.join(target, marker.name), marker.read_bytes())
+            shard_file.unlink()
+    return finished_shards(target)
+
+
+def read_fetched_shard(path: str) -> pa.Table:
     """One img2dataset shard as (source, caption, status, error_message, data)."""
-    table = pq.read_table(path)
+    table = storage.read_parquet(path)
     data_col = next(c for c in ("jpg", "png", "webp") if c in table.column_names)
     caption = table.column("caption") if "caption" in table.column_names else pa.nulls(table.num_rows, pa.string())
     return pa.table(

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from datasets_builder import lake
+from datasets_builder import lake, storage
 from schemas import ALL_TABLES, EDIT_TYPES, SchemaError
 
 
@@ -43,7 +41,7 @@ def no_duplicate_keys(config: lake.LakeConfig, snapshot=None) -> CheckOutcome:
     return CheckOutcome(all(v == 0 for v in facts.values()), facts)
 
 
-def counts_add_up(config: lake.LakeConfig, fetched_path: Callable[[str], Path], snapshot=None) -> CheckOutcome:
+def counts_add_up(config: lake.LakeConfig, fetched_path: Callable[[str], str], snapshot=None) -> CheckOutcome:
     """Every fetched URL of the published shards ends as an image or a reject (nothing lost silently)."""
     version = lake.resolve(config, snapshot).snapshot_id
     with lake.session(config, read_only=True) as con:
@@ -52,7 +50,7 @@ def counts_add_up(config: lake.LakeConfig, fetched_path: Callable[[str], Path], 
             f"GROUP BY shard UNION ALL SELECT shard, count(*) FROM {lake.LAKE}.images_rejected "
             f"AT (VERSION => {version}) GROUP BY shard) GROUP BY shard"
         ).fetchall())
-    fetched = {s: pq.read_metadata(fetched_path(s)).num_rows for s in per_shard}
+    fetched = {s: storage.num_rows(fetched_path(s)) for s in per_shard}
     lost = {s: fetched[s] - per_shard[s] for s in per_shard if fetched[s] != per_shard[s]}
     return CheckOutcome(not lost, {"fetched": sum(fetched.values()), "accounted": int(sum(per_shard.values())),
                                    "shards_off": len(lost)})

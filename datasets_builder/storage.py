@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 REMOTE_SCHEMES = ("s3",)
 
 
-def is_remote(uri: str) -> bool:
-    return "://" in uri
+def is_remote(uri: str | Path) -> bool:
+    return "://" in str(uri)
 
 
 def _check_scheme(uri: str) -> str:
@@ -46,8 +46,9 @@ def _s3(endpoint_url: str | None, region: str | None) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**options)
 
 
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(uri: str | Path) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem holding `uri` and the path within it."""
+    uri = str(uri)
     if not is_remote(uri):
         return pafs.LocalFileSystem(), str(Path(uri).resolve())
     _check_scheme(uri)
@@ -73,9 +74,31 @@ def name(uri: str) -> str:
     return PurePosixPath(urlparse(uri).path if is_remote(uri) else uri).name
 
 
+def parent(uri: str) -> str:
+    """The folder (or URL prefix) holding `uri`."""
+    return uri.rstrip("/").rsplit("/", 1)[0]
+
+
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def list_files(folder: str, *, recursive: bool = False) -> list[str]:
+    """Files under a folder or URL prefix (sorted; none if it does not exist)."""
+    fs, path = filesystem(folder)
+    selector = pafs.FileSelector(path.rstrip("/"), recursive=recursive, allow_not_found=True)
+    found = [info.path for info in fs.get_file_info(selector) if info.type == pafs.FileType.File]
+    if is_remote(folder):
+        scheme = urlparse(folder).scheme
+        return sorted(f"{scheme}://{p}" for p in found)
+    return sorted(found)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
 
 
 def make_dirs(uri: str) -> None:
@@ -85,9 +108,7 @@ def make_dirs(uri: str) -> None:
 
 
 def read_text(uri: str) -> str:
-    fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as stream:
-        return stream.read().decode()
+    return read_bytes(uri).decode()
 
 
 def sha256(uri: str) -> str:

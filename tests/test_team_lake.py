@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from dagster_project.build import build_corpus
-from datasets_builder import lake, stats, storage
+from datasets_builder import lake, quality, stats, storage
 from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig
 from datasets_builder.corpus import Corpus
 from datasets_builder.fetch import FetchConfig
@@ -140,3 +141,51 @@ def test_an_unreachable_catalog_or_missing_lake_is_one_clear_line(tmp_path):
     missing = _npedit("corpus", "stats", "--lake-dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no corpus lake at" in missing.stderr and "Traceback" not in missing.stderr
     assert not (tmp_path / "lake").exists() and not (tmp_path / "nowhere").exists()  # reading creates nothing
+
+
+WORKER = """
+import json, sys
+from schemas.dataclass_io import from_dict
+from datasets_builder.config import CorpusConfig
+from datasets_builder.corpus import STAGE_OUTPUT, Corpus
+corpus = Corpus(from_dict(CorpusConfig, json.loads(sys.argv[1]), "worker"))
+runner = corpus.runner()
+for shard in sys.argv[2:]:
+    corpus.build_images(shard)
+    for stage in STAGE_OUTPUT:
+        corpus.run_stage(stage, shard, runner)
+"""
+
+
+def test_two_machines_split_one_build_through_postgres_and_object_storage(tmp_path, postgres_dsn, s3_bucket,
+                                                                          tiny_models):
+    folder = tmp_path / "source"
+    folder.mkdir()
+    for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"):
+        shutil.copy(SAMPLES / name, folder / name)
+    shutil.copy(SAMPLES / "astronaut.jpg", folder / "zz_astronaut_again.jpg")  # same bytes, another shard
+    base = replace(_team_config(tmp_path, postgres_dsn, tiny_models.vlm, seed=0),
+                   source=SourceConfig(folder=str(folder)), fetch=FetchConfig(shard_size=2),
+                   data_path=f"s3://{s3_bucket}/corpus/", fetched_dir=f"s3://{s3_bucket}/fetched/")
+    machines = {name: replace(base, work_dir=str(tmp_path / name)) for name in ("a", "b", "c")}
+    shards = Corpus(machines["a"]).fetch()  # machine a fetches into the bucket
+    assert len(shards) == 3 and not list((tmp_path / "a").rglob("[0-9]*.parquet"))  # uploaded, local copies dropped
+    assert Corpus(machines["b"]).shards() == shards  # machine b sees them without fetching
+    assert Corpus(machines["b"]).fetch() == shards and not list((tmp_path / "b").rglob("[0-9]*.parquet"))
+
+    def worker(machine: str, mine: list[str]) -> subprocess.Popen:
+        config = json.dumps(asdict(machines[machine]))
+        return subprocess.Popen([sys.executable, "-c", WORKER, config, *mine], stderr=subprocess.PIPE, text=True)
+
+    running = [worker("a", [shards[0]]), worker("b", shards[1:])]  # the two copies race for their claim
+    for process in running:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+    publisher = Corpus(machines["c"])
+    published = publisher.publish(message="two machines", tag="v1")
+    assert published.row_counts["images"] == 4 and published.row_counts["images_rejected"] == 1
+    rejected = lake.read_table(publisher.lake, "images_rejected", "v1").to_pylist()
+    assert rejected[0]["reason"] == "duplicate" and "same bytes as" in rejected[0]["detail"]
+    assert quality.no_duplicate_keys(publisher.lake, "v1").passed
+    assert quality.counts_add_up(publisher.lake, publisher.fetched_path, "v1").passed
+    assert not (tmp_path / "c" / "state.sqlite").exists()  # the claims live in PostgreSQL
