@@ -11,6 +11,7 @@ from dagster_project.definitions import ALL_ASSETS
 from dagster_project.checks import SNAPSHOT_CHECKS
 from dagster_project.resources import resources_from
 from datasets_builder.config import CorpusConfig
+from schemas.errors import UserError
 
 
 def build_corpus(
@@ -42,17 +43,27 @@ def build_corpus(
         raise_on_error=False,
     )
     if not result.success:
-        errors = [_root_cause(e.step_failure_data.error) for e in result.get_step_failure_events()
+        causes = [_cause(e.step_failure_data.error) for e in result.get_step_failure_events()
                   if e.step_failure_data.error is not None]
-        raise RuntimeError("publishing the snapshot failed: " + ("; ".join(errors) or "see the Dagster log above"))
+        message = "publishing the snapshot failed: " + ("; ".join(m for _, m in causes) or "see the Dagster log above")
+        if causes and all(name in USER_ERRORS for name, _ in causes):
+            raise BuildRefused(message)
+        raise RuntimeError(message)
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("snapshot")[0].metadata.items()}
     for evaluation in result.get_asset_check_evaluations():
         metadata[f"check_{evaluation.check_name}"] = "passed" if evaluation.passed else "FAILED"
     return metadata
 
 
-def _root_cause(error) -> str:
-    """The message of the exception that started a Dagster step failure (not Dagster's wrapper)."""
-    while error.cause is not None:
+class BuildRefused(UserError, RuntimeError):
+    """The build stopped on something the user can fix (the lake refused, a snapshot or lake was not found)."""
+
+
+USER_ERRORS = {"ConfigError", "NotFound", "Refused", "LakeUnavailable", "UserError"}
+
+
+def _cause(error) -> tuple[str, str]:
+    """(class name, message) of the exception a Dagster step failed on, under Dagster's own wrappers."""
+    while error.cls_name and error.cls_name.startswith("Dagster") and error.cause is not None:
         error = error.cause
-    return error.message.strip()
+    return error.cls_name or "", error.message.strip()

@@ -3,19 +3,17 @@
 Claims persist across runs and sources, so a killed build, a second source or another machine sees the same owners.
 One machine keeps them in SQLite in the build's work dir; a team whose catalog is PostgreSQL keeps them in that
 database (table `npedit_image_claims`), where concurrent claims from several machines are settled by its primary key.
+Claims are never dropped: an image whose owning shard is later left out of a snapshot (`publish --replace` from a build
+without that source) stays a duplicate; build successive sources from one configuration to keep them.
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from pathlib import Path
 from typing import Protocol
 
-import duckdb
-
 Owners = dict[str, tuple[str, str]]  # image_id -> (owning shard, its source)
-_SAFE = re.compile(r"^[0-9A-Za-z_.-]+$")  # image ids are hex digests; shard names are <fingerprint>-<number>
 
 
 class ImageClaims(Protocol):
@@ -50,45 +48,27 @@ class SqliteClaims:
 
 
 class PostgresClaims:
-    """Claims in the team's PostgreSQL database, through DuckDB's postgres extension."""
+    """Claims in the team's PostgreSQL database (psycopg): one statement inserts, the primary key settles races."""
 
-    TABLE = "npedit_image_claims"
+    TABLE = "public.npedit_image_claims"
 
-    def __init__(self, dsn: str, extension_dir: str):
-        self.dsn, self.extension_dir = dsn, extension_dir
-
-    def _connect(self) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect()
-        con.execute(f"SET extension_directory = '{self.extension_dir}'")
-        con.execute("SET autoinstall_known_extensions = false")
-        dsn = self.dsn.replace("'", "''")
-        con.execute(f"ATTACH '{dsn}' AS claims_db (TYPE postgres)")
-        create = (f"CREATE TABLE IF NOT EXISTS {self.TABLE} "
-                  "(image_id TEXT PRIMARY KEY, shard TEXT NOT NULL, source TEXT NOT NULL)")
-        try:
-            con.execute("CALL postgres_execute('claims_db', ?)", [create])
-        except duckdb.Error:  # two machines creating it at once: one wins, the other finds it made
-            con.execute("CALL postgres_execute('claims_db', ?)", [create])
-        return con
+    def __init__(self, dsn: str):
+        self.dsn = dsn
 
     def claim(self, shard: str, image_ids: list[str], sources: list[str]) -> Owners:
-        unsafe = [v for v in [shard, *image_ids] if not _SAFE.match(v)]
-        if unsafe:
-            raise ValueError(f"claims: unexpected characters in {unsafe[0]!r}")
         if not image_ids:
             return {}
-        import pyarrow as pa
+        import psycopg
 
-        con = self._connect()
-        try:
-            con.register("new_claims", pa.table({"image_id": image_ids, "shard": [shard] * len(image_ids),
-                                                 "source": sources}))
-            con.execute(f"INSERT INTO claims_db.{self.TABLE} SELECT image_id, shard, source FROM new_claims "
-                        "ON CONFLICT DO NOTHING")
-            ids = ",".join(f"'{i}'" for i in image_ids)
-            query = (f"SELECT image_id, shard, source FROM {self.TABLE} "
-                     f"WHERE image_id IN ({ids}) AND shard <> '{shard}'")
-            rows = con.execute("SELECT * FROM postgres_query('claims_db', ?)", [query]).fetchall()
-        finally:
-            con.close()
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            try:
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} "
+                             "(image_id TEXT PRIMARY KEY, shard TEXT NOT NULL, source TEXT NOT NULL)")
+            except psycopg.errors.UniqueViolation:  # another machine created it at the same moment
+                pass
+            conn.execute(f"INSERT INTO {self.TABLE} (image_id, shard, source) "
+                         "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT (image_id) DO NOTHING",
+                         [image_ids, [shard] * len(image_ids), sources])
+            rows = conn.execute(f"SELECT image_id, shard, source FROM {self.TABLE} "
+                                "WHERE image_id = ANY(%s) AND shard <> %s", [image_ids, shard]).fetchall()
         return {image_id: (owner, source) for image_id, owner, source in rows}

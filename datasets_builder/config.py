@@ -10,6 +10,7 @@ from typing import Any
 from datasets_builder.fetch import FetchConfig
 from datasets_builder.images import ImageLimits
 from schemas.dataclass_io import from_dict
+from schemas.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class SourceConfig:
 
     def __post_init__(self):
         if (self.url_list is None) == (self.folder is None):
-            raise ValueError("source: set exactly one of url_list or folder")
+            raise ConfigError("source: set exactly one of url_list or folder")
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,9 @@ class VlmConfig:
 
     def __post_init__(self):
         if self.backend not in ("transformers", "vllm", "openai"):
-            raise ValueError(f"vlm.backend must be transformers, vllm or openai, not {self.backend!r}")
+            raise ConfigError(f"vlm.backend must be transformers, vllm or openai, not {self.backend!r}")
         if self.batch_size < 1:
-            raise ValueError("vlm.batch_size must be at least 1")
+            raise ConfigError("vlm.batch_size must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -68,5 +69,5 @@ def load_corpus_config(path: Path, overrides: dict[str, Any] | None = None) -> C
     for key, value in (overrides or {}).items():
         values[key] = value
     if "source" not in values:
-        raise ValueError(f"{path}: a [source] table with url_list or folder is required")
+        raise ConfigError(f"{path}: a [source] table with url_list or folder is required")
     return from_dict(CorpusConfig, values, str(path))

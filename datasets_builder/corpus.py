@@ -59,7 +59,7 @@ class Corpus:
     def claims(self) -> ImageClaims:
         """Duplicate claims: in the catalog's PostgreSQL database for a team, else SQLite in the work dir."""
         if self.lake.catalog.startswith("postgres:"):
-            return PostgresClaims(self.lake.catalog.removeprefix("postgres:"), lake.extension_dir())
+            return PostgresClaims(self.lake.catalog.removeprefix("postgres:"))
         return SqliteClaims(self.work_dir / "state.sqlite")
 
     # -- 1. source images ------------------------------------------------------------------------------------------
@@ -187,17 +187,19 @@ class Corpus:
 
     # -- 7. snapshot -------------------------------------------------------------------------------------------------
     def staged_files(self, runner: VlmRunner | None = None) -> dict[str, list[str]]:
-        """Every finished file of the current configuration, per table."""
+        """Every finished file of the current configuration, per table (one listing per table folder)."""
         runner = runner or self.runner()
-        files: dict[str, list[Path]] = {name: [] for name in lake.CORPUS_TABLES}
+        on_disk = {name: set(storage.list_files(storage.parent(lake.staged_path(self.lake, name, "x"))))
+                   for name in lake.CORPUS_TABLES}
+        files: dict[str, list[str]] = {name: [] for name in lake.CORPUS_TABLES}
         for shard in self.shards():
             for table in ("images", "images_rejected"):
                 path = lake.staged_path(self.lake, table, self.images_name(shard))
-                if storage.exists(path):
+                if path in on_disk[table]:
                     files[table].append(path)
             for stage in STAGE_OUTPUT:
                 out_path, rejects_path = self.stage_paths(stage, shard, runner)
-                if storage.exists(out_path) and storage.exists(rejects_path):
+                if out_path in on_disk[STAGE_OUTPUT[stage]] and rejects_path in on_disk["vlm_rejects"]:
                     files[STAGE_OUTPUT[stage]].append(out_path)
                     files["vlm_rejects"].append(rejects_path)
         return files

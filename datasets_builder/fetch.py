@@ -12,6 +12,7 @@ import polars as pl
 import pyarrow as pa
 
 from datasets_builder import storage
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -33,10 +34,10 @@ def read_url_list(path: Path, url_col: str = "url", caption_col: str | None = "c
     suffix = path.suffix.lower()
     readers = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson}
     if suffix not in readers:
-        raise ValueError(f"{path}: URL lists must be .parquet, .csv or .jsonl, not {suffix!r}")
+        raise ConfigError(f"{path}: URL lists must be .parquet, .csv or .jsonl, not {suffix!r}")
     frame = readers[suffix](path)
     if url_col not in frame.columns:
-        raise ValueError(f"{path}: no column {url_col!r} (columns: {', '.join(frame.columns)})")
+        raise ConfigError(f"{path}: no column {url_col!r} (columns: {', '.join(frame.columns)})")
     caption = pl.col(caption_col).cast(pl.Utf8) if caption_col in frame.columns else pl.lit(None, pl.Utf8)
     urls = frame.select(pl.col(url_col).cast(pl.Utf8).alias("url"), caption.alias("caption"))
     present = urls.filter(pl.col("url").is_not_null() & (pl.col("url").str.strip_chars() != ""))
@@ -51,7 +52,7 @@ def folder_url_list(folder: Path) -> pl.DataFrame:
     """Every image file under `folder` as a file:// URL (img2dataset fetches those too), sorted."""
     files = sorted(p.resolve() for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise ConfigError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     return pl.DataFrame({"url": [p.as_uri() for p in files], "caption": [None] * len(files)}, schema_overrides={"caption": pl.Utf8})
 
 
@@ -109,8 +110,9 @@ def fetch_into(urls: pl.DataFrame, target: str, staging: Path, config: FetchConf
     for marker in sorted(staging.glob("*_stats.json")):
         shard_file = staging / marker.name.replace("_stats.json", ".parquet")
         if shard_file.exists():
-            storage.write_bytes(storage.join(target, shard_file.name), shard_file.read_bytes())
-            storage.write_bytes(storage.join(target, marker.name), marker.read_bytes())
+            if not storage.exists(storage.join(target, marker.name)):  # never over a shard another machine finished
+                storage.write_bytes(storage.join(target, shard_file.name), shard_file.read_bytes())
+                storage.write_bytes(storage.join(target, marker.name), marker.read_bytes())
             shard_file.unlink()
     return finished_shards(target)
 

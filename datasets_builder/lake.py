@@ -10,9 +10,11 @@ reader of the corpus (`read_table`, `resolve`).
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +25,17 @@ import pyarrow.parquet as pq
 
 from datasets_builder import storage
 from schemas import ALL_TABLES, SCHEMA_VERSION, SNAPSHOTS, SchemaError, SnapshotRow, TableSpec
+from schemas.errors import ConfigError, NotFound, Refused, UserError
 
 LAKE = "lake"
 CORPUS_TABLES = tuple(name for name in ALL_TABLES if name != "snapshots")
 # Small row groups where readers fetch single rows (the trainer reads one image at a time): a row group is the unit
 # of a Parquet read, so 64 rows of ~200 KB images keep a random read near 13 MB.
 ROW_GROUP_ROWS = {"images": 64}
+PUBLISH_LOCK_KEY = int(hashlib.sha256(b"npedit publish").hexdigest()[:15], 16)  # a PostgreSQL advisory-lock key
 
 
-class LakeUnavailable(ConnectionError):
+class LakeUnavailable(UserError, ConnectionError):
     """The catalog or the data path cannot be reached (server down, bad credentials, missing extension)."""
 
 
@@ -47,6 +51,14 @@ class LakeConfig:
     catalog: str
     data_path: str
 
+    def __post_init__(self):
+        # One spelling of the data path: the catalog compares file names with what it stored at creation.
+        object.__setattr__(self, "data_path", storage.normalise(self.data_path).rstrip("/") + "/")
+        if not self.catalog.startswith(("postgres:", "sqlite:")):
+            object.__setattr__(self, "catalog", storage.normalise(self.catalog))
+        elif self.catalog.startswith("sqlite:"):
+            object.__setattr__(self, "catalog", "sqlite:" + storage.normalise(self.catalog.removeprefix("sqlite:")))
+
     @classmethod
     def local(cls, root: Path) -> LakeConfig:
         root = Path(root).resolve()
@@ -56,8 +68,6 @@ class LakeConfig:
     def of(cls, lake_dir: str | Path, catalog: str | None = None, data_path: str | None = None) -> LakeConfig:
         """The lake every entry point addresses the same way: `catalog` and `data_path` default to `lake_dir`."""
         local = cls.local(Path(lake_dir))
-        if data_path:
-            data_path = storage.normalise(data_path).rstrip("/") + "/"
         return cls(catalog=catalog or local.catalog, data_path=data_path or local.data_path)
 
     @property
@@ -66,8 +76,35 @@ class LakeConfig:
         return self.catalog.startswith(("postgres:", "sqlite:"))
 
     def attach_sql(self, read_only: bool) -> str:
-        options = [f"DATA_PATH '{self.data_path}'"] + (["READ_ONLY"] if read_only else [])
-        return f"ATTACH 'ducklake:{self.catalog}' AS {LAKE} ({', '.join(options)})"
+        options = [f"DATA_PATH {_literal(self.data_path)}"] + (["READ_ONLY"] if read_only else [])
+        return f"ATTACH {_literal('ducklake:' + self.catalog)} AS {LAKE} ({', '.join(options)})"
+
+    @contextmanager
+    def publish_lock(self) -> Iterator[None]:
+        """Held by one publisher at a time across processes and machines (a publish reads, then registers files)."""
+        if self.catalog.startswith("postgres:"):
+            import psycopg
+
+            with psycopg.connect(self.catalog.removeprefix("postgres:"), autocommit=True) as conn:
+                conn.execute("SELECT pg_advisory_lock(%s)", [PUBLISH_LOCK_KEY])
+                try:
+                    yield
+                finally:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", [PUBLISH_LOCK_KEY])
+            return
+        lock_path = Path(f"{self.catalog.removeprefix('sqlite:')}.publish-lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)
@@ -96,7 +133,7 @@ def setup_statements(config: LakeConfig, *, read_only: bool) -> list[str]:
 
 def _corpus_table(table: str) -> str:
     if table not in CORPUS_TABLES:
-        raise ValueError(f"unknown table {table!r}; corpus tables: {', '.join(CORPUS_TABLES)}")
+        raise ConfigError(f"unknown table {table!r}; corpus tables: {', '.join(CORPUS_TABLES)}")
     return table
 
 
@@ -104,7 +141,7 @@ def connect(config: LakeConfig, *, read_only: bool = False) -> duckdb.DuckDBPyCo
     """A DuckDB connection with the lake attached as `lake`, extensions loaded from the offline wheels."""
     if not config.is_shared_catalog:
         if read_only and not Path(config.catalog).exists():
-            raise LookupError(f"no corpus lake at {config.catalog}: build one with `npedit corpus build`")
+            raise NotFound(f"no corpus lake at {config.catalog}: build one with `npedit corpus build`")
         Path(config.catalog).parent.mkdir(parents=True, exist_ok=True)
     if not read_only:
         storage.make_dirs(config.data_path)
@@ -150,8 +187,10 @@ def write_staged(config: LakeConfig, spec: TableSpec, table: pa.Table, name: str
 
 
 def _file_digest(path: str) -> str:
-    sidecar = f"{path}.sha256"
-    return storage.read_text(sidecar).strip() if storage.exists(sidecar) else storage.sha256(path)
+    try:
+        return storage.read_text(f"{path}.sha256").strip()
+    except FileNotFoundError:
+        return storage.sha256(path)
 
 
 def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -197,10 +236,12 @@ def published_snapshots(config: LakeConfig) -> pa.Table:
 
 def _content_hash(files_by_table: Mapping[str, list[str]]) -> str:
     """sha256 over (table, file name, file sha256) of every data file, in a fixed order."""
+    ordered = [(table, path) for table in CORPUS_TABLES for path in sorted(files_by_table.get(table, []))]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # object storage answers many small reads at once
+        digests = list(pool.map(_file_digest, [path for _, path in ordered]))
     digest = hashlib.sha256()
-    for table in CORPUS_TABLES:
-        for path in sorted(files_by_table.get(table, [])):
-            digest.update(f"{table}\t{storage.name(path)}\t{_file_digest(path)}\n".encode())
+    for (table, path), file_digest in zip(ordered, digests):
+        digest.update(f"{table}\t{storage.name(path)}\t{file_digest}\n".encode())
     return digest.hexdigest()
 
 
@@ -225,11 +266,11 @@ def publish(
     unknown = set(files) - set(CORPUS_TABLES)
     if unknown:
         raise SchemaError("snapshots", "row_counts", "names tables outside the corpus", value=sorted(unknown))
-    with session(config) as con:
+    with config.publish_lock(), session(config) as con:
         _ensure_tables(con)
         published = _published(con)
         if tag is not None and any(s.tag == tag for s in published):
-            raise ValueError(f"tag {tag!r} already names snapshot {next(s for s in published if s.tag == tag).snapshot_id}")
+            raise Refused(f"tag {tag!r} already names snapshot {next(s for s in published if s.tag == tag).snapshot_id}")
         final: dict[str, list[str]] = {}
         new: list[tuple[str, str]] = []
         retired: dict[str, list[str]] = {}
@@ -242,7 +283,7 @@ def publish(
             wanted = (given & have) | {p for p in given - have if storage.num_rows(p) > 0}  # no empty files
             stale = sorted(have - wanted)
             if stale and not replace:
-                raise ValueError(
+                raise Refused(
                     f"{config.catalog}: {table} already holds {len(stale)} file(s) this build would not publish "
                     f"(e.g. {storage.name(stale[0])}): outputs of another model, prompt, sampling or image limits. "
                     "Publish with replace (`npedit corpus build --replace`) to make this configuration's outputs "
@@ -256,7 +297,7 @@ def publish(
             if published and tag is None:
                 return published[-1]
             latest = f"snapshot {published[-1].snapshot_id} already holds every file" if published else "no rows"
-            raise ValueError(f"nothing new to publish ({latest}); a tag names new content, so {tag!r} was not set")
+            raise Refused(f"nothing new to publish ({latest}); a tag names new content, so {tag!r} was not set")
         con.execute("BEGIN")
         try:
             for table, paths in retired.items():
@@ -297,14 +338,14 @@ def resolve(config: LakeConfig, snapshot: int | str | None = None) -> SnapshotRo
     with session(config, read_only=True) as con:
         published = _published(con)
     if not published:
-        raise LookupError(f"no snapshot has been published in {config.catalog}")
+        raise NotFound(f"no snapshot has been published in {config.catalog}")
     if snapshot is None:
         return published[-1]
     for row in published:
         if row.tag == snapshot or str(row.snapshot_id) == str(snapshot):
             return row
     known = ", ".join(f"{s.snapshot_id}" + (f" ({s.tag})" if s.tag else "") for s in published)
-    raise LookupError(f"no published snapshot {snapshot!r}; known: {known}")
+    raise NotFound(f"no published snapshot {snapshot!r}; known: {known}")
 
 
 def table_files(config: LakeConfig, table: str, snapshot: int | str | None = None) -> list[str]:
@@ -317,7 +358,7 @@ def table_files(config: LakeConfig, table: str, snapshot: int | str | None = Non
             "WHERE delete_file IS NOT NULL"
         ).fetchone()[0]
         if deletes:
-            raise ValueError(f"{table} at snapshot {version} has delete files; read it with read_table instead")
+            raise Refused(f"{table} at snapshot {version} has delete files; read it with read_table instead")
         return registered_files(con, table, version)
 
 

@@ -143,7 +143,7 @@ def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
 def parquet_file(uri: str) -> pq.ParquetFile:
     """An open Parquet file (row groups are read on demand: one ranged GET each in object storage)."""
     fs, path = filesystem(uri)
-    return pq.ParquetFile(fs.open_input_file(path))
+    return pq.ParquetFile(path, filesystem=fs)  # close() closes the file it opened
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:

@@ -69,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; errors a user can act on print one line (NPEDIT_DEBUG=1 shows the traceback)."""
     args = build_parser().parse_args(argv)
+    from schemas.errors import UserError
+
     try:
         return args.func(args)
-    except (LookupError, ValueError, ConnectionError, FileNotFoundError) as error:
+    except (UserError, FileNotFoundError) as error:
         if os.environ.get("NPEDIT_DEBUG") == "1":
             raise
         print(f"npedit: error: {error}", file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def test_two_machines_split_one_build_through_postgres_and_object_storage(tmp_pa
     folder.mkdir()
     for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"):
         shutil.copy(SAMPLES / name, folder / name)
-    shutil.copy(SAMPLES / "astronaut.jpg", folder / "zz_astronaut_again.jpg")  # same bytes, another shard
+    shutil.copy(SAMPLES / "astronaut.jpg", folder / "d_astronaut_again.jpg")  # same bytes, in shard 1
     base = replace(_team_config(tmp_path, postgres_dsn, tiny_models.vlm, seed=0),
                    source=SourceConfig(folder=str(folder)), fetch=FetchConfig(shard_size=2),
                    data_path=f"s3://{s3_bucket}/corpus/", fetched_dir=f"s3://{s3_bucket}/fetched/")
@@ -177,7 +178,7 @@ def test_two_machines_split_one_build_through_postgres_and_object_storage(tmp_pa
         config = json.dumps(asdict(machines[machine]))
         return subprocess.Popen([sys.executable, "-c", WORKER, config, *mine], stderr=subprocess.PIPE, text=True)
 
-    running = [worker("a", [shards[0]]), worker("b", shards[1:])]  # the two copies race for their claim
+    running = [worker("a", [shards[0]]), worker("b", shards[1:])]  # each starts with a shard holding a copy
     for process in running:
         _, err = process.communicate(timeout=600)
         assert process.returncode == 0, err[-3000:]
@@ -189,3 +190,37 @@ def test_two_machines_split_one_build_through_postgres_and_object_storage(tmp_pa
     assert quality.no_duplicate_keys(publisher.lake, "v1").passed
     assert quality.counts_add_up(publisher.lake, publisher.fetched_path, "v1").passed
     assert not (tmp_path / "c" / "state.sqlite").exists()  # the claims live in PostgreSQL
+
+
+PUBLISH = """
+import json, sys, time
+from datasets_builder import lake
+catalog, data_path, files, start_at = sys.argv[1:]
+while time.time() < float(start_at):
+    time.sleep(0.001)
+print(lake.publish(lake.LakeConfig(catalog, data_path), json.loads(files), message="racer").snapshot_id)
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_machines_publishing_at_once_register_each_file_once(tmp_path, kind, request):
+    from schemas import IMAGES_REJECTED
+
+    catalog = f"sqlite:{tmp_path / 'catalog.sqlite'}" if kind == "sqlite" else \
+        f"postgres:{request.getfixturevalue('postgres_dsn')}"
+    store = lake.LakeConfig(catalog, str(tmp_path / "data"))
+    rows = [dict(source=f"http://x/{i}.jpg", shard="s", reason="http_error", detail="404") for i in range(3)]
+    files = {"images_rejected": [lake.write_staged(store, IMAGES_REJECTED, IMAGES_REJECTED.to_arrow(rows[i:i + 1]),
+                                                   f"s-{i}") for i in range(3)]}
+    start_at = time.time() + 4
+    racers = [subprocess.Popen([sys.executable, "-c", PUBLISH, store.catalog, store.data_path, json.dumps(files),
+                                str(start_at)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    for process in racers:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+    with lake.session(store, read_only=True) as con:
+        registered = lake.registered_files(con, "images_rejected")
+    assert registered == sorted(files["images_rejected"])
+    assert lake.read_table(store, "images_rejected").num_rows == 3
+    assert len(lake.published_snapshots(store)) == 1  # the second publisher found nothing new

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.dataclass_io import from_dict, replace_path
+from schemas.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,11 @@ class TrainConfig:
     def __post_init__(self):
         s = self.schedule
         if s.total_steps < 1 or s.fake_steps_per_generator_step < 0 or not 0 <= s.two_step_prob <= 1:
-            raise ValueError("schedule: total_steps >= 1, fake_steps_per_generator_step >= 0, 0 <= two_step_prob <= 1")
+            raise ConfigError("schedule: total_steps >= 1, fake_steps_per_generator_step >= 0, 0 <= two_step_prob <= 1")
         if not all(0 < t < 1 for t in s.two_step_times):
-            raise ValueError("schedule.two_step_times must lie strictly between 0 and 1")
+            raise ConfigError("schedule.two_step_times must lie strictly between 0 and 1")
         if self.data.resolution % 16:
-            raise ValueError(f"data.resolution must be a multiple of 16, not {self.data.resolution}")
+            raise ConfigError(f"data.resolution must be a multiple of 16, not {self.data.resolution}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -133,7 +134,7 @@ RECIPES = {"debug_tiny": debug_tiny, "zimage_multigpu": zimage_multigpu}
 def load_config(recipe: str = "debug_tiny", toml: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """A recipe, then a TOML file's tables on top, then `a.b=value` overrides."""
     if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
     config = RECIPES[recipe]()
     if toml is not None:
         merged = asdict(config)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from datasets_builder.lake import LakeConfig, open_data_file, read_data_file, read_table, resolve, table_files
+from schemas.errors import Refused
 from training.config import DataConfig
 
 
@@ -96,12 +97,12 @@ class SnapshotEdits:
         if not config.include_invalid:
             edits = edits.filter(pc.field("is_valid"))
         if edits.num_rows == 0:
-            raise ValueError(f"snapshot {snapshot.snapshot_id} has no valid edit instructions to train on")
+            raise Refused(f"snapshot {snapshot.snapshot_id} has no valid edit instructions to train on")
         self.store = ImageStore(table_files(lake, "images", snapshot.snapshot_id))
         joined = edits.join(self.store.index(), "image_id", join_type="left outer")
         missing = joined.filter(pc.is_null(pc.field("file")))
         if missing.num_rows:
-            raise ValueError(f"snapshot {snapshot.snapshot_id}: {missing.num_rows} edits reference missing images")
+            raise Refused(f"snapshot {snapshot.snapshot_id}: {missing.num_rows} edits reference missing images")
         self.table = joined.sort_by("proposal_id")
         self.sizes = bucket_sizes(config.resolution, config.aspect_ratios)
         aspect = pc.divide(pc.cast(self.table["width"], pa.float64()), pc.cast(self.table["height"], pa.float64()))
