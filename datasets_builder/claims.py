@@ -13,7 +13,13 @@ import sqlite3
 from pathlib import Path
 from typing import Protocol
 
+from schemas.errors import UserError
+
 Owners = dict[str, tuple[str, str]]  # image_id -> (owning shard, its source)
+
+
+class ClaimsUnavailable(UserError, ConnectionError):
+    """The PostgreSQL database holding the claims cannot be reached."""
 
 
 class ImageClaims(Protocol):
@@ -60,14 +66,23 @@ class PostgresClaims:
             return {}
         import psycopg
 
+        try:
+            return self._claim(psycopg, shard, image_ids, sources)
+        except psycopg.OperationalError as error:
+            raise ClaimsUnavailable(f"cannot reach the claims database ({self.dsn}): {error}") from error
+
+    def _claim(self, psycopg, shard: str, image_ids: list[str], sources: list[str]) -> Owners:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             try:
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} "
                              "(image_id TEXT PRIMARY KEY, shard TEXT NOT NULL, source TEXT NOT NULL)")
             except psycopg.errors.UniqueViolation:  # another machine created it at the same moment
                 pass
+            # Rows go in in image_id order: two shards holding the same images then lock them in the same order
+            # (in any other order two simultaneous claims can deadlock).
             conn.execute(f"INSERT INTO {self.TABLE} (image_id, shard, source) "
-                         "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT (image_id) DO NOTHING",
+                         "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(image_id, shard, source) "
+                         "ORDER BY image_id ON CONFLICT (image_id) DO NOTHING",
                          [image_ids, [shard] * len(image_ids), sources])
             rows = conn.execute(f"SELECT image_id, shard, source FROM {self.TABLE} "
                                 "WHERE image_id = ANY(%s) AND shard <> %s", [image_ids, shard]).fetchall()

@@ -65,7 +65,10 @@ class CorpusConfig:
 
 def load_corpus_config(path: Path, overrides: dict[str, Any] | None = None) -> CorpusConfig:
     """Read a TOML file into a `CorpusConfig`; unknown keys and missing sections are clear errors."""
-    values = tomllib.loads(Path(path).read_text())
+    try:
+        values = tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
     for key, value in (overrides or {}).items():
         values[key] = value
     if "source" not in values:

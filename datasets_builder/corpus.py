@@ -208,8 +208,9 @@ class Corpus:
                 runner: VlmRunner | None = None) -> SnapshotRow:
         """Publish every finished file as one immutable snapshot (`replace`: retire other configurations' files)."""
         config = json.loads(json.dumps(asdict(self.config), default=str))
-        return lake.publish(self.lake, self.staged_files(runner), message=message, tag=tag, builder_config=config,
-                            replace=replace)
+        runner = runner or self.runner()
+        return lake.publish(self.lake, lambda: self.staged_files(runner), message=message, tag=tag,
+                            builder_config=config, replace=replace)
 
 
 def _tiny_vlm_path() -> Path:

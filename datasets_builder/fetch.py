@@ -97,7 +97,9 @@ def fetch_into(urls: pl.DataFrame, target: str, staging: Path, config: FetchConf
 
     For object storage img2dataset works in the local `staging` folder; each finished shard is uploaded, then its
     marker, and its local copy dropped. Markers already in `target` are copied into `staging` first, so shards any
-    machine finished are not fetched again.
+    machine finished are not fetched again. An upload checks for the shard's marker first; object stores offer no
+    conditional write here, so two machines fetching the same source at the same moment could both upload a shard:
+    fetch each source from one machine.
     """
     if not storage.is_remote(target):
         fetch_images(urls, Path(target), config)

@@ -13,7 +13,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,12 +85,15 @@ class LakeConfig:
         if self.catalog.startswith("postgres:"):
             import psycopg
 
-            with psycopg.connect(self.catalog.removeprefix("postgres:"), autocommit=True) as conn:
+            # A session lock: closing the connection releases it (so a session pooler in transaction mode, such as
+            # PgBouncer's, must not sit between npedit and the catalog).
+            try:
+                conn = psycopg.connect(self.catalog.removeprefix("postgres:"), autocommit=True)
+            except psycopg.OperationalError as error:
+                raise LakeUnavailable(f"cannot open the lake (catalog {self.catalog}): {error}") from error
+            with conn:
                 conn.execute("SELECT pg_advisory_lock(%s)", [PUBLISH_LOCK_KEY])
-                try:
-                    yield
-                finally:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", [PUBLISH_LOCK_KEY])
+                yield
             return
         lock_path = Path(f"{self.catalog.removeprefix('sqlite:')}.publish-lock")
         lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +250,7 @@ def _content_hash(files_by_table: Mapping[str, list[str]]) -> str:
 
 def publish(
     config: LakeConfig,
-    files: Mapping[str, list[str | Path]],
+    files: Mapping[str, list[str | Path]] | Callable[[], Mapping[str, list[str | Path]]],
     *,
     message: str,
     tag: str | None = None,
@@ -261,12 +264,14 @@ def publish(
     holds outputs of another configuration, which is an error rather than a silent mix, unless `replace` is set:
     then the same commit retires those files, so the new snapshot holds exactly the given files while every earlier
     snapshot keeps its own (retired files stay on disk, untouched, for time travel). Nothing new returns the latest
-    snapshot, unless a new tag was asked for (an error: a tag names new content).
+    snapshot, unless a new tag was asked for (an error: a tag names new content). `files` may be a function, called
+    once the publish lock is held, so that what it lists includes what another machine published just before.
     """
-    unknown = set(files) - set(CORPUS_TABLES)
-    if unknown:
-        raise SchemaError("snapshots", "row_counts", "names tables outside the corpus", value=sorted(unknown))
     with config.publish_lock(), session(config) as con:
+        files = files() if callable(files) else files
+        unknown = set(files) - set(CORPUS_TABLES)
+        if unknown:
+            raise SchemaError("snapshots", "row_counts", "names tables outside the corpus", value=sorted(unknown))
         _ensure_tables(con)
         published = _published(con)
         if tag is not None and any(s.tag == tag for s in published):

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from schemas.errors import ConfigError
+
 REMOTE_SCHEMES = ("s3",)
 
 
@@ -28,7 +30,7 @@ def is_remote(uri: str | Path) -> bool:
 def _check_scheme(uri: str) -> str:
     scheme = urlparse(uri).scheme
     if scheme not in REMOTE_SCHEMES:
-        raise ValueError(f"{uri}: object storage must be one of {', '.join(s + '://' for s in REMOTE_SCHEMES)}")
+        raise ConfigError(f"{uri}: object storage must be one of {', '.join(s + '://' for s in REMOTE_SCHEMES)}")
     return scheme
 
 

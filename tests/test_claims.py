@@ -19,12 +19,14 @@ from pathlib import Path
 from datasets_builder.claims import PostgresClaims, SqliteClaims
 kind, where, shard, start_at, rounds = sys.argv[1:]
 claims = SqliteClaims(Path(where)) if kind == "sqlite" else PostgresClaims(where)
-lost = []
+lost, N = [], 3000
 for r in range(int(rounds)):
-    ids = [hashlib.sha256(f"{r}-{i}".encode()).hexdigest() for i in range(300)]
-    while time.time() < float(start_at) + r * 0.5:  # both processes claim the same ids at the same moment
+    ids = [hashlib.sha256(f"{r}-{i}".encode()).hexdigest() for i in range(N)]
+    if shard.endswith("1"):
+        ids.reverse()  # the same images listed in another order (a deadlock if rows were locked in list order)
+    while time.time() < float(start_at) + r * 1.0:  # both processes claim the same ids at the same moment
         time.sleep(0.001)
-    lost.append(sorted(claims.claim(shard, ids, [f"{shard}/{i}" for i in range(300)])))
+    lost.append(sorted(claims.claim(shard, ids, [f"{shard}/{i}" for i in range(N)])))
 print(json.dumps(lost))
 """
 
@@ -66,6 +68,6 @@ def test_simultaneous_claims_of_the_same_images_give_each_one_owner(claims_spec)
         assert process.returncode == 0, err[-2000:]
         lost.append(json.loads(out))
     for r in range(rounds):
-        ids = {hashlib.sha256(f"{r}-{i}".encode()).hexdigest() for i in range(300)}
+        ids = {hashlib.sha256(f"{r}-{i}".encode()).hexdigest() for i in range(3000)}
         first, second = set(lost[0][r]), set(lost[1][r])
         assert first | second == ids and not first & second, f"round {r}: an image with no owner or two"

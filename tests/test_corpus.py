@@ -21,6 +21,7 @@ from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig, load_
 from datasets_builder.corpus import Corpus
 from datasets_builder.fetch import FetchConfig
 from odd_images import SAMPLES, odd_files
+from schemas.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 SHARD_SIZE = 6
@@ -193,6 +194,12 @@ def test_bad_configs_are_clear_errors(tmp_path):
     bad.write_text('[source]\nfolder = "x"\n[fetch]\nshards = 3\n')
     with pytest.raises(ValueError, match="unknown key 'shards'"):
         load_corpus_config(bad)
+    bad.write_text('[source\nfolder = "x"\n')
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_corpus_config(bad)
+    bad.write_text('fetched_dir = "gs://bucket/x"\n[source]\nfolder = "x"\n')
+    with pytest.raises(ConfigError, match="object storage must be one of s3://"):
+        Corpus(load_corpus_config(bad)).shards()
     bad.write_text('work_dir = "w"\n')
     with pytest.raises(ValueError, match=r"a \[source\] table"):
         load_corpus_config(bad)

@@ -22,6 +22,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from schemas.errors import Refused
+
 LATEST = "latest"
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 Models = dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]
@@ -94,7 +96,7 @@ def load_checkpoint(path: Path, models: Models, world_size: int = 1) -> dict:
     payload = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
     written_by = len(payload["meta"]["ranks"])
     if written_by != world_size:
-        raise ValueError(f"{path} was written by {written_by} ranks; resume with as many (this run has {world_size})")
+        raise Refused(f"{path} was written by {written_by} ranks; resume with as many (this run has {world_size})")
     if payload["sharded"]:
         # templates for the saved optimizers are built (zero-initialised) here, then overwritten by the load
         state = _states(models, StateDictOptions(), payload["optimizers"])

@@ -138,7 +138,11 @@ def load_config(recipe: str = "debug_tiny", toml: Path | None = None, overrides:
     config = RECIPES[recipe]()
     if toml is not None:
         merged = asdict(config)
-        for section, values in tomllib.loads(Path(toml).read_text()).items():
+        try:
+            sections = tomllib.loads(Path(toml).read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{toml}: not valid TOML: {error}") from None
+        for section, values in sections.items():
             if isinstance(values, dict) and isinstance(merged.get(section), dict):
                 merged[section].update(values)
             else:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
+from schemas.errors import ConfigError
 from training.critics.base import Critic
 from training.critics.llava_onevision import LlavaOnevisionCritic
 from training.critics.qwen import QwenGeometry, QwenVLCritic, qwen_pixel_values
@@ -19,7 +20,7 @@ def load_critic(path: str | Path, *, dtype: torch.dtype = torch.float32):
         return LlavaOnevisionCritic.from_pretrained(path, dtype=dtype)
     if model_type in ("qwen2_vl", "qwen2_5_vl"):
         return QwenVLCritic.from_pretrained(path, dtype=dtype)
-    raise ValueError(f"no critic for model type {model_type!r}: use Qwen2-VL/2.5-VL or LLaVA-OneVision")
+    raise ConfigError(f"no critic for model type {model_type!r}: use Qwen2-VL/2.5-VL or LLaVA-OneVision")
 
 
 __all__ = ["Critic", "LlavaOnevisionCritic", "QwenGeometry", "QwenVLCritic", "load_critic", "qwen_pixel_values"]
