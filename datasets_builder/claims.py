@@ -57,6 +57,7 @@ class PostgresClaims:
     """Claims in the team's PostgreSQL database (psycopg): one statement inserts, the primary key settles races."""
 
     TABLE = "public.npedit_image_claims"
+    CREATE_LOCK_KEY = 0x6E70656469740001  # an advisory-lock key of npedit's own ("npedit" + 1)
 
     def __init__(self, dsn: str):
         self.dsn = dsn
@@ -73,11 +74,10 @@ class PostgresClaims:
 
     def _claim(self, psycopg, shard: str, image_ids: list[str], sources: list[str]) -> Owners:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            try:
+            with conn.transaction():  # IF NOT EXISTS alone races: creators take turns under a transaction lock
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", [self.CREATE_LOCK_KEY])
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} "
                              "(image_id TEXT PRIMARY KEY, shard TEXT NOT NULL, source TEXT NOT NULL)")
-            except psycopg.errors.UniqueViolation:  # another machine created it at the same moment
-                pass
             # Rows go in in image_id order: two shards holding the same images then lock them in the same order
             # (in any other order two simultaneous claims can deadlock).
             conn.execute(f"INSERT INTO {self.TABLE} (image_id, shard, source) "

@@ -34,29 +34,31 @@ def _check_scheme(uri: str) -> str:
     return scheme
 
 
-def endpoint() -> str | None:
-    """The S3-compatible endpoint from `AWS_ENDPOINT_URL` (None: AWS itself)."""
-    return os.environ.get("AWS_ENDPOINT_URL") or None
+def s3_settings() -> tuple[str | None, str | None, str]:
+    """(region, endpoint host, scheme) from the environment; no endpoint means AWS itself."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return region, None, "https"
+    parsed = urlparse(endpoint)
+    return region, parsed.netloc or parsed.path, parsed.scheme or "https"
 
 
 @lru_cache(maxsize=4)
-def _s3(endpoint_url: str | None, region: str | None) -> pafs.S3FileSystem:
+def _s3(region: str | None, host: str | None, scheme: str) -> pafs.S3FileSystem:
     options: dict = {"region": region} if region else {}
-    if endpoint_url:
-        parsed = urlparse(endpoint_url)
-        options.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
+    if host:
+        options.update(endpoint_override=host, scheme=scheme)
     return pafs.S3FileSystem(**options)
 
 
 def filesystem(uri: str | Path) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem holding `uri` and the path within it."""
-    uri = str(uri)
     if not is_remote(uri):
-        return pafs.LocalFileSystem(), str(Path(uri).resolve())
-    _check_scheme(uri)
-    parsed = urlparse(uri)
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return _s3(endpoint(), region), f"{parsed.netloc}{parsed.path}"
+        return pafs.LocalFileSystem(), normalise(uri)
+    _check_scheme(str(uri))
+    parsed = urlparse(str(uri))
+    return _s3(*s3_settings()), f"{parsed.netloc}{parsed.path}"
 
 
 def normalise(uri: str | Path) -> str:
@@ -160,11 +162,9 @@ def num_rows(uri: str) -> int:
 def duckdb_s3_secret_sql() -> str:
     """The DuckDB secret that reads S3 with the same settings as `filesystem` (credentials stay in the environment)."""
     options = ["TYPE s3", "PROVIDER credential_chain", "VALIDATION 'none'"]  # missing credentials fail on access
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region, host, scheme = s3_settings()
     if region:
         options.append(f"REGION '{region}'")
-    if endpoint():
-        parsed = urlparse(endpoint())
-        options += [f"ENDPOINT '{parsed.netloc or parsed.path}'", "URL_STYLE 'path'",
-                    f"USE_SSL {'false' if parsed.scheme == 'http' else 'true'}"]
+    if host:
+        options += [f"ENDPOINT '{host}'", "URL_STYLE 'path'", f"USE_SSL {'false' if scheme == 'http' else 'true'}"]
     return f"CREATE OR REPLACE SECRET npedit_s3 ({', '.join(options)})"
