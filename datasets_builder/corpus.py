@@ -58,8 +58,8 @@ class Corpus:
     @cached_property
     def claims(self) -> ImageClaims:
         """Duplicate claims: in the catalog's PostgreSQL database for a team, else SQLite in the work dir."""
-        if self.lake.catalog.startswith("postgres:"):
-            return PostgresClaims(self.lake.catalog.removeprefix("postgres:"))
+        if self.lake.postgres_dsn is not None:
+            return PostgresClaims(self.lake.postgres_dsn)
         return SqliteClaims(self.work_dir / "state.sqlite")
 
     # -- 1. source images ------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class LakeConfig:
     def __post_init__(self):
         # One spelling of the data path: the catalog compares file names with what it stored at creation.
         object.__setattr__(self, "data_path", storage.normalise(self.data_path).rstrip("/") + "/")
-        if not self.catalog.startswith(("postgres:", "sqlite:")):
+        if not self.is_shared_catalog:
             object.__setattr__(self, "catalog", storage.normalise(self.catalog))
         elif self.catalog.startswith("sqlite:"):
             object.__setattr__(self, "catalog", "sqlite:" + storage.normalise(self.catalog.removeprefix("sqlite:")))
@@ -75,6 +75,11 @@ class LakeConfig:
         """A SQLite or PostgreSQL catalog admits several processes; a DuckDB-file catalog only one."""
         return self.catalog.startswith(("postgres:", "sqlite:"))
 
+    @property
+    def postgres_dsn(self) -> str | None:
+        """The libpq connection string of a PostgreSQL catalog (None for a file or SQLite catalog)."""
+        return self.catalog.removeprefix("postgres:") if self.catalog.startswith("postgres:") else None
+
     def attach_sql(self, read_only: bool) -> str:
         options = [f"DATA_PATH {_literal(self.data_path)}"] + (["READ_ONLY"] if read_only else [])
         return f"ATTACH {_literal('ducklake:' + self.catalog)} AS {LAKE} ({', '.join(options)})"
@@ -82,13 +87,13 @@ class LakeConfig:
     @contextmanager
     def publish_lock(self) -> Iterator[None]:
         """Held by one publisher at a time across processes and machines (a publish reads, then registers files)."""
-        if self.catalog.startswith("postgres:"):
+        if self.postgres_dsn is not None:
             import psycopg
 
             # A session lock: closing the connection releases it (so a session pooler in transaction mode, such as
             # PgBouncer's, must not sit between npedit and the catalog).
             try:
-                conn = psycopg.connect(self.catalog.removeprefix("postgres:"), autocommit=True)
+                conn = psycopg.connect(self.postgres_dsn, autocommit=True)
             except psycopg.OperationalError as error:
                 raise LakeUnavailable(f"cannot open the lake (catalog {self.catalog}): {error}") from error
             with conn:
