@@ -2,7 +2,7 @@
 
 Reports, from one run: the step-time share of generator forward, VAE decode, VLM critic, teacher + fake score (DMD),
 backward + optimizer, fake-score updates and data loading; the loader's throughput as a multiple of what the trainer
-consumes; FLOPs per training sample for the tiny run (counted) and for `zimage_multigpu` shapes (counted on the meta
+consumes; FLOPs per training sample for the tiny run (counted) and for `zimage_paper` shapes (counted on the meta
 device, no weights needed). Run: .venv/bin/python -m benchmarks.bench_train [--steps 10]
 """
 
@@ -105,7 +105,7 @@ def real_shapes_flops() -> None:
     """FLOPs of the Z-Image transformer at the real recipe's shapes, counted on the meta device."""
     from diffusers import ZImageTransformer2DModel
 
-    config = load_config("zimage_multigpu")
+    config = load_config("zimage_paper")
     side = config.data.resolution // 8  # latent side
     with torch.device("meta"):
         transformer = ZImageTransformer2DModel()  # the released 6B config (dim 3840, 30 layers)

@@ -62,16 +62,17 @@ def edit(args: argparse.Namespace) -> int:
     width = args.width or max(factor, round(image.width / factor) * factor)
     height = args.height or max(factor, round(image.height / factor) * factor)
     reference = from_pil(image, (width, height)).unsqueeze(0)
-    edited = edit_images(backbone, reference, [args.instruction], num_steps=args.steps,
+    edited = edit_images(backbone, reference, [args.instruction], num_steps=args.steps, sampler=args.sampler,
                          generator=torch.Generator().manual_seed(args.seed))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     to_pil(edited[0]).save(args.out)
-    print(f"wrote {args.out} ({width}x{height}, {args.steps} steps)")
+    print(f"wrote {args.out} ({width}x{height}, {args.steps} steps, {args.sampler} sampler)")
     return 0
 
 
 def add_train_commands(sub: argparse._SubParsersAction) -> None:
     from training.config import RECIPES
+    from training.sampling import SAMPLERS
 
     t = sub.add_parser("train", help="train the editor from a corpus snapshot (resumes from the latest checkpoint)")
     t.add_argument("--recipe", default="debug_tiny", choices=sorted(RECIPES))
@@ -91,6 +92,8 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--image", type=Path, required=True)
     e.add_argument("--instruction", required=True)
     e.add_argument("--steps", type=int, default=4)
+    e.add_argument("--sampler", choices=SAMPLERS, default="renoise",
+                   help="renoise: as the generator is trained (predict x0, re-noise with fresh noise); euler: ODE steps")
     e.add_argument("--out", type=Path, default=Path("edited.png"))
     e.add_argument("--width", type=int, default=None)
     e.add_argument("--height", type=int, default=None)

@@ -43,7 +43,7 @@ def _p_correct(trainer, batch, seeds=(11, 12)) -> float:
             noise = torch.randn(refs.shape, generator=torch.Generator().manual_seed(seed))
             images = g.decode_latents(unroll(g, noise, text, refs, UnrollPlan((1.0,))))
             loss, _ = trainer._vlm(images, batch)
-            total += float(torch.exp(-loss).mean())  # per-sample mean of -log p: a geometric-mean P(correct)
+            total += float(torch.exp(-loss / 2).mean())  # loss sums -log p over 2 questions: a geometric-mean P
     return total / len(seeds)
 
 

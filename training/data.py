@@ -7,7 +7,7 @@ import bisect
 import io
 import itertools
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,7 @@ from PIL import Image
 from datasets_builder.lake import LakeConfig, open_data_file, read_data_file, read_table, resolve, table_files
 from schemas.errors import Refused
 from training.config import DataConfig
+from training.questions import removal_target
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class EditBatch:
     edit_types: list[str]
     edited_captions: list[str]
     proposal_ids: list[str]
+    target_objects: list[str | None] | None = None  # what a remove/replace/recolour acts on (schema version >= 2)
 
 
 def bucket_sizes(resolution: int, aspect_ratios: tuple[float, ...], multiple: int = 16) -> list[tuple[int, int]]:
@@ -92,8 +94,11 @@ class SnapshotEdits:
     def __init__(self, lake: LakeConfig, config: DataConfig):
         snapshot = resolve(lake, config.snapshot)
         self.snapshot_id = snapshot.snapshot_id
+        edits = read_table(lake, "edit_instructions", snapshot.snapshot_id)
         columns = ["proposal_id", "image_id", "edit_type", "instruction", "edited_caption", "is_valid"]
-        edits = read_table(lake, "edit_instructions", snapshot.snapshot_id, columns)
+        edits = edits.select(columns + [c for c in ("target_object",) if c in edits.column_names])
+        if "target_object" not in edits.column_names:  # snapshots before schema version 2
+            edits = edits.append_column("target_object", pa.nulls(edits.num_rows, pa.string()))
         if not config.include_invalid:
             edits = edits.filter(pc.field("is_valid"))
         if edits.num_rows == 0:
@@ -107,6 +112,17 @@ class SnapshotEdits:
         self.sizes = bucket_sizes(config.resolution, config.aspect_ratios)
         aspect = pc.divide(pc.cast(self.table["width"], pa.float64()), pc.cast(self.table["height"], pa.float64()))
         self.bucket = [self._nearest_bucket(a) for a in aspect.to_pylist()]
+        self.edit_types = self.table["edit_type"].to_pylist()
+        self.members: dict[str, list[int]] = {}  # row indices per edit type
+        for i, edit_type in enumerate(self.edit_types):
+            self.members.setdefault(edit_type, []).append(i)
+        self.shares = edit_type_shares(Counter(self.edit_types), config.edit_type_weights)
+
+    def removal_targets(self) -> Counter:
+        """How many removal edits take their object from the `target_object` column, from the instruction's
+        phrasing, or find none (those are asked the general edit questions)."""
+        rows = self.table.filter(pc.field("edit_type") == "remove").select(["instruction", "target_object"])
+        return Counter(removal_target(i, t)[1] for i, t in zip(*(rows[c].to_pylist() for c in rows.column_names)))
 
     def _nearest_bucket(self, aspect: float) -> int:
         """The bucket whose width/height is closest to `aspect` in log space."""
@@ -122,8 +138,32 @@ class SnapshotEdits:
         return self.store.read(row["file"], row["row"])
 
 
+def edit_type_shares(counts: Counter, weights: dict[str, float]) -> dict[str, float]:
+    """Each present edit type's share of an epoch: a named type gets its weight, the unnamed present types split
+    what is left equally, and the shares are renormalised over the types the snapshot holds."""
+    present = sorted(t for t, n in counts.items() if n)
+    unnamed = [t for t in present if t not in weights]
+    left = max(0.0, 1.0 - sum(weights.values()))
+    raw = {t: weights[t] if t in weights else left / len(unnamed) for t in present}
+    total = sum(raw.values())
+    if total <= 0:
+        raise Refused(f"data.edit_type_weights {weights} give no weight to the types in the snapshot "
+                      f"({', '.join(present)})")
+    return {t: w / total for t, w in raw.items()}
+
+
+def epoch_quota(shares: dict[str, float], size: int) -> dict[str, int]:
+    """Samples per type in an epoch of `size`: the shares rounded by largest remainder (they sum to `size`)."""
+    exact = {t: share * size for t, share in shares.items()}
+    quota = {t: int(x) for t, x in exact.items()}
+    for t in sorted(exact, key=lambda t: quota[t] - exact[t])[: size - sum(quota.values())]:
+        quota[t] += 1
+    return quota
+
+
 class EditBatches:
-    """Infinite, deterministic batches for one rank: epoch-seeded shuffle, round-robin rank split, same-bucket batches.
+    """Infinite, deterministic batches for one rank: each edit type at its share of an epoch, epoch-seeded shuffle,
+    round-robin rank split, same-bucket batches.
 
     State = (epoch, batches already yielded in the epoch): `state_dict`/`load_state_dict` resume exactly.
     """
@@ -140,9 +180,28 @@ class EditBatches:
             self._cached_epoch = (epoch, self._compute_epoch_batches(epoch))
         return self._cached_epoch[1]
 
-    def _compute_epoch_batches(self, epoch: int) -> list[list[int]]:
-        order = list(range(len(self.dataset)))
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The epoch's samples (all ranks), each type at its share: a type's members are drawn from an endless
+        stream that reshuffles them on every pass, so an oversampled type repeats and an undersampled one rotates."""
+        order = []
+        for edit_type, quota in epoch_quota(self.dataset.shares, len(self.dataset)).items():
+            members, cycle, pool = self.dataset.members[edit_type], -1, []
+            for k in range(epoch * quota, (epoch + 1) * quota):
+                if k // len(members) != cycle:
+                    cycle, pool = k // len(members), list(members)
+                    random.Random(f"{self.seed}-{edit_type}-{cycle}").shuffle(pool)
+                order.append(pool[k % len(members)])
         random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def realised_mix(self) -> dict[str, float]:
+        """The share of each edit type among this rank's samples of the current epoch (logged when a run starts)."""
+        counts = Counter(self.dataset.edit_types[i] for batch in self.epoch_batches(self.epoch) for i in batch)
+        total = sum(counts.values())
+        return {t: counts[t] / total for t in sorted(counts)}
+
+    def _compute_epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = self.epoch_order(epoch)
         mine = order[self.rank :: self.world_size]
         by_bucket: dict[int, list[int]] = {}
         for i in mine:
@@ -172,6 +231,7 @@ class EditBatches:
             edit_types=[r["edit_type"] for r in rows],
             edited_captions=[r["edited_caption"] or r["instruction"] for r in rows],
             proposal_ids=[r["proposal_id"] for r in rows],
+            target_objects=[r["target_object"] for r in rows],
         )
 
     def state_dict(self) -> dict[str, int]:

@@ -6,8 +6,13 @@ import re
 from dataclasses import dataclass
 
 REFERENCE, OUTPUT = "reference", "output"
-_REMOVE_VERBS = re.compile(r"^\s*(?:please\s+)?(?:remove|delete|erase|take out|take away|get rid of)\s+(.+?)[.!]?\s*$",
-                           re.IGNORECASE)
+_TRAILING = r"(?:\s+(?:from|in|out of)\s+(?:the|this)\s+(?:image|picture|photo|scene))?[.!]?\s*$"
+_REMOVAL_PHRASINGS = [re.compile(pattern + _TRAILING, re.IGNORECASE) for pattern in (
+    r"^\s*(?:please\s+)?(?:remove|delete|erase|eliminate|clear away|clear|take out|take away|get rid of)\s+(?P<x>.+?)",
+    r"^\s*(?:please\s+)?take\s+(?P<x>.+?)\s+(?:off|away|out)\b.*?",
+    r"^\s*(?:please\s+)?make\s+(?P<x>.+?)\s+(?:disappear|vanish|go away)",
+    r"^\s*(?:please\s+)?let\s+(?P<x>.+?)\s+(?:disappear|vanish)",
+)]
 
 
 @dataclass(frozen=True)
@@ -20,16 +25,29 @@ class Question:
     kind: str  # "edit" or "identity"
 
 
-def removed_object(instruction: str) -> str:
-    """The object a removal instruction names ("Remove the red car on the left" -> "the red car on the left")."""
-    match = _REMOVE_VERBS.match(instruction)
-    return match.group(1) if match else instruction
+def removed_object(instruction: str) -> str | None:
+    """The object a removal instruction names ("Take the hat off the man" -> "the hat"), or None when no known
+    phrasing matches. For snapshots without a `target_object` column (schema version 1)."""
+    for phrasing in _REMOVAL_PHRASINGS:
+        match = phrasing.match(instruction)
+        if match:
+            return match.group("x")
+    return None
 
 
-def questions_for(edit_type: str, instruction: str) -> list[Question]:
-    """Did the edit happen? Is the rest preserved? For `remove`, the first asks of the output alone (answer No)."""
-    if edit_type == "remove":
-        target = removed_object(instruction)
+def removal_target(instruction: str, target_object: str | None) -> tuple[str | None, str]:
+    """The object a removal acts on and where it came from: "column", "phrasing", or "none" (not found)."""
+    if target_object:
+        return target_object, "column"
+    found = removed_object(instruction)
+    return found, "phrasing" if found else "none"
+
+
+def questions_for(edit_type: str, instruction: str, target_object: str | None = None) -> list[Question]:
+    """Did the edit happen? Is the rest preserved? For `remove`, the first asks of the output alone whether it still
+    holds the object (answer No); a removal whose object is unknown gets the general questions instead."""
+    target = removal_target(instruction, target_object)[0] if edit_type == "remove" else None
+    if target is not None:
         return [
             Question((OUTPUT,), f"Does this image contain {target}? Answer Yes or No.", "No", "edit"),
             Question((REFERENCE, OUTPUT),

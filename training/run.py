@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from training.backbones import ZImageBackbone
-from training.config import TrainConfig
-from training.critics import load_critic
+from training.backbones import backbone_class
+from training.config import TrainConfig, resolved_for
+from training.critics import critic_class
 from training.data import snapshot_batches
 from training.trainer import Trainer
 
@@ -70,11 +70,12 @@ def build_trainer(config: TrainConfig, out_dir: Path, *, rank: int = 0, world_si
     dtype = getattr(torch, config.model.dtype)  # compute dtype of the frozen models (and of FSDP2 compute)
     device = training_device()
     generator_path, critic_path = resolve_model_paths(config)
-    generator = ZImageBackbone.from_pretrained(generator_path, dtype=dtype, transformer_dtype=torch.float32)
+    backbone, critic_type = backbone_class(generator_path), critic_class(critic_path)  # before any weights load
+    batches = snapshot_batches(config.data, seed=config.seed, rank=rank, world_size=world_size)
+    generator = backbone.from_pretrained(generator_path, dtype=dtype, transformer_dtype=torch.float32)
     if config.model.gradient_checkpointing:
         generator.transformer.enable_gradient_checkpointing()
-    critic = load_critic(critic_path, dtype=dtype).to(device)
-    batches = snapshot_batches(config.data, seed=config.seed, rank=rank, world_size=world_size)
+    critic = critic_type.from_pretrained(critic_path, dtype=dtype).to(device)
     shard = None
     if world_size > 1:
         shard = transformer_sharder(dtype)
@@ -82,14 +83,29 @@ def build_trainer(config: TrainConfig, out_dir: Path, *, rank: int = 0, world_si
     return Trainer(config, generator.to(device), critic, batches, out_dir, shard=shard)
 
 
+def describe_run(trainer: Trainer, world_size: int) -> str:
+    """What a run trains on, in a few lines: global batch, edit-type mix, where removal questions get their object."""
+    data = trainer.config.data
+    mix = ", ".join(f"{t} {share:.1%}" for t, share in trainer.batches.realised_mix().items())
+    sources = trainer.batches.dataset.removal_targets()
+    return (f"global batch {data.global_batch_size} = {data.batch_size} per rank x {world_size} ranks x "
+            f"{trainer.accumulation} accumulation steps\n"
+            f"edit types per epoch (rank 0): {mix}\n"
+            f"removal objects: {sources['column']} from target_object, {sources['phrasing']} from the instruction's "
+            f"phrasing, {sources['none']} not found (asked the general edit question)")
+
+
 def run_training(config: TrainConfig, out_dir: Path | None = None, *, resume: bool = True,
                  until: int | None = None) -> Trainer:
     """Train from the configured snapshot; a run with checkpoints in `out_dir` continues from the latest one."""
     out_dir = Path(out_dir or config.log.out_dir)
     rank, world_size = init_distributed()
+    config = resolved_for(config, world_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(config.to_json())
     trainer = build_trainer(config, out_dir, rank=rank, world_size=world_size)
+    if rank == 0:
+        print(describe_run(trainer, world_size), flush=True)
     if resume:
         trainer.resume()
     trainer.train(until=until, progress=rank == 0)

@@ -1,10 +1,12 @@
-"""Few-step inference: Euler integration of the paper-convention velocity field, no CFG."""
+"""Few-step inference, no CFG: the re-noising sampler the generator is trained with (default), or Euler."""
 
 from __future__ import annotations
 
 import torch
 
-from training.backbones.base import Backbone
+from training.backbones.base import Backbone, noise_to, x0_from_velocity
+
+SAMPLERS = ("renoise", "euler")
 
 
 def sampling_times(backbone: Backbone, num_steps: int) -> torch.Tensor:
@@ -19,21 +21,35 @@ def edit_images(
     instructions: list[str],
     *,
     num_steps: int = 4,
+    sampler: str = "renoise",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Edit reference images in [-1, 1] (B,3,H,W) following the instructions; returns images in [-1, 1]."""
+    """Edit reference images in [-1, 1] (B,3,H,W) following the instructions; returns images in [-1, 1].
+
+    `renoise` matches the training unroll: predict x0, then re-noise it with fresh noise to the next t.
+    `euler` integrates dx/dt = v deterministically. With one step both return the same x0.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
     factor = backbone.spatial_factor
     height, width = references.shape[-2:]
     if height % factor or width % factor:
         raise ValueError(f"image size {height}x{width} must be a multiple of {factor}")
     reference_latents = backbone.encode_images(references)
     text = backbone.encode_text(instructions, num_references=1)
-    x = torch.randn(reference_latents.shape, generator=generator, dtype=reference_latents.dtype)
-    x = x.to(reference_latents.device)
+
+    def noise() -> torch.Tensor:
+        sample = torch.randn(reference_latents.shape, generator=generator, dtype=reference_latents.dtype)
+        return sample.to(reference_latents.device)
+
+    x = noise()
     times = sampling_times(backbone, num_steps).to(x.device)
     for t, t_next in zip(times[:-1], times[1:]):
         t_batch = t.expand(x.shape[0])
         v = backbone.predict_velocity(x, t_batch, text, reference=reference_latents)
-        x = x + (t_next - t) * v  # Euler step along dx/dt = v
+        if sampler == "euler":
+            x = x + (t_next - t) * v  # Euler step along dx/dt = v
+        else:
+            x0 = x0_from_velocity(x, t_batch, v)
+            x = noise_to(x0, noise(), t_next.expand(x.shape[0])) if t_next > 0 else x0
     return backbone.decode_latents(x).clamp(-1, 1)
-

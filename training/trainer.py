@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from training.backbones.base import noise_to, x0_from_velocity
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from training.config import TrainConfig
+from training.config import TrainConfig, accumulation_steps
 from training.critics import Critic
 from training.data import EditBatch, EditBatches
 from training.losses import dmd_loss, flow_matching_loss, reconstruction_loss, vlm_feedback_loss
@@ -57,8 +58,10 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.rng = torch.Generator().manual_seed(config.seed + 1_000_003 * self.rank)  # own noise per rank
+        self.accumulation = accumulation_steps(config.data, self.world_size)  # micro-batches per update
         self.step = 0
         self.skipped = {"generator": 0, "fake": 0}
+        self.type_counts: Counter[str] = Counter()  # edit types this rank has trained on (the realised mix)
         self._negative = None
 
     # -- conditioning ------------------------------------------------------------------------------------------------
@@ -78,10 +81,8 @@ class Trainer:
         return torch.tensor([loss.strong_cfg_scale if t in loss.strong_cfg_edit_types else loss.cfg_scale
                              for t in edit_types])
 
-    def _apply(self, loss: torch.Tensor, params, optimizer, name: str) -> tuple[float, bool]:
-        """Backward, clip, step; a non-finite or exploding gradient skips the update (and is counted)."""
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    def _clip_and_step(self, params, optimizer, name: str) -> tuple[float, bool]:
+        """Clip the accumulated gradient and step; a non-finite or exploding gradient skips the update (counted)."""
         norm = float(torch.nn.utils.clip_grad_norm_(list(params), self.config.optim.grad_clip))
         if not math.isfinite(norm) or norm > self.config.optim.skip_grad_norm_above:
             optimizer.zero_grad(set_to_none=True)
@@ -90,9 +91,19 @@ class Trainer:
         optimizer.step()
         return norm, False
 
-    # -- the two updates ---------------------------------------------------------------------------------------------
-    def fake_score_step(self, batch: EditBatch) -> dict[str, float]:
+    # -- the two updates: each accumulates gradients over its micro-batches, then steps once --------------------------
+    def fake_score_step(self, *micro_batches: EditBatch) -> dict[str, float]:
         """Flow matching of the fake score on detached generator samples, conditioned on the edited caption."""
+        self.fake_optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for batch in micro_batches:
+            loss = self._fake_score_loss(batch)
+            (loss / len(micro_batches)).backward()
+            losses.append(loss.item())
+        norm, skipped = self._clip_and_step(self.fake.transformer.parameters(), self.fake_optimizer, "fake")
+        return {"fake/flow_matching": sum(losses) / len(losses), "fake/grad_norm": norm, "fake/skipped": float(skipped)}
+
+    def _fake_score_loss(self, batch: EditBatch) -> torch.Tensor:
         with torch.no_grad():
             references = self.generator.encode_images(batch.references)
             text = self.generator.encode_text(batch.instructions, num_references=1)
@@ -101,14 +112,17 @@ class Trainer:
             caption = self.generator.encode_text(batch.edited_captions)
         t, eps = self._uniform(x0.shape[0]), self._noise(x0)
         v = self.fake.predict_velocity(noise_to(x0, eps, t), t, caption)
-        loss = flow_matching_loss(v, x0, eps).mean()
-        norm, skipped = self._apply(loss, self.fake.transformer.parameters(), self.fake_optimizer, "fake")
-        return {"fake/flow_matching": loss.item(), "fake/grad_norm": norm, "fake/skipped": float(skipped)}
+        return flow_matching_loss(v, x0, eps).mean()
+
+    def warmup_times(self, n: int) -> torch.Tensor:
+        """Identity-warmup noise levels: uniform, then the backbone's time shift, as every unroll's t = 1 start and
+        the two-step times are (under Z-Image's shift 6, 40 % of samples lie above t = 0.9)."""
+        return self.generator.shift_time(self._uniform(n))
 
     def _warmup_loss(self, references: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """Identity reconstruction: flow matching towards the reference itself, instruction 'do nothing'."""
         text = self.generator.encode_text([DO_NOTHING] * references.shape[0], num_references=1)
-        t, eps = self._uniform(references.shape[0]), self._noise(references)
+        t, eps = self.warmup_times(references.shape[0]), self._noise(references)
         x_t = noise_to(references, eps, t)
         v = self.generator.predict_velocity(x_t, t, text, reference=references)
         loss = flow_matching_loss(v, references, eps).mean()
@@ -129,13 +143,19 @@ class Trainer:
             x0_fake = x0_from_velocity(x_t, t, self.fake.predict_velocity(x_t, t, caption))
         return dmd_loss(x0, x0_real, x0_fake)
 
-    def _vlm(self, images: torch.Tensor, batch: EditBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Paper eqn. 4 over both questions of every sample; returns the per-sample mean and P(correct) per kind."""
+    def critic_temperature(self) -> float:
+        """The critic's logit temperature: rises 0.1 -> 1 over `critic_temperature_ramp_steps` VLM steps, counted
+        from the first step after the identity warmup (the reference reimplementation's ramp; not in the paper)."""
         ramp = self.config.loss.critic_temperature_ramp_steps
-        temperature = 1.0 if ramp <= 0 else min(1.0, 0.1 + 0.9 * self.step / ramp)
+        vlm_steps = max(0, self.step - self.config.schedule.warmup_steps)
+        return 1.0 if ramp <= 0 else min(1.0, 0.1 + 0.9 * vlm_steps / ramp)
+
+    def _vlm(self, images: torch.Tensor, batch: EditBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Paper eqn. 4 summed over each sample's questions; returns the per-sample loss and P(correct) per kind."""
         groups, texts, owners, kinds, correct_yes = [], [], [], [], []
-        for b, (edit_type, instruction) in enumerate(zip(batch.edit_types, batch.instructions)):
-            for question in questions_for(edit_type, instruction):
+        targets = batch.target_objects or [None] * len(batch.instructions)
+        for b, (edit_type, instruction, target) in enumerate(zip(batch.edit_types, batch.instructions, targets)):
+            for question in questions_for(edit_type, instruction, target):
                 pick = {REFERENCE: batch.references[b].to(images), OUTPUT: images[b]}
                 groups.append([pick[name] for name in question.images])
                 texts.append(question.text)
@@ -146,43 +166,53 @@ class Trainer:
         sign = torch.tensor(correct_yes, device=logit_yes.device)
         logit_correct = torch.where(sign, logit_yes, logit_no)
         logit_wrong = torch.where(sign, logit_no, logit_yes)
-        per_question = vlm_feedback_loss(logit_correct, logit_wrong, temperature)
+        per_question = vlm_feedback_loss(logit_correct, logit_wrong, self.critic_temperature())
         owner = torch.tensor(owners, device=per_question.device)
         per_sample = torch.zeros(images.shape[0], device=per_question.device).index_add(0, owner, per_question)
-        per_sample = per_sample / torch.bincount(owner, minlength=images.shape[0]).clamp(min=1)
         p_correct = torch.sigmoid(logit_correct - logit_wrong).detach()
         metrics = {f"vlm/p_correct_{k}": p_correct[[i for i, q in enumerate(kinds) if q == k]].mean().item()
                    for k in sorted(set(kinds))}
         return per_sample, metrics
 
-    def generator_step(self, batch: EditBatch) -> StepOutput:
-        """One generator update: warmup reconstruction, or VLM + DMD (+ 'do nothing' reconstruction)."""
+    def _generator_loss(self, batch: EditBatch) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """One micro-batch's generator loss: warmup reconstruction, or VLM + DMD (+ 'do nothing' reconstruction)."""
         loss_config = self.config.loss
         with torch.no_grad():
             references = self.generator.encode_images(batch.references)
         if phase(self.step, self.config.schedule) == "warmup":
-            loss, metrics, samples = self._warmup_loss(references)
-        else:
-            do_nothing = (self._uniform(references.shape[0]) < loss_config.do_nothing_prob).cpu()
-            instructions = [DO_NOTHING if d else s for d, s in zip(do_nothing.tolist(), batch.instructions)]
-            text = self.generator.encode_text(instructions, num_references=1)
-            plan = plan_unroll(self.step, self.config.schedule, self.generator, self.config.seed)
-            x0 = unroll(self.generator, self._noise(references), text, references, plan, self.rng)
-            edit = (~do_nothing).float().to(references.device)
-            l_dmd = self._dmd(x0, batch)
-            l_vlm, metrics = self._vlm(self.generator.decode_latents(x0), batch)
-            l_rec = reconstruction_loss(x0, references)
-            per_sample = (loss_config.lambda_vlm * l_vlm + loss_config.lambda_dmd * l_dmd) * edit \
-                + loss_config.lambda_reconstruction * l_rec * (1 - edit)
-            loss = per_sample.mean()
-            metrics.update({"loss/vlm": l_vlm.mean().item(), "loss/dmd": l_dmd.mean().item(),
-                            "loss/do_nothing": (l_rec * (1 - edit)).sum().item() / max(1.0, (1 - edit).sum().item()),
-                            "unroll/steps": float(plan.num_steps)})
-            samples = x0.detach()
-        norm, skipped = self._apply(loss, self.generator.transformer.parameters(), self.optimizer, "generator")
-        metrics.update({"loss/total": loss.item(), "generator/grad_norm": norm, "generator/skipped": float(skipped),
+            return self._warmup_loss(references)
+        do_nothing = (self._uniform(references.shape[0]) < loss_config.do_nothing_prob).cpu()
+        instructions = [DO_NOTHING if d else s for d, s in zip(do_nothing.tolist(), batch.instructions)]
+        text = self.generator.encode_text(instructions, num_references=1)
+        plan = plan_unroll(self.step, self.config.schedule, self.generator, self.config.seed)
+        x0 = unroll(self.generator, self._noise(references), text, references, plan, self.rng)
+        edit = (~do_nothing).float().to(references.device)
+        l_dmd = self._dmd(x0, batch)
+        l_vlm, metrics = self._vlm(self.generator.decode_latents(x0), batch)
+        l_rec = reconstruction_loss(x0, references)
+        per_sample = (loss_config.lambda_vlm * l_vlm + loss_config.lambda_dmd * l_dmd) * edit \
+            + loss_config.lambda_reconstruction * l_rec * (1 - edit)
+        metrics.update({"loss/vlm": l_vlm.mean().item(), "loss/dmd": l_dmd.mean().item(),
+                        "loss/do_nothing": (l_rec * (1 - edit)).sum().item() / max(1.0, (1 - edit).sum().item()),
+                        "unroll/steps": float(plan.num_steps), "vlm/temperature": self.critic_temperature()})
+        return per_sample.mean(), metrics, x0.detach()
+
+    def generator_step(self, *micro_batches: EditBatch) -> StepOutput:
+        """One generator update over `micro_batches` (gradient accumulation of their mean loss)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        parts, samples = [], None
+        for batch in micro_batches:
+            loss, metrics, samples = self._generator_loss(batch)
+            (loss / len(micro_batches)).backward()
+            parts.append({**metrics, "loss/total": loss.item()})
+            self.type_counts.update(batch.edit_types)
+        metrics = {key: sum(p[key] for p in parts) / len(parts) for key in parts[0]}
+        norm, skipped = self._clip_and_step(self.generator.transformer.parameters(), self.optimizer, "generator")
+        seen = sum(self.type_counts.values())
+        metrics.update({"generator/grad_norm": norm, "generator/skipped": float(skipped),
                         "generator/skipped_total": float(self.skipped["generator"]),
-                        "fake/skipped_total": float(self.skipped["fake"])})
+                        "fake/skipped_total": float(self.skipped["fake"]),
+                        **{f"data/share_{t}": n / seen for t, n in sorted(self.type_counts.items())}})
         return StepOutput(metrics, samples)
 
     # -- the loop ----------------------------------------------------------------------------------------------------
@@ -192,7 +222,7 @@ class Trainer:
 
     def _meta(self) -> dict:
         """Step, skip counters and every rank's RNG and data position (gathered: a collective)."""
-        mine = {"rng": self.rng.get_state(), "data": self.batches.state_dict()}
+        mine = {"rng": self.rng.get_state(), "data": self.batches.state_dict(), "type_counts": dict(self.type_counts)}
         ranks = [None] * self.world_size
         if dist.is_initialized():
             dist.all_gather_object(ranks, mine)
@@ -216,7 +246,11 @@ class Trainer:
         mine = meta["ranks"][self.rank]
         self.rng.set_state(mine["rng"])
         self.batches.load_state_dict(mine["data"])
+        self.type_counts = Counter(mine.get("type_counts", {}))
         return True
+
+    def _micro_batches(self) -> list[EditBatch]:
+        return [next(self.batches) for _ in range(self.accumulation)]
 
     def train(self, *, until: int | None = None, progress: bool = True) -> list[dict[str, float]]:
         """Run steps until `until` (default: the schedule's total), logging and checkpointing on cadence."""
@@ -229,9 +263,10 @@ class Trainer:
             metrics: dict[str, float] = {}
             if phase(self.step, schedule) != "warmup":
                 for _ in range(schedule.fake_steps_per_generator_step):
-                    metrics.update(self.fake_score_step(next(self.batches)))
-            batch = next(self.batches)
-            output = self.generator_step(batch)
+                    metrics.update(self.fake_score_step(*self._micro_batches()))
+            micro_batches = self._micro_batches()
+            output = self.generator_step(*micro_batches)
+            batch = micro_batches[-1]
             metrics.update(output.metrics)
             self.step += 1
             history.append({"step": self.step, **metrics})
