@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     from npedit.train_cli import add_train_commands
 
     add_train_commands(sub)
+    from npedit.world_cli import add_world_commands
+
+    add_world_commands(sub)
 
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 over dagster_project.definitions")
     ui.add_argument("--port", type=int, default=3000)

@@ -14,6 +14,7 @@ FORBIDDEN = {
     "datasets_builder": {"dagster", "dagster_project", "training", "npedit"},
     "training": {"dagster", "dagster_project", "npedit"},
     "dagster_project": {"training", "npedit"},
+    "world": {"dagster", "dagster_project", "datasets_builder", "training", "model_zoo", "npedit"},
 }
 
 

@@ -1,0 +1,2 @@
+"""A procedural scene world with computable truth: the proof that NP-Edit teaches edits, measured by classical
+verifiers that no VLM can fake. It supplies scenes, edits and scores; training and the builder stay world-agnostic."""
