@@ -80,7 +80,10 @@ def snapshot(context: dg.AssetExecutionContext, config: SnapshotConfig, source: 
         any(storage.name(p).startswith(s) for p in files[t]) for t in ("images", *STAGE_OUTPUT.values()))]
     if missing:
         context.log.warning(f"shards not finished, left out of this snapshot: {missing}")
-    published = corpus.publish(message=config.message, tag=config.tag, replace=config.replace)
+    outcome = corpus.publish_outcome(message=config.message, tag=config.tag, replace=config.replace)
+    published = outcome.snapshot
+    if not outcome.created:
+        context.log.info(f"snapshot {published.snapshot_id} already holds this content; nothing to publish")
     sample = lake_store.read_table(
         corpus.lake, "edit_instructions", published.snapshot_id,
         columns=["edit_type", "instruction", "is_valid", "edited_caption"],
@@ -93,6 +96,7 @@ def snapshot(context: dg.AssetExecutionContext, config: SnapshotConfig, source: 
         metadata={
             "snapshot_id": published.snapshot_id,
             "tag": published.tag or "",
+            "new_snapshot": outcome.created,  # False: an earlier snapshot already held exactly this content
             "content_hash": published.content_hash,
             "unfinished_shards": len(missing),
             **{f"rows_{t}": n for t, n in published.row_counts.items()},

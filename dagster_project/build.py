@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 
 import dagster as dg
@@ -34,21 +36,25 @@ def build_corpus(
         dg.materialize(ALL_ASSETS, selection=SHARD_ASSET_KEYS, partition_key=key, instance=instance,
                        resources=resources, run_config=logs)
         on_event(f"shard {key} done ({i}/{len(keys)})")
+    # The console stays quiet during the publish run and its log is replayed after it: a refusal (a taken tag,
+    # another configuration's files) is one line, not Dagster's step-failure traceback; a bug keeps its traceback.
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     result = dg.materialize(
         [*ALL_ASSETS, *SNAPSHOT_CHECKS],
         selection=dg.AssetSelection.assets("snapshot"),
         instance=instance,
         resources=resources,
-        run_config={**logs, "ops": {"snapshot": {"config": {"message": message, "tag": tag, "replace": replace}}}},
+        run_config={**quiet, "ops": {"snapshot": {"config": {"message": message, "tag": tag, "replace": replace}}}},
         raise_on_error=False,
     )
+    errors = [e.step_failure_data.error for e in result.get_step_failure_events() if e.step_failure_data.error]
+    _replay_log(instance, result.run_id, log_level, on_event, failed=bool(errors))
     if not result.success:
-        causes = [_cause(e.step_failure_data.error) for e in result.get_step_failure_events()
-                  if e.step_failure_data.error is not None]
+        causes = [_cause(error) for error in errors]
         message = "publishing the snapshot failed: " + ("; ".join(m for _, m in causes) or "see the Dagster log above")
         if causes and all(name in USER_ERRORS for name, _ in causes):
             raise BuildRefused(message)
-        raise RuntimeError(message)
+        raise RuntimeError("\n\n".join([message, *(error.to_string() for error in errors)]))
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("snapshot")[0].metadata.items()}
     for evaluation in result.get_asset_check_evaluations():
         metadata[f"check_{evaluation.check_name}"] = "passed" if evaluation.passed else "FAILED"
@@ -62,8 +68,26 @@ class BuildRefused(UserError, RuntimeError):
 USER_ERRORS = {"ConfigError", "NotFound", "Refused", "LakeUnavailable", "UserError"}
 
 
+def _replay_log(instance: dg.DagsterInstance, run_id: str, log_level: str, on_event: Callable[[str], None], *,
+                failed: bool) -> None:
+    """The run's log lines at `log_level` or above; after a step failed only the warnings of the assets (the events
+    and errors then tell of that failure and of the steps skipped because of it: the caller reports it once)."""
+    threshold = logging.getLevelName(log_level.upper())
+    for entry in instance.all_logs(run_id):
+        level = entry.level if isinstance(entry.level, int) else logging.getLevelName(str(entry.level).upper())
+        if not isinstance(level, int) or level < threshold or (
+                failed and (entry.dagster_event is not None or level >= logging.ERROR)):
+            continue
+        on_event(f"{logging.getLevelName(level).lower()}: {entry.user_message}")
+
+
 def _cause(error) -> tuple[str, str]:
-    """(class name, message) of the exception a Dagster step failed on, under Dagster's own wrappers."""
+    """(class name, message) of the exception a Dagster step failed on, under Dagster's own wrappers; the message
+    without the `module.Class: ` that Dagster puts before it."""
     while error.cls_name and error.cls_name.startswith("Dagster") and error.cause is not None:
         error = error.cause
-    return error.cls_name or "", error.message.strip()
+    name = error.cls_name or ""
+    message = error.message.strip()
+    if name:
+        message = re.sub(rf"^[\w.]*\b{re.escape(name)}: ", "", message)
+    return name, message

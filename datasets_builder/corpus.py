@@ -17,7 +17,8 @@ import pyarrow as pa
 from datasets_builder import lake, storage
 from datasets_builder.claims import ImageClaims, PostgresClaims, SqliteClaims
 from datasets_builder.config import CorpusConfig
-from datasets_builder.fetch import fetch_into, finished_shards, folder_url_list, read_fetched_shard, read_url_list
+from datasets_builder.fetch import (fetch_into, finished_shards, list_folder, read_fetched_shard, read_url_list,
+                                    write_listed_shard)
 from datasets_builder.images import normalise_fetched
 from datasets_builder.stages import caption_images, judge_objects, propose_backgrounds, propose_edits, validate_edits
 from datasets_builder.vlm import PROMPTS, ResponseCache, SamplingParams, VlmRunner, make_backend
@@ -68,16 +69,28 @@ class Corpus:
 
         Shards are named `<source fingerprint>-<n>`: a new URL list adds new shards next to earlier sources' shards,
         so the corpus grows source by source and nothing already published is touched.
+        A folder's files the builder does not read (another extension, hidden) form one more shard of the source,
+        `<source fingerprint>-unsupported-00000`, whose rows all become `unsupported` rejects: every file of the
+        folder ends as an image or a reject.
         """
         source = self.config.source
+        unsupported = None
         if source.folder is not None:
-            urls = folder_url_list(Path(source.folder))
+            listing = list_folder(Path(source.folder))
+            urls, unsupported = listing.images, listing.unsupported
         else:
             urls = read_url_list(Path(source.url_list), source.url_col, source.caption_col)
-        fingerprint = hashlib.sha256(urls.write_csv().encode()).hexdigest()[:12]
+        listed = urls.write_csv()
+        if unsupported is not None and unsupported.height:  # a folder of images only keeps its earlier fingerprint
+            listed += unsupported.select("url").write_csv()
+        fingerprint = hashlib.sha256(listed.encode()).hexdigest()[:12]
         staging = self.work_dir / "fetch_staging" / fingerprint
         fetched = fetch_into(urls, storage.join(self.fetched_dir, fingerprint), staging, self.config.fetch)
-        return [f"{fingerprint}-{storage.name(p).removesuffix('.parquet')}" for p in fetched]
+        names = [f"{fingerprint}-{storage.name(p).removesuffix('.parquet')}" for p in fetched]
+        if unsupported is not None and unsupported.height:
+            write_listed_shard(unsupported, storage.join(self.fetched_dir, f"{fingerprint}-unsupported"))
+            names.append(f"{fingerprint}-unsupported-00000")
+        return names
 
     def shards(self) -> list[str]:
         """Every finished shard of every source fetched into `fetched_dir`."""
@@ -207,10 +220,15 @@ class Corpus:
     def publish(self, *, message: str, tag: str | None = None, replace: bool = False,
                 runner: VlmRunner | None = None) -> SnapshotRow:
         """Publish every finished file as one immutable snapshot (`replace`: retire other configurations' files)."""
+        return self.publish_outcome(message=message, tag=tag, replace=replace, runner=runner).snapshot
+
+    def publish_outcome(self, *, message: str, tag: str | None = None, replace: bool = False,
+                        runner: VlmRunner | None = None) -> lake.PublishOutcome:
+        """`publish`, saying whether a snapshot was created or an earlier one already held this content."""
         config = json.loads(json.dumps(asdict(self.config), default=str))
         runner = runner or self.runner()
-        return lake.publish(self.lake, lambda: self.staged_files(runner), message=message, tag=tag,
-                            builder_config=config, replace=replace)
+        return lake.publish_outcome(self.lake, lambda: self.staged_files(runner), message=message, tag=tag,
+                                    builder_config=config, replace=replace)
 
 
 def _tiny_vlm_path() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+UNSUPPORTED_STATUS = "unsupported"  # a listed file the builder does not read; becomes an `unsupported` reject
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,86 @@ def read_url_list(path: Path, url_col: str = "url", caption_col: str | None = "c
     return unique
 
 
+@dataclass(frozen=True)
+class FolderListing:
+    """Every entry under a source folder: image files to fetch, and everything else as `unsupported` rejects.
+
+    `images` is (url, caption) for img2dataset; `unsupported` is a fetched shard's columns (url, caption, status,
+    error_message, jpg) with status `unsupported` and the reason in `error_message`, so that the files the builder
+    does not read still end as `images_rejected` rows: images + rejects == every file under the folder.
+    """
+
+    images: pl.DataFrame
+    unsupported: pl.DataFrame
+
+
+def _unsupported_detail(path: Path, folder: Path) -> str | None:
+    """Why the builder does not read `path` (None: an image file to fetch).
+
+    Hidden entries (a name starting with '.': `.DS_Store`, macOS `._photo.jpg` resource forks, `.thumbnails/`
+    caches, `.git/`) are never read, whatever their extension, but each file is still recorded, so nothing under the
+    folder is lost silently. Links to folders are not followed (recorded as one entry); links to files are read.
+    """
+    relative = path.relative_to(folder)
+    hidden = next((part for part in relative.parts if part.startswith(".")), None)
+    if path.is_dir():
+        return f"a link to a folder ({path.resolve()}), not followed" if path.is_symlink() else None
+    if not path.is_file():
+        return "not a regular file (a broken link, a socket or a device)"
+    if hidden is not None:
+        where = "a hidden file" if hidden == relative.parts[-1] else f"inside the hidden folder {hidden!r}"
+        return f"{where}: names starting with '.' are not read"
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        what = f"extension {suffix!r}" if suffix else "no file extension"
+        return f"{what}: not an image file the builder reads ({', '.join(IMAGE_SUFFIXES)})"
+    return None
+
+
+def list_folder(folder: Path) -> FolderListing:
+    """Every entry under `folder`, sorted: image files as file:// URLs (img2dataset fetches those too), the rest
+    with the reason it is not read."""
+    folder, base = Path(folder), Path(folder).resolve()
+    images, unsupported = [], []
+    for path in folder.rglob("*"):
+        detail = _unsupported_detail(path, folder)
+        entry = base / path.relative_to(folder)  # the entry itself: a link is its own source, read through
+        if detail is not None:
+            unsupported.append((entry, detail))
+        elif path.is_file():
+            images.append(entry)
+    if not images:
+        others = f"; {len(unsupported)} other entries" if unsupported else ""
+        raise ConfigError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}){others}")
+    images = [p.as_uri() for p in sorted(images)]  # sorted as paths: the order (and fingerprint) of earlier builds
+    unsupported = [(p.as_uri(), detail) for p, detail in sorted(unsupported)]
+    return FolderListing(
+        images=pl.DataFrame({"url": images, "caption": [None] * len(images)}, schema_overrides={"caption": pl.Utf8}),
+        unsupported=pl.DataFrame(
+            {"url": [u for u, _ in unsupported], "caption": [None] * len(unsupported),
+             "status": [UNSUPPORTED_STATUS] * len(unsupported), "error_message": [d for _, d in unsupported],
+             "jpg": [None] * len(unsupported)},
+            schema={"url": pl.Utf8, "caption": pl.Utf8, "status": pl.Utf8, "error_message": pl.Utf8,
+                    "jpg": pl.Binary},
+        ),
+    )
+
+
 def folder_url_list(folder: Path) -> pl.DataFrame:
-    """Every image file under `folder` as a file:// URL (img2dataset fetches those too), sorted."""
-    files = sorted(p.resolve() for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise ConfigError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return pl.DataFrame({"url": [p.as_uri() for p in files], "caption": [None] * len(files)}, schema_overrides={"caption": pl.Utf8})
+    """Every image file under `folder` as a file:// URL, sorted (the files `list_folder` would fetch)."""
+    return list_folder(folder).images
+
+
+def write_listed_shard(rows: pl.DataFrame, target: str) -> str:
+    """Write rows in a fetched shard's layout as `target/00000.parquet` plus its marker, like a shard img2dataset
+    finished (`finished_shards` lists it); an existing shard is kept, never rewritten."""
+    shard = storage.join(target, "00000.parquet")
+    marker = storage.join(target, "00000_stats.json")
+    if not storage.exists(marker):
+        storage.write_bytes(shard, storage.parquet_bytes(rows.to_arrow()))
+        storage.write_bytes(marker, json.dumps({"count": rows.height, "status_dict": {UNSUPPORTED_STATUS:
+                                                                                        rows.height}}).encode())
+    return shard
 
 
 def fetch_images(urls: pl.DataFrame, out_dir: Path, config: FetchConfig = FetchConfig()) -> list[Path]:

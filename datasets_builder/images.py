@@ -103,6 +103,9 @@ def normalise_fetched(fetched: pa.Table, shard: str, limits: ImageLimits = Image
     rows = sorted(fetched.to_pylist(), key=lambda r: r["source"])
     for row in rows:
         source = row["source"]
+        if row["status"] == ImageRejectReason.UNSUPPORTED:  # a listed file never fetched (fetch.list_folder)
+            rejected.append(dict(source=source, shard=shard, reason="unsupported", detail=row["error_message"] or ""))
+            continue
         if row["status"] != "success" or row["data"] is None:
             rejected.append(dict(source=source, shard=shard, reason="http_error", detail=row["error_message"] or ""))
             continue

@@ -253,6 +253,14 @@ def _content_hash(files_by_table: Mapping[str, list[str]]) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class PublishOutcome:
+    """What a publish did: `snapshot` is the new snapshot, or (`created` False) the one already holding the content."""
+
+    snapshot: SnapshotRow
+    created: bool
+
+
 def publish(
     config: LakeConfig,
     files: Mapping[str, list[str | Path]] | Callable[[], Mapping[str, list[str | Path]]],
@@ -262,6 +270,20 @@ def publish(
     builder_config: Mapping | None = None,
     replace: bool = False,
 ) -> SnapshotRow:
+    """`publish_outcome`'s snapshot: the new one, or the one that already holds exactly this content."""
+    return publish_outcome(config, files, message=message, tag=tag, builder_config=builder_config,
+                           replace=replace).snapshot
+
+
+def publish_outcome(
+    config: LakeConfig,
+    files: Mapping[str, list[str | Path]] | Callable[[], Mapping[str, list[str | Path]]],
+    *,
+    message: str,
+    tag: str | None = None,
+    builder_config: Mapping | None = None,
+    replace: bool = False,
+) -> PublishOutcome:
     """Register every not-yet-registered file in one commit = one snapshot.
 
     Files hold rows or are skipped (DuckLake registers no empty file). A table given here must be exactly the union
@@ -269,8 +291,11 @@ def publish(
     holds outputs of another configuration, which is an error rather than a silent mix, unless `replace` is set:
     then the same commit retires those files, so the new snapshot holds exactly the given files while every earlier
     snapshot keeps its own (retired files stay on disk, untouched, for time travel). Nothing new returns the latest
-    snapshot, unless a new tag was asked for (an error: a tag names new content). `files` may be a function, called
-    once the publish lock is held, so that what it lists includes what another machine published just before.
+    snapshot, unless a new tag was asked for (an error: a tag names new content). A tag that already names a snapshot
+    is idempotent: when that snapshot holds exactly what this publish would (same content hash), it is returned and
+    nothing is committed (a rerun of a finished build); other content under a taken tag is refused. `files` may be a
+    function, called once the publish lock is held, so that what it lists includes what another machine published
+    just before.
     """
     with config.publish_lock(), session(config) as con:
         files = files() if callable(files) else files
@@ -279,33 +304,43 @@ def publish(
             raise SchemaError("snapshots", "row_counts", "names tables outside the corpus", value=sorted(unknown))
         _ensure_tables(con)
         published = _published(con)
-        if tag is not None and any(s.tag == tag for s in published):
-            raise Refused(f"tag {tag!r} already names snapshot {next(s for s in published if s.tag == tag).snapshot_id}")
-        final: dict[str, list[str]] = {}
+        final: dict[str, list[str]] = {}  # what the new snapshot would hold
+        own: dict[str, list[str]] = {}  # what this publish holds, without files of other configurations
         new: list[tuple[str, str]] = []
-        retired: dict[str, list[str]] = {}
+        stale: dict[str, list[str]] = {}
         for table in CORPUS_TABLES:
             have = set(registered_files(con, table))
             if table not in files:
-                final[table] = sorted(have)
+                final[table] = own[table] = sorted(have)
                 continue
             given = {storage.normalise(p) for p in files[table]}
             wanted = (given & have) | {p for p in given - have if storage.num_rows(p) > 0}  # no empty files
-            stale = sorted(have - wanted)
-            if stale and not replace:
-                raise Refused(
-                    f"{config.catalog}: {table} already holds {len(stale)} file(s) this build would not publish "
-                    f"(e.g. {storage.name(stale[0])}): outputs of another model, prompt, sampling or image limits. "
-                    "Publish with replace (`npedit corpus build --replace`) to make this configuration's outputs "
-                    "the new snapshot's rows, or publish into a new lake_dir."
-                )
-            if stale:
-                retired[table] = stale
+            if have - wanted:
+                stale[table] = sorted(have - wanted)
+            own[table] = sorted(wanted)
             final[table] = sorted(wanted if replace else have | wanted)
             new += [(table, path) for path in sorted(wanted - have)]
+        tagged = next((s for s in published if tag is not None and s.tag == tag), None)
+        if tagged is not None:
+            content_hash = _content_hash(own)
+            if content_hash == tagged.content_hash:
+                return PublishOutcome(tagged, created=False)
+            raise Refused(
+                f"tag {tag!r} already names snapshot {tagged.snapshot_id}, which holds other content (content hash "
+                f"{tagged.content_hash[:12]}, this build's {content_hash[:12]}); publish under a new tag"
+            )
+        if stale and not replace:
+            table, paths = next(iter(stale.items()))
+            raise Refused(
+                f"{config.catalog}: {table} already holds {len(paths)} file(s) this build would not publish "
+                f"(e.g. {storage.name(paths[0])}): outputs of another model, prompt, sampling or image limits. "
+                "Publish with replace (`npedit corpus build --replace`) to make this configuration's outputs "
+                "the new snapshot's rows, or publish into a new lake_dir."
+            )
+        retired = stale if replace else {}
         if not new and not retired:
             if published and tag is None:
-                return published[-1]
+                return PublishOutcome(published[-1], created=False)
             latest = f"snapshot {published[-1].snapshot_id} already holds every file" if published else "no rows"
             raise Refused(f"nothing new to publish ({latest}); a tag names new content, so {tag!r} was not set")
         con.execute("BEGIN")
@@ -333,7 +368,7 @@ def publish(
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        return _published(con)[-1]
+        return PublishOutcome(_published(con)[-1], created=True)
 
 
 def verify_content_hash(config: LakeConfig, snapshot: int | str | None = None) -> bool:

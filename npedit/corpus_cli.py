@@ -45,6 +45,10 @@ def build(args: argparse.Namespace) -> int:
     console = Console()
     metadata = build_corpus(_config(args), message=args.message, tag=args.tag, replace=args.replace,
                             on_event=console.print)
+    if not metadata.get("new_snapshot", True):  # a rerun of a finished build: idempotent
+        name = f"{metadata['tag']} (id {metadata['snapshot_id']})" if metadata.get("tag") else metadata["snapshot_id"]
+        console.print(f"snapshot {name} already holds this content; nothing to publish", highlight=False)
+        return 0
     console.print({k: v for k, v in metadata.items() if k != "preview"})
     return 0
 
@@ -86,7 +90,7 @@ def add_corpus_commands(sub: argparse._SubParsersAction) -> None:
     commands = corpus.add_subparsers(dest="corpus_command", required=True)
 
     b = commands.add_parser("build", help="materialize every asset in process and publish a snapshot")
-    b.add_argument("--config", type=Path, help="corpus TOML (see configs/corpus_demo.toml)")
+    b.add_argument("--config", type=Path, help="corpus TOML (see configs/corpus_example.toml)")
     b.add_argument("--url-list", type=Path, help="parquet/csv/jsonl with a url (and optional caption) column")
     b.add_argument("--folder", type=Path, help="a folder of images instead of a URL list")
     b.add_argument("--work-dir", type=Path, default=Path("corpus_work"))

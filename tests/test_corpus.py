@@ -71,6 +71,76 @@ def test_every_asset_materializes_and_checks_run(built):
     assert "| edit_type | instruction |" in metadata["preview"]
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, tiny_models):
+    """A small folder (3 photos, files the builder does not read) built and published as v1."""
+    root = tmp_path_factory.mktemp("small")
+    folder = root / "source"
+    (folder / ".thumbnails").mkdir(parents=True)
+    for name in ("coffee.jpg", "rocket.jpg", "cat.jpg"):
+        shutil.copy(SAMPLES / name, folder / name)
+    (folder / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>')
+    (folder / "notes.txt").write_text("shot on a phone")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / ".thumbnails" / "coffee.jpg").write_bytes((SAMPLES / "coffee.jpg").read_bytes())
+    toml = _toml(root, folder, tiny_models.vlm)
+    metadata = build_corpus(load_corpus_config(toml), tag="v1", message="small", on_event=lambda m: None)
+    return folder, toml, metadata
+
+
+def test_every_file_of_a_folder_is_an_image_or_a_reject(small):
+    folder, toml, metadata = small
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert len(files) == 7
+    assert metadata["rows_images"] == 3
+    assert metadata["rows_images"] + metadata["rows_images_rejected"] == len(files)
+    assert metadata["check_counts_add_up"] == "passed" and metadata["check_no_duplicate_keys"] == "passed"
+    store = Corpus(load_corpus_config(toml)).lake
+    rejected = {r["source"].removeprefix(folder.resolve().as_uri() + "/"): r
+                for r in lake.read_table(store, "images_rejected", "v1").to_pylist()}
+    assert sorted(rejected) == [".DS_Store", ".thumbnails/coffee.jpg", "logo.svg", "notes.txt"]
+    assert {r["reason"] for r in rejected.values()} == {"unsupported"}
+    assert "'.svg'" in rejected["logo.svg"]["detail"] and "'.txt'" in rejected["notes.txt"]["detail"]
+    assert "hidden" in rejected[".DS_Store"]["detail"] and "hidden" in rejected[".thumbnails/coffee.jpg"]["detail"]
+
+
+def test_rerunning_a_finished_build_with_its_tag_publishes_nothing(small, capfd):
+    from npedit.cli import main
+
+    _, toml, metadata = small
+    store = Corpus(load_corpus_config(toml)).lake
+    before = lake.published_snapshots(store).column("snapshot_id").to_pylist()
+    capfd.readouterr()
+    assert main(["corpus", "build", "--config", str(toml), "--tag", "v1"]) == 0
+    out, err = capfd.readouterr()
+    assert f"snapshot v1 (id {metadata['snapshot_id']}) already holds this content; nothing to publish" in out
+    assert "Traceback" not in out + err and "Stack Trace" not in out + err and "error" not in (out + err).lower()
+    assert lake.published_snapshots(store).column("snapshot_id").to_pylist() == before
+
+
+def test_a_taken_tag_over_other_content_is_one_line_and_exit_2(small, tmp_path, capfd):
+    from npedit.cli import main
+
+    folder, toml, metadata = small
+    more = tmp_path / "more"
+    more.mkdir()
+    pixels = np.random.default_rng(11).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(more / "new.png")
+    other = tmp_path / "other.toml"  # the same work dir and lake, another folder: a v1 build with more content
+    other.write_text(toml.read_text().replace(f'folder = "{folder}"', f'folder = "{more}"'))
+    store = Corpus(load_corpus_config(toml)).lake
+    before = lake.published_snapshots(store).column("snapshot_id").to_pylist()
+    capfd.readouterr()
+    assert main(["corpus", "build", "--config", str(other), "--tag", "v1"]) == 2
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "Stack Trace" not in out + err
+    errors = [line for line in (out + err).splitlines() if "error" in line.lower()]  # beside img2dataset's output
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], out + err
+    assert errors[0].startswith(f"npedit: error: publishing the snapshot failed: tag 'v1' already names snapshot "
+                                f"{metadata['snapshot_id']}, which holds other content"), errors[0]
+    assert lake.published_snapshots(store).column("snapshot_id").to_pylist() == before
+
+
 def test_reject_reasons_are_recorded(built):
     _, folder, config, _ = built
     rejected = lake.read_table(Corpus(config).lake, "images_rejected", "v1").to_pylist()

@@ -74,3 +74,48 @@ def test_url_lists_in_three_formats_and_clear_errors(tmp_path):
         read_url_list(tmp_path / "u.txt")
     with pytest.raises(ValueError, match="no image files"):
         folder_url_list(tmp_path)
+
+
+def test_every_entry_of_a_folder_is_an_image_or_an_unsupported_reject(tmp_path):
+    from datasets_builder.fetch import list_folder, write_listed_shard
+
+    folder = tmp_path.resolve() / "photos"  # the listing names entries under the folder's resolved path
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".thumbnails").mkdir()
+    good = odd_files()["good.jpg"][0]
+    (folder / "a.jpg").write_bytes(good)
+    (folder / "sub" / "b.PNG").write_bytes(odd_files()["transparent.png"][0])
+    (folder / "link.jpg").symlink_to(folder / "a.jpg")  # a link to a file is read: its own source
+    (folder / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    (folder / "notes.txt").write_text("shot on a phone")
+    (folder / "README").write_text("no extension")
+    (folder / ".DS_Store").write_bytes(b"\0Bud1")
+    (folder / "._a.jpg").write_bytes(b"\0\5\26\7")  # a macOS resource fork: hidden, never read though named .jpg
+    (folder / ".thumbnails" / "t.jpg").write_bytes(good)
+    (folder / "broken").symlink_to(tmp_path / "gone.jpg")
+    (tmp_path / "elsewhere").mkdir()
+    (folder / "linked").symlink_to(tmp_path / "elsewhere")  # a link to a folder: one entry, not followed
+    entries = [p for p in folder.rglob("*") if not (p.is_dir() and not p.is_symlink())]
+
+    listing = list_folder(folder)
+    images = listing.images["url"].to_list()
+    reasons = dict(zip(listing.unsupported["url"].to_list(), listing.unsupported["error_message"].to_list()))
+    assert len(images) + len(reasons) == len(entries) == 11
+    assert sorted(images + list(reasons)) == sorted(p.as_uri() for p in entries)
+    assert images == [(folder / n).as_uri() for n in ("a.jpg", "link.jpg", "sub/b.PNG")]
+    assert "extension '.svg'" in reasons[(folder / "logo.svg").as_uri()]
+    assert "extension '.txt'" in reasons[(folder / "notes.txt").as_uri()]
+    assert "no file extension" in reasons[(folder / "README").as_uri()]
+    assert "hidden file" in reasons[(folder / ".DS_Store").as_uri()]
+    assert "hidden file" in reasons[(folder / "._a.jpg").as_uri()]
+    assert "hidden folder '.thumbnails'" in reasons[(folder / ".thumbnails" / "t.jpg").as_uri()]
+    assert "not a regular file" in reasons[(folder / "broken").as_uri()]
+    assert "not followed" in reasons[(folder / "linked").as_uri()]
+
+    shard = write_listed_shard(listing.unsupported, str(tmp_path / "fetched" / "src-unsupported"))
+    images_table, rejected = normalise_fetched(read_fetched_shard(shard), "src-unsupported-00000")
+    assert images_table.num_rows == 0 and rejected.num_rows == len(reasons)
+    assert set(rejected.column("reason").to_pylist()) == {"unsupported"}
+    assert dict(zip(rejected.column("source").to_pylist(), rejected.column("detail").to_pylist())) == reasons
+    with pytest.raises(ValueError, match="no image files .*; 2 other entries"):
+        list_folder(tmp_path / "fetched")

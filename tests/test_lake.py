@@ -89,6 +89,25 @@ def test_empty_files_and_tags_without_new_content(store):
         lake.publish(store, {"images_rejected": [empty, full]}, message="again", tag="v2")
 
 
+def test_a_tag_republished_over_the_same_content_is_idempotent(store):
+    path = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 2), "a")
+    first = lake.publish_outcome(store, {"images_rejected": [path]}, message="m", tag="v1")
+    assert first.created
+    again = lake.publish_outcome(store, {"images_rejected": [path]}, message="rerun", tag="v1")
+    assert not again.created and again.snapshot == first.snapshot
+    other = lake.write_staged(store, IMAGES_REJECTED, _rejects("b", 1), "b")
+    with pytest.raises(ValueError, match=f"tag 'v1' already names snapshot {first.snapshot.snapshot_id}, which "
+                                         "holds other content .*publish under a new tag"):
+        lake.publish(store, {"images_rejected": [path, other]}, message="m", tag="v1")
+    v2 = lake.publish(store, {"images_rejected": [other]}, message="another model", tag="v2", replace=True)
+    # v1's files, retired by v2, are still exactly v1: nothing to publish, and the latest stays v2
+    for replace in (True, False):
+        back = lake.publish_outcome(store, {"images_rejected": [path]}, message="rerun v1", tag="v1", replace=replace)
+        assert not back.created and back.snapshot.snapshot_id == first.snapshot.snapshot_id
+    assert lake.published_snapshots(store).column("tag").to_pylist() == ["v1", "v2"]
+    assert lake.resolve(store).snapshot_id == v2.snapshot_id
+
+
 def test_staged_files_are_never_rewritten(store):
     path = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 3), "a")
     stamp = Path(path).stat().st_mtime_ns
