@@ -33,6 +33,21 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def build(args: argparse.Namespace) -> int:
+    """Train the world's models from seeds under a time budget (resumable), each with a manifest of its quality."""
+    import torch
+
+    from world.vae import train_vae
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    manifest = train_vae(args.out, minutes=args.minutes, seed=args.seed)
+    quality = manifest["quality"]
+    print(f"vae: {manifest['steps']} steps, {manifest['train_minutes']} min; held-out PSNR {quality['psnr_db']:.1f} dB, "
+          f"verifier parses {quality['parse_rate']:.1%} of reconstructions; wrote {args.out / 'vae'}")
+    return 0
+
+
 def add_world_commands(sub: argparse._SubParsersAction) -> None:
     world = sub.add_parser("world", help="the proof world: procedural scenes with computable truth")
     commands = world.add_subparsers(dest="world_command", required=True)
@@ -42,3 +57,10 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=preview)
+    b = commands.add_parser("build", help="train the world's models from seeds (resumes a killed run)")
+    b.add_argument("--models", choices=["vae"], default="vae", help="which models (more come in later slices)")
+    b.add_argument("--minutes", type=float, default=15.0, help="wall-time budget; a rerun continues training")
+    b.add_argument("--out", type=Path, default=Path("world_models"))
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=0, help="torch threads (1 is fastest on a shared 2-core machine)")
+    b.set_defaults(func=build)

@@ -93,3 +93,19 @@ def test_the_preview_command_writes_a_grid(tmp_path, capsys):
     assert npedit(["world", "preview", "--out", str(tmp_path), "--per-type", "1"]) == 0
     assert (tmp_path / "world_edits.png").exists()
     assert "remove               verifier success on rendered targets 1/1" in capsys.readouterr().out
+
+
+def test_the_world_vae_trains_resumes_and_loads(tmp_path):
+    from world.vae import evaluate, load_vae, train_vae
+
+    first = train_vae(tmp_path, minutes=10, max_steps=40, batch_size=8, eval_every_s=1e9, eval_scenes=16,
+                      progress=False)
+    assert first["steps"] == 40
+    assert first["loss_this_run"]["last_5"] < 0.8 * first["loss_this_run"]["first_5"]
+    assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").exists()
+    resumed = train_vae(tmp_path, minutes=10, max_steps=45, batch_size=8, eval_every_s=1e9, eval_scenes=16,
+                        progress=False)
+    assert resumed["steps"] == 45
+    vae = load_vae(tmp_path / "vae")
+    assert vae.dtype.is_floating_point and vae.config.latent_channels == 8
+    assert set(evaluate(vae, 8)) == {"psnr_db", "parse_rate", "n"}

@@ -1,0 +1,131 @@
+"""The world's VAE: a diffusers `AutoencoderKL` trained on world renders, with a time budget, resume and a manifest.
+
+Quality is measured the way the experiment needs it: PSNR of reconstructions and the share that the classical
+verifier still parses as their scene.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from tqdm import tqdm
+
+from world.scene import random_scene, render
+from world.verify import matches_scene, parse_image, psnr
+
+VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 64), layers_per_block=1,
+                  latent_channels=8, norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False)
+HELD_OUT_SEED = 10_000_019  # scenes no training batch draws
+
+
+def scene_batch(rng: random.Random, n: int, size: int = 64) -> tuple[list, torch.Tensor]:
+    """n random scenes and their renders as a (n, 3, size, size) tensor in [-1, 1]."""
+    scenes = [random_scene(rng, size=size) for _ in range(n)]
+    pixels = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
+    return scenes, torch.from_numpy(pixels).permute(0, 3, 1, 2)
+
+
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return vae.decode(vae.encode(images).latent_dist.mode()).sample.clamp(-1, 1)
+
+
+def evaluate(vae: AutoencoderKL, n: int = 256, size: int = 64) -> dict[str, float]:
+    """PSNR and verifier parse rate of reconstructions of `n` held-out scenes."""
+    scenes, images = scene_batch(random.Random(HELD_OUT_SEED), n, size)
+    vae.eval()
+    outputs = torch.cat([reconstruct(vae, images[i:i + 64]) for i in range(0, n, 64)])
+    vae.train()
+    to_array = lambda t: ((t.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)  # noqa: E731
+    values = [psnr(to_array(o), to_array(i)) for o, i in zip(outputs, images)]
+    parsed = [matches_scene(parse_image(to_array(o)), s) for o, s in zip(outputs, scenes)]
+    return {"psnr_db": float(np.mean(values)), "parse_rate": float(np.mean(parsed)), "n": n}
+
+
+def set_latent_statistics(vae: AutoencoderKL, size: int = 64, n: int = 256) -> None:
+    """Shift and scale so that scaled latents have mean 0 and unit variance on world scenes (as Flux/SD do)."""
+    _, images = scene_batch(random.Random(HELD_OUT_SEED + 1), n, size)
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mode()
+    vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=float(1 / latents.std()))
+
+
+def train_vae(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0, batch_size: int = 32,
+              lr: float = 5e-4, size: int = 64, eval_every_s: float = 300, eval_scenes: int = 256,
+              progress: bool = True) -> dict:
+    """Train (or continue) the world VAE under `out_dir` for `minutes` of wall time (or until `max_steps` in all);
+    writes `out_dir/vae/` (fp16 safetensors, diffusers layout) and its `manifest.json`. A killed run resumes from
+    `vae_train_state.pt`."""
+    out_dir = Path(out_dir)
+    state_path = out_dir / "vae_train_state.pt"
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    step, spent, rng, history, losses = 0, 0.0, random.Random(seed), [], []
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, spent, history = state["step"], state["spent_s"], state["history"]
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+    start, last_save, last_eval = time.monotonic(), time.monotonic(), time.monotonic()
+    bar = tqdm(total=round(minutes * 60), initial=0, unit="s", desc="world vae", disable=not progress)
+
+    def save_state() -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "spent_s": spent + time.monotonic() - start, "history": history, "rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state()}, state_path.with_suffix(".tmp"))
+        state_path.with_suffix(".tmp").replace(state_path)
+
+    while time.monotonic() - start < minutes * 60 and (max_steps is None or step < max_steps):
+        for group in optimizer.param_groups:  # warmup over the first 50 steps of the run's life
+            group["lr"] = lr * min(1.0, (step + 1) / 50)
+        _, images = scene_batch(rng, batch_size, size)
+        posterior = vae.encode(images).latent_dist
+        output = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(output, images) + 0.1 * F.l1_loss(output, images) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        now = time.monotonic()
+        bar.n = round(now - start)
+        bar.set_postfix(step=step, loss=f"{loss.item():.4f}")
+        if now - last_eval > eval_every_s:
+            history.append({"step": step, "minutes": (spent + now - start) / 60, **evaluate(vae, 64, size)})
+            bar.write(json.dumps(history[-1]))
+            last_eval = now
+        if now - last_save > 60:
+            save_state()
+            last_save = now
+    bar.close()
+    save_state()
+    quality = evaluate(vae, eval_scenes, size)
+    set_latent_statistics(vae, size, eval_scenes)
+    manifest = {"model": "vae", "architecture": "diffusers AutoencoderKL", "config": VAE_CONFIG, "seed": seed,
+                "steps": step, "batch_size": batch_size, "lr": lr, "image_size": size,
+                "train_minutes": round((spent + time.monotonic() - start) / 60, 2),
+                "command": " ".join(["npedit", *sys.argv[1:]]) if sys.argv and "npedit" in sys.argv[0] else "",
+                "loss_this_run": {"first_5": float(np.mean(losses[:5])), "last_5": float(np.mean(losses[-5:]))},
+                "quality": quality, "curve": history}
+    vae.to(torch.float16).save_pretrained(out_dir / "vae", safe_serialization=True)
+    (out_dir / "vae" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def load_vae(path: Path | str) -> AutoencoderKL:
+    """The world VAE from its folder (fp16 on disk), in float32."""
+    return AutoencoderKL.from_pretrained(path, torch_dtype=torch.float32)
