@@ -42,8 +42,10 @@ def build_qwen_tokenizer(
     special_tokens: tuple[str, ...] = QWEN_SPECIAL_TOKENS,
     extra_special_tokens: dict[str, str] | None = None,
     chat_template: str = QWEN_CHAT_TEMPLATE,
+    extra_text: list[str] | None = None,
 ) -> PreTrainedTokenizerFast:
-    """Train a deterministic byte-level BPE on the shipped corpus and wrap it as a Qwen-style HF tokenizer."""
+    """Train a deterministic byte-level BPE on the shipped corpus (plus `extra_text`, e.g. a world's vocabulary, so
+    its words become single tokens) and wrap it as a Qwen-style HF tokenizer."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -53,7 +55,7 @@ def build_qwen_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(tokenizer_training_text(), trainer)
+    bpe.train_from_iterator(tokenizer_training_text() + list(extra_text or []), trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token="<|im_end|>",

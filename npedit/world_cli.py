@@ -34,17 +34,27 @@ def preview(args: argparse.Namespace) -> int:
 
 
 def build(args: argparse.Namespace) -> int:
-    """Train the world's models from seeds under a time budget (resumable), each with a manifest of its quality."""
+    """Train the world's models from seeds, each under a time budget (resumable), each with a manifest of its quality."""
     import torch
 
+    from world.teacher import train_teacher
     from world.vae import train_vae
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    manifest = train_vae(args.out, minutes=args.minutes, seed=args.seed)
-    quality = manifest["quality"]
-    print(f"vae: {manifest['steps']} steps, {manifest['train_minutes']} min; held-out PSNR {quality['psnr_db']:.1f} dB, "
-          f"verifier parses {quality['parse_rate']:.1%} of reconstructions; wrote {args.out / 'vae'}")
+    if "vae" in args.models:
+        manifest = train_vae(args.out, minutes=args.minutes, seed=args.seed)
+        quality = manifest["quality"]
+        print(f"vae: {manifest['steps']} steps, {manifest['train_minutes']} min; held-out PSNR "
+              f"{quality['psnr_db']:.1f} dB, the verifier parses {quality['parse_rate']:.1%} of reconstructions")
+    if "teacher" in args.models:
+        if not (args.out / "vae").exists():
+            raise SystemExit(f"npedit: error: the teacher needs a world VAE in {args.out / 'vae'}: build it first")
+        manifest = train_teacher(args.out, args.out / "vae", minutes=args.minutes, seed=args.seed)
+        quality = manifest["quality"]
+        print(f"teacher: {manifest['steps']} steps, {manifest['train_minutes']} min; samples match their caption "
+              f"{quality['caption_match']:.1%} (layout {quality['layout_match']:.1%})")
+    print(f"models in {args.out}")
     return 0
 
 
@@ -58,8 +68,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=preview)
     b = commands.add_parser("build", help="train the world's models from seeds (resumes a killed run)")
-    b.add_argument("--models", choices=["vae"], default="vae", help="which models (more come in later slices)")
-    b.add_argument("--minutes", type=float, default=15.0, help="wall-time budget; a rerun continues training")
+    b.add_argument("--models", nargs="+", choices=["vae", "teacher"], default=["vae", "teacher"],
+                   help="which models, in this order (the critic and builder VLM come in a later slice)")
+    b.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per model; a rerun continues")
     b.add_argument("--out", type=Path, default=Path("world_models"))
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=0, help="torch threads (1 is fastest on a shared 2-core machine)")

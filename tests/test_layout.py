@@ -12,9 +12,9 @@ FORBIDDEN = {
     "schemas": {"torch", "duckdb", "polars", "dagster", "datasets_builder", "training", "model_zoo", "npedit"},
     "model_zoo": {"dagster", "datasets_builder", "training", "npedit"},
     "datasets_builder": {"dagster", "dagster_project", "training", "npedit"},
-    "training": {"dagster", "dagster_project", "npedit"},
+    "training": {"dagster", "dagster_project", "npedit", "world"},
     "dagster_project": {"training", "npedit"},
-    "world": {"dagster", "dagster_project", "datasets_builder", "training", "model_zoo", "npedit"},
+    "world": {"dagster", "dagster_project", "datasets_builder", "npedit"},
 }
 
 

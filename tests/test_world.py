@@ -109,3 +109,18 @@ def test_the_world_vae_trains_resumes_and_loads(tmp_path):
     vae = load_vae(tmp_path / "vae")
     assert vae.dtype.is_floating_point and vae.config.latent_channels == 8
     assert set(evaluate(vae, 8)) == {"psnr_db", "parse_rate", "n"}
+
+
+def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
+    from training.backbones import ZImageBackbone
+    from world.teacher import train_teacher
+    from world.vae import train_vae
+
+    train_vae(tmp_path, minutes=10, max_steps=2, batch_size=4, eval_scenes=4, progress=False)
+    manifest = train_teacher(tmp_path, tmp_path / "vae", minutes=10, max_steps=30, batch_size=8, eval_every_s=1e9,
+                             eval_samples=4, progress=False)
+    assert manifest["loss_this_run"]["last_20"] < manifest["loss_this_run"]["first_20"]
+    teacher = ZImageBackbone.from_pretrained(tmp_path / "teacher")
+    assert (teacher.latent_channels, teacher.spatial_factor) == (8, 8)  # the world VAE: 4x down, 8 channels
+    assert teacher.tokenizer.tokenize("a large red striped circle") == ["a", "Ġlarge", "Ġred", "Ġstriped", "Ġcircle"]
+    assert set(manifest["quality"]) >= {"caption_match", "layout_match"}

@@ -53,3 +53,35 @@ def edit_images(
             x0 = x0_from_velocity(x, t_batch, v)
             x = noise_to(x0, noise(), t_next.expand(x.shape[0])) if t_next > 0 else x0
     return backbone.decode_latents(x).clamp(-1, 1)
+
+
+@torch.no_grad()
+def generate_images(
+    backbone: Backbone,
+    prompts: list[str],
+    *,
+    size: tuple[int, int],
+    num_steps: int = 20,
+    cfg_scale: float = 1.0,
+    negative_prompt: str = "",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Text-to-image with Euler steps and classifier-free guidance (v_neg + s (v_pos - v_neg)); images in [-1, 1]."""
+    height, width = size
+    factor = backbone.spatial_factor
+    if height % factor or width % factor:
+        raise ValueError(f"image size {height}x{width} must be a multiple of {factor}")
+    text = backbone.encode_text(prompts)
+    if cfg_scale != 1.0:
+        text = text.concat(backbone.encode_text([negative_prompt] * len(prompts)))
+    latent = backbone.encode_images(torch.zeros(1, 3, height, width))  # the latent shape of this image size
+    x = torch.randn((len(prompts), *latent.shape[1:]), generator=generator).to(latent)
+    times = sampling_times(backbone, num_steps).to(x.device)
+    for t, t_next in zip(times[:-1], times[1:]):
+        both = x if cfg_scale == 1.0 else torch.cat([x, x])
+        v = backbone.predict_velocity(both, t.expand(both.shape[0]), text)
+        if cfg_scale != 1.0:
+            v_pos, v_neg = v.chunk(2)
+            v = v_neg + cfg_scale * (v_pos - v_neg)
+        x = x + (t_next - t) * v
+    return backbone.decode_latents(x).clamp(-1, 1)

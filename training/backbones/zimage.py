@@ -32,8 +32,6 @@ def omni_prompt_segments(prompt: str, num_references: int) -> list[str]:
 class ZImageBackbone(nn.Module):
     """The Z-Image family behind the `Backbone` protocol (see `training.backbones.base`)."""
 
-    latent_channels = 16
-    spatial_factor = 16  # VAE x8, then 2x2 patches: pixel sizes must be multiples of 16
 
     def __init__(self, transformer, text_encoder, tokenizer, vae: AutoencoderKL, shift: float,
                  source: str | Path | None = None):
@@ -45,6 +43,9 @@ class ZImageBackbone(nn.Module):
         self.vae = vae.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self.shift = shift
+        self.latent_channels = vae.config.latent_channels
+        # pixels per latent-patch side: VAE downsampling (x8 for Z-Image) times the patch size (2): multiples of 16
+        self.spatial_factor = 2 ** (len(vae.config.block_out_channels) - 1) * transformer.config.all_patch_size[0]
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
@@ -116,6 +117,10 @@ class ZImageBackbone(nn.Module):
     @torch.no_grad()
     def encode_text(self, prompts: list[str], *, num_references: int = 0) -> TextFeatures:
         """Qwen3 features of the second-to-last layer, pads stripped; omni segments are encoded separately."""
+        return self.text_features(prompts, num_references=num_references)
+
+    def text_features(self, prompts: list[str], *, num_references: int = 0) -> TextFeatures:
+        """`encode_text` with gradient to the text encoder (for training one jointly with the transformer)."""
         per_sample = [omni_prompt_segments(p, num_references) for p in prompts]
         flat = [s for segments in per_sample for s in segments]
         batch = self.tokenizer(flat, padding=True, return_tensors="pt").to(self.device)
@@ -131,7 +136,7 @@ class ZImageBackbone(nn.Module):
         return TextFeatures(out, num_references)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1], (B,3,H,W) -> normalised latents (B,16,H/8,W/8), the distribution's mode."""
+        """Images in [-1, 1], (B,3,H,W) -> normalised latents (B,C,H/f,W/f), the distribution's mode."""
         latents = self.vae.encode(images.to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist.mode()
         return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
 

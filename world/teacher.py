@@ -1,0 +1,163 @@
+"""The world's text-to-image teacher: a Z-Image transformer and Qwen3 text encoder (the real path's architectures,
+sized for 64 px scenes) trained jointly by flow matching on single world images and their captions, never on pairs.
+
+Saved as a diffusers `ZImagePipeline` (fp16 safetensors) that `ZImageBackbone.from_pretrained` loads like a real one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+from tqdm import tqdm
+from transformers import Qwen3Config, Qwen3Model
+
+from model_zoo.tokenizer import build_qwen_tokenizer
+from training.backbones import ZImageBackbone
+from training.losses import flow_matching_loss
+from training.sampling import generate_images
+from world.edits import PHRASINGS
+from world.scene import caption, parse_caption, random_scene, render
+from world.vae import HELD_OUT_SEED, load_vae
+from world.verify import as_array, parse_image
+
+TRANSFORMER = dict(in_channels=8, dim=128, n_layers=4, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=64,
+                   axes_dims=[8, 12, 12], axes_lens=[256, 64, 64])
+TIME_SHIFT = 3.0  # sampling grid of the saved scheduler
+
+
+def world_vocabulary(n: int = 400, seed: int = 0) -> list[str]:
+    """World captions and instruction templates: trained into the tokenizer so world words are single tokens."""
+    rng = random.Random(seed)
+    lines = [caption(random_scene(rng), i) for i in range(n)]
+    return lines + [p for phrasings in PHRASINGS.values() for p in phrasings]
+
+
+def text_encoder_for(tokenizer) -> Qwen3Model:
+    """4 Qwen3 layers of width 64 (the features are the second-to-last layer's, so 3 of them are used)."""
+    return Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                  num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                                  max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id))
+
+
+def new_teacher(vae_dir: Path, seed: int) -> ZImageBackbone:
+    tokenizer = build_qwen_tokenizer(extra_text=world_vocabulary())
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(**TRANSFORMER)
+    torch.manual_seed(seed + 1)
+    return ZImageBackbone(transformer, text_encoder_for(tokenizer), tokenizer, load_vae(vae_dir), shift=TIME_SHIFT)
+
+
+def evaluate_teacher(backbone: ZImageBackbone, n: int = 64, cfg_scale: float = 3.0, steps: int = 20) -> dict:
+    """Samples for `n` held-out captions, parsed by the verifier: the share matching their caption in full, and
+    in layout (background, colours and cells, shape ignored)."""
+    rng = random.Random(HELD_OUT_SEED + 2)
+    scenes = [random_scene(rng, pastel_prob=0.0) for _ in range(n)]
+    captions = [caption(s, i) for i, s in enumerate(scenes)]
+    images = generate_images(backbone, captions, size=(scenes[0].size,) * 2, num_steps=steps, cfg_scale=cfg_scale,
+                             generator=torch.Generator().manual_seed(0))
+    full = layout = 0
+    for image, text in zip(images, captions):
+        parsed, wanted = parse_image(as_array(image)), parse_caption(text)
+        full += parsed.realistic and parsed.key() == wanted.key()
+        layout += parsed.background == wanted.background and sorted((o.colour, o.cell) for o in parsed.objects) \
+            == sorted((o.colour, o.cell) for o in wanted.objects)
+    return {"caption_match": full / n, "layout_match": layout / n, "n": n, "cfg_scale": cfg_scale, "steps": steps}
+
+
+def save_teacher(backbone: ZImageBackbone, out: Path) -> None:
+    """A diffusers ZImagePipeline folder, weights in fp16."""
+    import copy
+
+    pipeline = ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=backbone.shift,
+                                                  use_dynamic_shifting=False),
+        vae=copy.deepcopy(backbone.vae).to(torch.float16), text_encoder=copy.deepcopy(backbone.text_encoder).half(),
+        tokenizer=backbone.tokenizer, transformer=copy.deepcopy(backbone.transformer).half())
+    pipeline.save_pretrained(out, safe_serialization=True)
+
+
+def train_teacher(out_dir: Path, vae_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
+                  batch_size: int = 32, lr: float = 8e-4, caption_dropout: float = 0.1, eval_every_s: float = 600,
+                  eval_samples: int = 64, progress: bool = True) -> dict:
+    """Train (or continue) the teacher under `out_dir`; writes `out_dir/teacher/` and its `manifest.json`."""
+    out_dir = Path(out_dir)
+    state_path = out_dir / "teacher_train_state.pt"
+    backbone = new_teacher(vae_dir, seed)
+    backbone.text_encoder.requires_grad_(True).train()
+    backbone.transformer.train()
+    params = list(backbone.transformer.parameters()) + list(backbone.text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    step, spent, rng, history, losses = 0, 0.0, random.Random(seed), [], []
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        backbone.transformer.load_state_dict(state["transformer"])
+        backbone.text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, spent, history = state["step"], state["spent_s"], state["history"]
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+    start = last_save = last_eval = time.monotonic()
+    bar = tqdm(total=round(minutes * 60), unit="s", desc="world teacher", disable=not progress)
+
+    def save_state() -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"transformer": backbone.transformer.state_dict(), "text_encoder": backbone.text_encoder.state_dict(),
+                    "optimizer": optimizer.state_dict(), "step": step, "spent_s": spent + time.monotonic() - start,
+                    "history": history, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()},
+                   state_path.with_suffix(".tmp"))
+        state_path.with_suffix(".tmp").replace(state_path)
+
+    def evaluate() -> dict:
+        backbone.transformer.eval(), backbone.text_encoder.eval()
+        result = evaluate_teacher(backbone, eval_samples)
+        backbone.transformer.train(), backbone.text_encoder.train()
+        return result
+
+    while time.monotonic() - start < minutes * 60 and (max_steps is None or step < max_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 100)
+        scenes = [random_scene(rng) for _ in range(batch_size)]
+        pixels = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
+        with torch.no_grad():
+            x0 = backbone.encode_images(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+        captions = ["" if rng.random() < caption_dropout else caption(s, rng.randrange(3)) for s in scenes]
+        t = torch.sigmoid(torch.randn(batch_size))  # logit-normal(0, 1)
+        eps = torch.randn_like(x0)
+        x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
+        v = backbone.predict_velocity(x_t, t, backbone.text_features(captions))
+        loss = flow_matching_loss(v, x0, eps).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        now = time.monotonic()
+        bar.n = round(now - start)
+        bar.set_postfix(step=step, loss=f"{np.mean(losses[-20:]):.4f}")
+        if now - last_eval > eval_every_s:
+            history.append({"step": step, "minutes": (spent + now - start) / 60, **evaluate()})
+            bar.write(json.dumps(history[-1]))
+            last_eval = time.monotonic()
+        if now - last_save > 60:
+            save_state()
+            last_save = now
+    bar.close()
+    save_state()
+    quality = evaluate()
+    save_teacher(backbone, out_dir / "teacher")
+    manifest = {"model": "teacher", "architecture": "diffusers ZImageTransformer2DModel + transformers Qwen3Model",
+                "transformer": TRANSFORMER, "seed": seed, "steps": step, "batch_size": batch_size, "lr": lr,
+                "train_minutes": round((spent + time.monotonic() - start) / 60, 2),
+                "command": " ".join(["npedit", *sys.argv[1:]]) if sys.argv and "npedit" in sys.argv[0] else "",
+                "loss_this_run": {"first_20": float(np.mean(losses[:20])), "last_20": float(np.mean(losses[-20:]))},
+                "quality": quality, "curve": history}
+    (out_dir / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
