@@ -107,7 +107,7 @@ def test_the_world_vae_trains_resumes_and_loads(tmp_path):
                         progress=False)
     assert resumed["steps"] == 45
     vae = load_vae(tmp_path / "vae")
-    assert vae.dtype.is_floating_point and vae.config.latent_channels == 8
+    assert vae.dtype.is_floating_point and vae.config.latent_channels == 16
     assert set(evaluate(vae, 8)) == {"psnr_db", "parse_rate", "n"}
 
 
@@ -121,6 +121,6 @@ def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
                              eval_samples=4, progress=False)
     assert manifest["loss_this_run"]["last_20"] < manifest["loss_this_run"]["first_20"]
     teacher = ZImageBackbone.from_pretrained(tmp_path / "teacher")
-    assert (teacher.latent_channels, teacher.spatial_factor) == (8, 8)  # the world VAE: 4x down, 8 channels
+    assert (teacher.latent_channels, teacher.spatial_factor) == (16, 8)  # the world VAE: 4x down, 16 channels
     assert teacher.tokenizer.tokenize("a large red striped circle") == ["a", "Ġlarge", "Ġred", "Ġstriped", "Ġcircle"]
     assert set(manifest["quality"]) >= {"caption_match", "layout_match"}

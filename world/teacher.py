@@ -27,7 +27,7 @@ from world.scene import caption, parse_caption, random_scene, render
 from world.vae import HELD_OUT_SEED, load_vae
 from world.verify import as_array, parse_image
 
-TRANSFORMER = dict(in_channels=8, dim=128, n_layers=4, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=64,
+TRANSFORMER = dict(in_channels=16, dim=128, n_layers=4, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=64,
                    axes_dims=[8, 12, 12], axes_lens=[256, 64, 64])
 TIME_SHIFT = 3.0  # sampling grid of the saved scheduler
 

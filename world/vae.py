@@ -23,7 +23,7 @@ from world.verify import matches_scene, parse_image, psnr
 
 VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
                   up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 64), layers_per_block=1,
-                  latent_channels=8, norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False)
+                  latent_channels=16, norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False)
 HELD_OUT_SEED = 10_000_019  # scenes no training batch draws
 
 
