@@ -202,10 +202,19 @@ def _file_digest(path: str) -> str:
 
 
 def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create missing tables; add the nullable columns a later schema version brought to an existing table (files
+    registered before read them as NULL; snapshots published before keep their own columns)."""
     for name in CORPUS_TABLES:
-        empty = ALL_TABLES[name].schema.empty_table()
-        con.register("_empty", empty)
+        schema = ALL_TABLES[name].schema
+        con.register("_empty", schema.empty_table())
         con.execute(f"CREATE TABLE IF NOT EXISTS {LAKE}.{name} AS SELECT * FROM _empty LIMIT 0")
+        have = {row[0] for row in con.execute(f"DESCRIBE {LAKE}.{name}").fetchall()}
+        for column_name, column_type, *_ in con.execute("DESCRIBE _empty").fetchall():
+            if column_name not in have:
+                if not schema.field(column_name).nullable:
+                    raise Refused(f"{name} lacks the required column {column_name} of schema {SCHEMA_VERSION}: "
+                                  "publish into a new lake_dir")
+                con.execute(f"ALTER TABLE {LAKE}.{name} ADD COLUMN {column_name} {column_type}")
         con.unregister("_empty")
 
 

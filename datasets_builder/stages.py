@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datasets_builder.vlm import PROMPTS, PromptInput, VlmResult, VlmRunner
-from datasets_builder.vlm.prompts import BACKGROUNDS_PER_OBJECT, EDITS_PER_IMAGE, INSTRUCTION_WORDS
+from datasets_builder.vlm.prompts import BACKGROUNDS_PER_OBJECT, EDITS_PER_IMAGE, INSTRUCTION_WORDS, TARGETED_EDIT_TYPES
 from schemas import BACKGROUND_PROMPTS, CAPTIONS, EDIT_INSTRUCTIONS, EDIT_PROPOSALS, OBJECTS, VLM_REJECTS, VlmStage
 
 Rows = list[dict[str, Any]]
@@ -103,7 +103,11 @@ def propose_edits(images: pa.Table, runner: VlmRunner) -> tuple[pa.Table, pa.Tab
 def validate_edits(
     proposals: pa.Table, images: pa.Table, captions: pa.Table, runner: VlmRunner
 ) -> tuple[pa.Table, pa.Table]:
-    """Judge each proposal; valid ones get the caption c^x of the edited image (the DMD teacher's condition)."""
+    """Judge each proposal; valid ones get the caption c^x of the edited image (the DMD teacher's condition).
+
+    Each row also names the edit's target object (what a removal removes, a replace replaces, ...; the critic's
+    questions ask about it): NULL when the model names none or the edit type has none (insertion, style, background).
+    """
     image_bytes = dict(zip(images.column("image_id").to_pylist(), images.column("image").to_pylist()))
     reference = dict(zip(captions.column("image_id").to_pylist(), captions.column("caption").to_pylist()))
     proposal_rows = {p["proposal_id"]: p for p in proposals.to_pylist()}
@@ -121,11 +125,12 @@ def validate_edits(
             raise ValueError("judged valid but the edited caption is empty")
         if answer["is_valid"] and INSTRUCTION_WORDS.search(caption):
             raise ValueError(f"edited caption uses instruction words: {INSTRUCTION_WORDS.search(caption).group(0)!r}")
+        target = answer["target_object"].strip() if proposal["edit_type"] in TARGETED_EDIT_TYPES else ""
         return [dict(**provenance, proposal_id=proposal["proposal_id"], image_id=proposal["image_id"],
                      edit_type=proposal["edit_type"], instruction=proposal["instruction"],
                      is_valid=answer["is_valid"], reasoning=answer["reasoning"].strip(),
                      edited_caption=caption if answer["is_valid"] else None,
-                     reference_caption=reference.get(proposal["image_id"]))], []
+                     reference_caption=reference.get(proposal["image_id"]), target_object=target or None)], []
 
     kept, rejected = _run(runner, VlmStage.VALIDATE, items, rows)
     return EDIT_INSTRUCTIONS.to_arrow(kept), VLM_REJECTS.to_arrow(rejected)

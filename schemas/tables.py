@@ -12,7 +12,7 @@ from schemas.checks import NON_EMPTY, SHA256_HEX, at_least, one_of
 from schemas.edit_types import EDIT_TYPES, IMAGE_REJECT_REASONS, VLM_STAGES
 from schemas.table import TableSpec, column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: edit_instructions.target_object
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,12 @@ class EditInstructionRow(VlmProvenance):
     reasoning: str = column()
     edited_caption: str | None = column(NON_EMPTY, doc="caption c^x of the edited image; NULL when invalid")
     reference_caption: str | None = column(doc="caption c^y of the source image", default=None)
+    target_object: str | None = column(
+        NON_EMPTY,
+        doc="the object the edit removes, replaces, recolours, retextures or reshapes, as the VLM named it; NULL when "
+        "the edit type has none (insertion, style, background) or none was named, and in snapshots of schema 1",
+        default=None,
+    )
 
 
 @dataclass(frozen=True)

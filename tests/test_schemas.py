@@ -26,6 +26,7 @@ VALID_ROWS = {
     "edit_instructions": dict(
         **PROV, proposal_id=ID, image_id=ID, edit_type="remove", instruction="Remove the car", is_valid=True,
         reasoning="the car is visible", edited_caption="an empty street", reference_caption="a car on a street",
+        target_object="the red car",
     ),
     "objects": dict(**PROV, image_id=ID, is_object_centric=True, object_name="mug", reasoning="one centred mug"),
     "background_prompts": dict(**PROV, image_id=ID, index=0, object_name="mug", background_caption="on a beach"),
@@ -49,6 +50,7 @@ MALFORMED = [
     ("edit_proposals", "proposal_id", ID.upper(), "sha256"),
     ("edit_instructions", "is_valid", "maybe", "bool"),
     ("edit_instructions", "edited_caption", "", "empty"),
+    ("edit_instructions", "target_object", "  ", "empty"),
     ("objects", "object_name", "", "empty"),
     ("background_prompts", "index", -1, "below 0"),
     ("vlm_rejects", "stage", "dream", "not one of"),
@@ -92,6 +94,18 @@ def test_validate_names_missing_extra_and_mistyped_columns():
         spec.validate(table.append_column("score", pa.array([1.0])))
     with pytest.raises(SchemaError, match=r"edit_proposals\.edit_type row 0: 'bg' is not one of"):
         spec.validate(table.set_column(table.schema.get_field_index("edit_type"), "edit_type", pa.array(["bg"])))
+
+
+def test_target_object_is_a_nullable_string_rows_of_schema_1_omit():
+    spec = schemas.EDIT_INSTRUCTIONS
+    field = spec.schema.field("target_object")
+    assert field.type == pa.string() and field.nullable and field.metadata[b"doc"]
+    schema_1_row = {k: v for k, v in VALID_ROWS["edit_instructions"].items() if k != "target_object"}
+    style = {**schema_1_row, "edit_type": "style", "instruction": "Make it a watercolor", "target_object": None}
+    table = spec.to_arrow([VALID_ROWS["edit_instructions"], schema_1_row, style])
+    assert table.column("target_object").to_pylist() == ["the red car", None, None]
+    assert spec.validate(table).equals(table)
+    assert schemas.SCHEMA_VERSION == 2
 
 
 def test_unknown_key_in_row_is_rejected():
