@@ -38,7 +38,7 @@ def synthesize(store: lake.LakeConfig, rows: int, files: int) -> None:
             "edit_instructions": f"SELECT {PROVENANCE}, {pid} AS proposal_id, {ids} AS image_id, {etype} AS edit_type,"
                                  f" 'Add a kite ' || i AS instruction, hash(i) % 10 < 7 AS is_valid, "
                                  f"'because' AS reasoning, 'a kite over a lake ' || i AS edited_caption, "
-                                 f"'a lake' AS reference_caption",
+                                 f"'a lake' AS reference_caption, NULL::VARCHAR AS target_object",
             "objects": f"SELECT {PROVENANCE}, sha256(i::VARCHAR) AS image_id, hash(i) % 5 = 0 AS is_object_centric,"
                        f" CASE WHEN hash(i) % 5 = 0 THEN ['mug','truck','vase','lamp','shoe'][(hash(i) % 5)::BIGINT + 1] END "
                        f"AS object_name, 'r' AS reasoning",

@@ -358,7 +358,8 @@ def publish_outcome(
                 # Deleting every row of a file by its name ends the file in the catalog (no delete file is written).
                 con.execute(f"DELETE FROM {LAKE}.{table} WHERE filename IN (SELECT unnest(?::VARCHAR[]))", [paths])
             for table, path in new:
-                con.execute(f"CALL ducklake_add_data_files('{LAKE}', '{table}', ?)", [path])
+                # a file staged under an earlier schema version lacks the (nullable) columns added since: NULL there
+                con.execute(f"CALL ducklake_add_data_files('{LAKE}', '{table}', ?, allow_missing => true)", [path])
             counts = {t: con.execute(f"SELECT count(*) FROM {LAKE}.{t}").fetchone()[0] for t in CORPUS_TABLES}
             meta = {
                 "parent": published[-1].snapshot_id if published else None,

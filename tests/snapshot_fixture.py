@@ -20,6 +20,8 @@ EDITS = [
     ("brick.jpg", "local_texture", "Make the bricks look like wood", "a wall of wooden planks"),
 ]
 
+TARGETS = {"Remove the cup of coffee": "the white coffee cup", "Make the horse bright blue": "the horse"}
+
 
 def write_fixture_snapshot(root: Path | lake.LakeConfig, tag: str = "fixture") -> lake.LakeConfig:
     """Publish the fixture edits into a lake folder (or any lake) as snapshot `tag`."""
@@ -32,7 +34,8 @@ def write_fixture_snapshot(root: Path | lake.LakeConfig, tag: str = "fixture") -
                            format=result.format, shard="fixture", image=result.data))
         proposal_id = hashlib.sha256(f"{name}{instruction}".encode()).hexdigest()
         edits.append(dict(**PROVENANCE, proposal_id=proposal_id, image_id=result.image_id, edit_type=edit_type,
-                          instruction=instruction, is_valid=True, reasoning="fixture", edited_caption=caption))
+                          instruction=instruction, is_valid=True, reasoning="fixture", edited_caption=caption,
+                          target_object=TARGETS.get(instruction)))
     edits.append({**edits[0], "proposal_id": "0" * 64, "is_valid": False, "edited_caption": None})
     files = {"images": [lake.write_staged(store, IMAGES, IMAGES.to_arrow(images), "fixture")],
              "edit_instructions": [lake.write_staged(store, EDIT_INSTRUCTIONS, EDIT_INSTRUCTIONS.to_arrow(edits),

@@ -78,3 +78,9 @@ def test_a_schema_1_lake_takes_a_schema_2_build(tmp_path, monkeypatch, kind, req
     assert lake.published_snapshots(store).column("schema_version").to_pylist() == [1, 2, 2]
     assert all(lake.verify_content_hash(store, tag) for tag in ("v1", "v1b", "v2"))
     assert v2.row_counts["edit_instructions"] == 3 and v2.row_counts["images_rejected"] == 1
+
+    # Back to the schema-1 files (say, the earlier prompt again): they register, target_object NULL.
+    back = lake.publish(store, {"edit_instructions": [v1_file]}, message="schema-1 files again", tag="v3",
+                        replace=True)
+    assert lake.read_table(store, "edit_instructions", "v3").column("target_object").to_pylist() == [None] * 3
+    assert back.row_counts["edit_instructions"] == 3 and lake.verify_content_hash(store, "v3")

@@ -257,3 +257,25 @@ def test_the_cli_refuses_bad_values_and_model_types_before_loading_weights(lake_
     assert npedit([*common, "--set", f"model.critic={tiny_models.vlm}", "--set",
                    f"model.generator={tiny_models.vlm}"]) == 2
     assert "model.generator: cannot read a diffusers model_index.json" in capsys.readouterr().err
+
+
+def test_removal_questions_take_the_snapshots_target_object_and_older_snapshots_fall_back(lake_dir, tiny_models,
+                                                                                          monkeypatch):
+    import training.data
+    from datasets_builder.lake import LakeConfig
+    from training.data import SnapshotEdits
+
+    config = _config(lake_dir, tiny_models).data
+    dataset = SnapshotEdits(LakeConfig.local(lake_dir), config)
+    assert dataset.removal_targets() == Counter(column=1)
+    batches = EditBatches(dataset, len(dataset), seed=0)
+    batch = next(batches)
+    removal = batch.edit_types.index("remove")
+    assert batch.target_objects[removal] == "the white coffee cup"
+    text = questions_for("remove", batch.instructions[removal], batch.target_objects[removal])[0].text
+    assert text == "Does this image contain the white coffee cup? Answer Yes or No."
+    read = training.data.read_table
+    monkeypatch.setattr(training.data, "read_table", lambda *a, **k: read(*a, **k).drop_columns(["target_object"]))
+    older = SnapshotEdits(LakeConfig.local(lake_dir), config)  # as a schema-1 snapshot reads
+    assert older.removal_targets() == Counter(phrasing=1)
+    assert next(EditBatches(older, len(older), seed=0)).target_objects == [None] * len(older)

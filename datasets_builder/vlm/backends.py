@@ -71,7 +71,9 @@ class TransformersBackend:
             if self._tokenizer_info is None:
                 self._tokenizer_info = _xgrammar_tokenizer_info(self.processor.tokenizer, self.model)
             compiler = xgr.GrammarCompiler(self._tokenizer_info, max_threads=2)
-            self._grammars[key] = compiler.compile_json_schema(key, any_whitespace=False, strict_mode=True)
+            # the schema's own key order, as vLLM keeps it: the sorted text is only the cache key
+            self._grammars[key] = compiler.compile_json_schema(json.dumps(schema), any_whitespace=False,
+                                                               strict_mode=True)
         return self._grammars[key]
 
     def generate(self, requests: list[VlmRequest], sampling: SamplingParams) -> list[str]:
