@@ -23,6 +23,16 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def lake_dir(tmp_path_factory):
+    """A lake holding the fixture snapshot (tag "fixture") that the trainer's tests read."""
+    from snapshot_fixture import write_fixture_snapshot
+
+    root = tmp_path_factory.mktemp("lake")
+    write_fixture_snapshot(root)
+    return root
+
+
+@pytest.fixture(scope="session")
 def zimage(tiny_models):
     from training.backbones import ZImageBackbone
 

@@ -42,3 +42,12 @@ def write_fixture_snapshot(root: Path | lake.LakeConfig, tag: str = "fixture") -
                                                      "fixture")]}
     lake.publish(store, files, message="fixture", tag=tag)
     return store
+
+
+def fixture_train_config(lake_dir, tiny_models, **overrides):
+    """The `debug_tiny` recipe on the fixture snapshot in `lake_dir` with the tiny zoo's models, plus overrides."""
+    from training.config import load_config
+
+    base = {"data.lake_dir": str(lake_dir), "model.generator": str(tiny_models.generator),
+            "model.critic": str(tiny_models.vlm)}
+    return load_config("debug_tiny", overrides={**base, **overrides})

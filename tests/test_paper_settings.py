@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from npedit.cli import main as npedit
-from snapshot_fixture import write_fixture_snapshot
+from snapshot_fixture import fixture_train_config
 from training.config import accumulation_steps, load_config, resolved_for
 from training.data import EditBatches, edit_type_shares, epoch_quota
 from training.questions import questions_for, removed_object
@@ -19,17 +19,6 @@ from training.run import build_trainer
 from training.sampling import edit_images
 
 
-@pytest.fixture(scope="module")
-def lake_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lake")
-    write_fixture_snapshot(root)
-    return root
-
-
-def _config(lake_dir, tiny_models, **overrides):
-    base = {"data.lake_dir": str(lake_dir), "model.generator": str(tiny_models.generator),
-            "model.critic": str(tiny_models.vlm)}
-    return load_config("debug_tiny", overrides={**base, **overrides})
 
 
 # -- recipes and the global batch -------------------------------------------------------------------------------------
@@ -40,7 +29,7 @@ def test_the_paper_recipe_holds_the_papers_values():
     assert (paper.loss.lambda_vlm, paper.loss.lambda_dmd, paper.loss.critic_temperature_ramp_steps) == (0.01, 0.5, 0)
     assert (paper.schedule.warmup_steps, paper.schedule.single_step_steps) == (250, 4000)
     assert [accumulation_steps(paper.data, n) for n in (1, 8, 32)] == [32, 4, 1]
-    assert resolved_for(load_config("debug_tiny"), 4).data.global_batch_size == 8  # batch 2 x 4 ranks, no accumulation
+    assert resolved_for(load_config("debug_tiny"), 4).data.global_batch_size == 8  # 2 x 4 ranks, no accumulation
     with pytest.raises(ValueError, match="not a multiple of data.batch_size 1 x 5 ranks"):
         accumulation_steps(paper.data, 5)
     reimplementation = load_config("zimage_reimplementation")
@@ -62,7 +51,7 @@ def _generator_grads(trainer, *batches) -> torch.Tensor:
 
 
 def test_gradient_accumulation_averages_the_micro_batches(lake_dir, tiny_models, tmp_path):
-    config = _config(lake_dir, tiny_models, **{"data.batch_size": 1, "data.global_batch_size": 2,
+    config = fixture_train_config(lake_dir, tiny_models, **{"data.batch_size": 1, "data.global_batch_size": 2,
                                                "schedule.total_steps": 2, "log.checkpoint_every": 100})
     trainer = build_trainer(config, tmp_path)
     assert trainer.accumulation == 2
@@ -79,7 +68,7 @@ def test_gradient_accumulation_averages_the_micro_batches(lake_dir, tiny_models,
 
 # -- warmup times, eqn. 4, temperature ---------------------------------------------------------------------------------
 def test_identity_warmup_draws_t_through_the_time_shift(lake_dir, tiny_models, tmp_path):
-    trainer = build_trainer(_config(lake_dir, tiny_models), tmp_path)
+    trainer = build_trainer(fixture_train_config(lake_dir, tiny_models), tmp_path)
     for shift in (3.0, 6.0):
         trainer.generator.shift = shift
         t = trainer.warmup_times(40_000)
@@ -100,7 +89,7 @@ class FixedCritic:
 
 
 def test_vlm_loss_sums_the_two_questions_as_eqn_4(lake_dir, tiny_models, tmp_path):
-    trainer = build_trainer(_config(lake_dir, tiny_models, **{"schedule.warmup_steps": 0}), tmp_path)
+    trainer = build_trainer(fixture_train_config(lake_dir, tiny_models, **{"schedule.warmup_steps": 0}), tmp_path)
     batch = next(trainer.batches)
     trainer.critic = FixedCritic([(2.0, 0.0), (0.0, 1.0), (0.5, 0.5), (3.0, -1.0)])
     per_sample, _ = trainer._vlm(batch.references, batch)
@@ -115,7 +104,7 @@ def test_vlm_loss_sums_the_two_questions_as_eqn_4(lake_dir, tiny_models, tmp_pat
 
 
 def test_the_critic_temperature_ramp_starts_at_the_first_vlm_step(lake_dir, tiny_models, tmp_path):
-    config = _config(lake_dir, tiny_models, **{"schedule.warmup_steps": 250,
+    config = fixture_train_config(lake_dir, tiny_models, **{"schedule.warmup_steps": 250,
                                                "loss.critic_temperature_ramp_steps": 2000})
     trainer = build_trainer(config, tmp_path)
     temperatures = {}
@@ -265,7 +254,7 @@ def test_removal_questions_take_the_snapshots_target_object_and_older_snapshots_
     from datasets_builder.lake import LakeConfig
     from training.data import SnapshotEdits
 
-    config = _config(lake_dir, tiny_models).data
+    config = fixture_train_config(lake_dir, tiny_models).data
     dataset = SnapshotEdits(LakeConfig.local(lake_dir), config)
     assert dataset.removal_targets() == Counter(column=1)
     batches = EditBatches(dataset, len(dataset), seed=0)

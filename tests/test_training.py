@@ -8,24 +8,13 @@ import pytest
 import torch
 
 from npedit.cli import main as npedit
-from snapshot_fixture import EDITS, write_fixture_snapshot
+from snapshot_fixture import EDITS, fixture_train_config
 from training.config import load_config
 from training.data import EditBatches, SnapshotEdits, bucket_sizes
 from training.run import build_trainer
 from training.unroll import UnrollPlan, unroll
 
 
-@pytest.fixture(scope="module")
-def lake_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lake")
-    write_fixture_snapshot(root)
-    return root
-
-
-def _config(lake_dir, tiny_models, **overrides):
-    base = {"data.lake_dir": str(lake_dir), "model.generator": str(tiny_models.generator),
-            "model.critic": str(tiny_models.vlm)}
-    return load_config("debug_tiny", overrides={**base, **overrides})
 
 
 PURE = {"loss.do_nothing_prob": 0.0, "schedule.warmup_steps": 0, "schedule.single_step_steps": 1000,
@@ -48,7 +37,7 @@ def _p_correct(trainer, batch, seeds=(11, 12)) -> float:
 
 
 def test_data_reads_valid_edits_in_buckets_and_shards_by_rank(lake_dir, tiny_models):
-    config = _config(lake_dir, tiny_models, **{"data.aspect_ratios": (0.75, 1.0, 1.333)})
+    config = fixture_train_config(lake_dir, tiny_models, **{"data.aspect_ratios": (0.75, 1.0, 1.333)})
     from datasets_builder.lake import LakeConfig
 
     dataset = SnapshotEdits(LakeConfig.local(lake_dir), config.data)
@@ -62,7 +51,7 @@ def test_data_reads_valid_edits_in_buckets_and_shards_by_rank(lake_dir, tiny_mod
 
 
 def test_vlm_loss_backward_reaches_generator_parameters(lake_dir, tiny_models, tmp_path):
-    trainer = build_trainer(_config(lake_dir, tiny_models, **PURE, **{"loss.lambda_dmd": 0.0}), tmp_path)
+    trainer = build_trainer(fixture_train_config(lake_dir, tiny_models, **PURE, **{"loss.lambda_dmd": 0.0}), tmp_path)
     batch = next(trainer.batches)
     g = trainer.generator
     refs = g.encode_images(batch.references)
@@ -78,7 +67,7 @@ def test_vlm_loss_backward_reaches_generator_parameters(lake_dir, tiny_models, t
 
 
 def test_vlm_loss_alone_raises_the_critics_p_correct(lake_dir, tiny_models, tmp_path):
-    config = _config(lake_dir, tiny_models, **PURE, **{"loss.lambda_dmd": 0.0, "loss.lambda_vlm": 1.0,
+    config = fixture_train_config(lake_dir, tiny_models, **PURE, **{"loss.lambda_dmd": 0.0, "loss.lambda_vlm": 1.0,
                                                          "optim.lr": 1e-3})
     trainer = build_trainer(config, tmp_path)
     batch = next(trainer.batches)
@@ -91,7 +80,7 @@ def test_vlm_loss_alone_raises_the_critics_p_correct(lake_dir, tiny_models, tmp_
 
 
 def test_dmd_alone_moves_the_generator_toward_the_teacher(lake_dir, tiny_models, tmp_path):
-    config = _config(lake_dir, tiny_models, **{**PURE, "schedule.fake_steps_per_generator_step": 2},
+    config = fixture_train_config(lake_dir, tiny_models, **{**PURE, "schedule.fake_steps_per_generator_step": 2},
                      **{"loss.lambda_dmd": 1.0, "loss.lambda_vlm": 0.0, "loss.cfg_scale": 1.0,
                         "loss.strong_cfg_scale": 1.0, "optim.lr": 1e-3, "optim.fake_lr": 1e-3})
     trainer = build_trainer(config, tmp_path)
@@ -122,7 +111,7 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(lake_dir, tiny_
     overrides = {"schedule.total_steps": 6, "schedule.warmup_steps": 2, "schedule.single_step_steps": 1,
                  "schedule.two_step_prob": 1.0, "log.checkpoint_every": interrupt_at, "log.image_every": 3,
                  "log.keep_checkpoints": 2}
-    config = _config(lake_dir, tiny_models, **overrides)
+    config = fixture_train_config(lake_dir, tiny_models, **overrides)
     straight = build_trainer(config, tmp_path / "a")
     straight.train(progress=False)
     first = build_trainer(config, tmp_path / "b")
@@ -146,6 +135,9 @@ def test_cli_trains_then_edits_and_the_checkpoint_loads_in_diffusers(lake_dir, t
     out = tmp_path / "run"
     assert npedit(["train", "--lake-dir", str(lake_dir), "--snapshot", "fixture", "--out", str(out),
                    "--steps", "4", "--set", "log.checkpoint_every=2"]) == 0
+    import json
+
+    assert json.loads((out / "config.json").read_text())["data"]["global_batch_size"] == 2  # resolved: 2 x 1 rank
     edited = tmp_path / "edited.png"
     image = Path(__file__).resolve().parents[1] / "datasets_builder" / "sample_images" / "coffee.jpg"
     assert npedit(["edit", "--checkpoint", str(out), "--image", str(image), "--instruction", "Add a cat",
@@ -165,19 +157,19 @@ def test_bad_training_configs_are_clear_errors(lake_dir, tiny_models, tmp_path):
     with pytest.raises(ValueError, match="unknown recipe"):
         load_config("nope")
     with pytest.raises(ValueError, match="multiple of 16"):
-        _config(lake_dir, tiny_models, **{"data.resolution": 50})
+        fixture_train_config(lake_dir, tiny_models, **{"data.resolution": 50})
     with pytest.raises(ValueError, match="no config field"):
-        _config(lake_dir, tiny_models, **{"loss.lambda_zzz": 1})
+        fixture_train_config(lake_dir, tiny_models, **{"loss.lambda_zzz": 1})
     toml = tmp_path / "bad.toml"
     toml.write_text("[loss]\nlambda_vml = 0.1\n")
     with pytest.raises(ValueError, match="unknown key 'lambda_vml'"):
         load_config("debug_tiny", toml)
     with pytest.raises(LookupError, match="no published snapshot 'v9'"):
-        build_trainer(_config(lake_dir, tiny_models, **{"data.snapshot": "v9"}), tmp_path)
+        build_trainer(fixture_train_config(lake_dir, tiny_models, **{"data.snapshot": "v9"}), tmp_path)
 
 
 def test_a_generator_step_with_the_llava_onevision_critic(lake_dir, tiny_models, tmp_path):
-    config = _config(lake_dir, tiny_models, **PURE, **{"model.critic": str(tiny_models.llava)})
+    config = fixture_train_config(lake_dir, tiny_models, **PURE, **{"model.critic": str(tiny_models.llava)})
     trainer = build_trainer(config, tmp_path)
     batch = next(trainer.batches)
     metrics = trainer.generator_step(batch).metrics
@@ -188,7 +180,7 @@ def test_a_generator_step_with_the_llava_onevision_critic(lake_dir, tiny_models,
 def test_activation_checkpointing_gives_the_same_gradients(lake_dir, tiny_models, tmp_path):
     grads = []
     for checkpointing in (False, True):
-        config = _config(lake_dir, tiny_models, **PURE, **{"model.gradient_checkpointing": checkpointing})
+        config = fixture_train_config(lake_dir, tiny_models, **PURE, **{"model.gradient_checkpointing": checkpointing})
         trainer = build_trainer(config, tmp_path / str(checkpointing))
         g = trainer.generator
         batch = next(trainer.batches)
@@ -204,7 +196,7 @@ def test_images_are_read_by_row_group_not_all_at_once(lake_dir, tiny_models):
     from datasets_builder.lake import LakeConfig, table_files
     import pyarrow.parquet as pq
 
-    config = _config(lake_dir, tiny_models)
+    config = fixture_train_config(lake_dir, tiny_models)
     dataset = SnapshotEdits(LakeConfig.local(lake_dir), config.data)
     files = table_files(LakeConfig.local(lake_dir), "images", "fixture")
     assert all(pq.ParquetFile(f).metadata.row_group(0).num_rows <= 64 for f in files)
@@ -217,7 +209,7 @@ def test_images_are_read_by_row_group_not_all_at_once(lake_dir, tiny_models):
 
 
 def test_checkpoints_link_frozen_parts_written_once_when_the_base_is_not_a_folder(lake_dir, tiny_models, tmp_path):
-    config = _config(lake_dir, tiny_models, **{"schedule.total_steps": 2, "log.checkpoint_every": 1})
+    config = fixture_train_config(lake_dir, tiny_models, **{"schedule.total_steps": 2, "log.checkpoint_every": 1})
     trainer = build_trainer(config, tmp_path)
     trainer.generator.source = "some-org/some-model"  # as when the base was given as a hub id
     trainer.train(progress=False)

@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import json
 import random
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
-from tqdm import tqdm
 from transformers import Qwen3Config, Qwen3Model
 
 from model_zoo.tokenizer import build_qwen_tokenizer
-from training.backbones import ZImageBackbone
+from training.backbones import ZImageBackbone, noise_to
 from training.losses import flow_matching_loss
 from training.sampling import generate_images
+from world.budget import BudgetedRun
 from world.edits import PHRASINGS
 from world.scene import caption, parse_caption, random_scene, render
-from world.vae import HELD_OUT_SEED, load_vae
+from world.vae import HELD_OUT_SEED, invocation, load_vae
 from world.verify import as_array, parse_image
 
 TRANSFORMER = dict(in_channels=16, dim=128, n_layers=4, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=64,
@@ -88,41 +86,27 @@ def train_teacher(out_dir: Path, vae_dir: Path, *, minutes: float, max_steps: in
                   eval_samples: int = 64, progress: bool = True) -> dict:
     """Train (or continue) the teacher under `out_dir`; writes `out_dir/teacher/` and its `manifest.json`."""
     out_dir = Path(out_dir)
-    state_path = out_dir / "teacher_train_state.pt"
     backbone = new_teacher(vae_dir, seed)
     backbone.text_encoder.requires_grad_(True).train()
     backbone.transformer.train()
     params = list(backbone.transformer.parameters()) + list(backbone.text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    step, spent, rng, history, losses = 0, 0.0, random.Random(seed), [], []
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        backbone.transformer.load_state_dict(state["transformer"])
-        backbone.text_encoder.load_state_dict(state["text_encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, spent, history = state["step"], state["spent_s"], state["history"]
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-    start = last_save = last_eval = time.monotonic()
-    bar = tqdm(total=round(minutes * 60), unit="s", desc="world teacher", disable=not progress)
-
-    def save_state() -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"transformer": backbone.transformer.state_dict(), "text_encoder": backbone.text_encoder.state_dict(),
-                    "optimizer": optimizer.state_dict(), "step": step, "spent_s": spent + time.monotonic() - start,
-                    "history": history, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()},
-                   state_path.with_suffix(".tmp"))
-        state_path.with_suffix(".tmp").replace(state_path)
+    rng = random.Random(seed)
+    run = BudgetedRun(out_dir / "teacher_train_state.pt",
+                      {"transformer": backbone.transformer, "text_encoder": backbone.text_encoder}, optimizer, rng,
+                      minutes=minutes, max_steps=max_steps, eval_every_s=eval_every_s, desc="world teacher",
+                      progress=progress)
 
     def evaluate() -> dict:
-        backbone.transformer.eval(), backbone.text_encoder.eval()
+        backbone.eval()
         result = evaluate_teacher(backbone, eval_samples)
-        backbone.transformer.train(), backbone.text_encoder.train()
+        backbone.transformer.train()
+        backbone.text_encoder.train()
         return result
 
-    while time.monotonic() - start < minutes * 60 and (max_steps is None or step < max_steps):
+    while run.running():
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 100)
+            group["lr"] = lr * min(1.0, (run.step + 1) / 100)
         scenes = [random_scene(rng) for _ in range(batch_size)]
         pixels = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
         with torch.no_grad():
@@ -130,34 +114,18 @@ def train_teacher(out_dir: Path, vae_dir: Path, *, minutes: float, max_steps: in
         captions = ["" if rng.random() < caption_dropout else caption(s, rng.randrange(3)) for s in scenes]
         t = torch.sigmoid(torch.randn(batch_size))  # logit-normal(0, 1)
         eps = torch.randn_like(x0)
-        x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
-        v = backbone.predict_velocity(x_t, t, backbone.text_features(captions))
+        v = backbone.predict_velocity(noise_to(x0, eps, t), t, backbone.text_features(captions))
         loss = flow_matching_loss(v, x0, eps).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        step += 1
-        losses.append(loss.item())
-        now = time.monotonic()
-        bar.n = round(now - start)
-        bar.set_postfix(step=step, loss=f"{np.mean(losses[-20:]):.4f}")
-        if now - last_eval > eval_every_s:
-            history.append({"step": step, "minutes": (spent + now - start) / 60, **evaluate()})
-            bar.write(json.dumps(history[-1]))
-            last_eval = time.monotonic()
-        if now - last_save > 60:
-            save_state()
-            last_save = now
-    bar.close()
-    save_state()
+        run.after_step(loss.item(), evaluate)
+    facts = run.finish()
     quality = evaluate()
     save_teacher(backbone, out_dir / "teacher")
     manifest = {"model": "teacher", "architecture": "diffusers ZImageTransformer2DModel + transformers Qwen3Model",
-                "transformer": TRANSFORMER, "seed": seed, "steps": step, "batch_size": batch_size, "lr": lr,
-                "train_minutes": round((spent + time.monotonic() - start) / 60, 2),
-                "command": " ".join(["npedit", *sys.argv[1:]]) if sys.argv and "npedit" in sys.argv[0] else "",
-                "loss_this_run": {"first_20": float(np.mean(losses[:20])), "last_20": float(np.mean(losses[-20:]))},
-                "quality": quality, "curve": history}
+                "transformer": TRANSFORMER, "seed": seed, "batch_size": batch_size, "lr": lr, **facts,
+                "command": invocation(), "quality": quality}
     (out_dir / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from tqdm import tqdm
 
+from world.budget import BudgetedRun
 from world.scene import random_scene, render
 from world.verify import matches_scene, parse_image, psnr
 
@@ -66,31 +65,15 @@ def train_vae(out_dir: Path, *, minutes: float, max_steps: int | None = None, se
     writes `out_dir/vae/` (fp16 safetensors, diffusers layout) and its `manifest.json`. A killed run resumes from
     `vae_train_state.pt`."""
     out_dir = Path(out_dir)
-    state_path = out_dir / "vae_train_state.pt"
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_CONFIG)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    step, spent, rng, history, losses = 0, 0.0, random.Random(seed), [], []
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, spent, history = state["step"], state["spent_s"], state["history"]
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-    start, last_save, last_eval = time.monotonic(), time.monotonic(), time.monotonic()
-    bar = tqdm(total=round(minutes * 60), initial=0, unit="s", desc="world vae", disable=not progress)
-
-    def save_state() -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "spent_s": spent + time.monotonic() - start, "history": history, "rng": rng.getstate(),
-                    "torch_rng": torch.get_rng_state()}, state_path.with_suffix(".tmp"))
-        state_path.with_suffix(".tmp").replace(state_path)
-
-    while time.monotonic() - start < minutes * 60 and (max_steps is None or step < max_steps):
+    rng = random.Random(seed)
+    run = BudgetedRun(out_dir / "vae_train_state.pt", {"model": vae}, optimizer, rng, minutes=minutes,
+                      max_steps=max_steps, eval_every_s=eval_every_s, desc="world vae", progress=progress)
+    while run.running():
         for group in optimizer.param_groups:  # warmup over the first 50 steps of the run's life
-            group["lr"] = lr * min(1.0, (step + 1) / 50)
+            group["lr"] = lr * min(1.0, (run.step + 1) / 50)
         _, images = scene_batch(rng, batch_size, size)
         posterior = vae.encode(images).latent_dist
         output = vae.decode(posterior.sample()).sample
@@ -99,31 +82,21 @@ def train_vae(out_dir: Path, *, minutes: float, max_steps: int | None = None, se
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
-        step += 1
-        losses.append(loss.item())
-        now = time.monotonic()
-        bar.n = round(now - start)
-        bar.set_postfix(step=step, loss=f"{loss.item():.4f}")
-        if now - last_eval > eval_every_s:
-            history.append({"step": step, "minutes": (spent + now - start) / 60, **evaluate(vae, 64, size)})
-            bar.write(json.dumps(history[-1]))
-            last_eval = now
-        if now - last_save > 60:
-            save_state()
-            last_save = now
-    bar.close()
-    save_state()
+        run.after_step(loss.item(), lambda: evaluate(vae, 64, size))
+    facts = run.finish()
     quality = evaluate(vae, eval_scenes, size)
     set_latent_statistics(vae, size, eval_scenes)
     manifest = {"model": "vae", "architecture": "diffusers AutoencoderKL", "config": VAE_CONFIG, "seed": seed,
-                "steps": step, "batch_size": batch_size, "lr": lr, "image_size": size,
-                "train_minutes": round((spent + time.monotonic() - start) / 60, 2),
-                "command": " ".join(["npedit", *sys.argv[1:]]) if sys.argv and "npedit" in sys.argv[0] else "",
-                "loss_this_run": {"first_5": float(np.mean(losses[:5])), "last_5": float(np.mean(losses[-5:]))},
-                "quality": quality, "curve": history}
+                "batch_size": batch_size, "lr": lr, "image_size": size, **facts, "command": invocation(),
+                "quality": quality}
     vae.to(torch.float16).save_pretrained(out_dir / "vae", safe_serialization=True)
     (out_dir / "vae" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def invocation() -> str:
+    """The npedit command that is running, for a manifest ("" when called from Python)."""
+    return " ".join(["npedit", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("npedit") else ""
 
 
 def load_vae(path: Path | str) -> AutoencoderKL:

@@ -1,0 +1,73 @@
+"""A model's training run under a wall-time budget that a killed or finished process continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+class BudgetedRun:
+    """Step counter, time spent, quality curve and RNG states of a run, saved atomically with its modules and
+    optimizer every minute and at the end; a new run on the same state file resumes them."""
+
+    def __init__(self, state_path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                 rng: random.Random, *, minutes: float, max_steps: int | None = None, eval_every_s: float = 600,
+                 desc: str = "train", progress: bool = True):
+        self.state_path, self.modules, self.optimizer, self.rng = Path(state_path), modules, optimizer, rng
+        self.minutes, self.max_steps, self.eval_every_s = minutes, max_steps, eval_every_s
+        self.step, self.spent_s, self.history, self.losses = 0, 0.0, [], []
+        if self.state_path.exists():
+            state = torch.load(self.state_path, weights_only=False)
+            for name, module in modules.items():
+                module.load_state_dict(state[name])
+            optimizer.load_state_dict(state["optimizer"])
+            self.step, self.spent_s, self.history = state["step"], state["spent_s"], state["history"]
+            rng.setstate(state["rng"])
+            torch.set_rng_state(state["torch_rng"])
+        self.start = self.last_save = self.last_eval = time.monotonic()
+        self.bar = tqdm(total=round(minutes * 60), unit="s", desc=desc, disable=not progress)
+
+    def running(self) -> bool:
+        return time.monotonic() - self.start < self.minutes * 60 and (self.max_steps is None
+                                                                       or self.step < self.max_steps)
+
+    def total_minutes(self) -> float:
+        return (self.spent_s + time.monotonic() - self.start) / 60
+
+    def after_step(self, loss: float, evaluate: Callable[[], dict]) -> None:
+        """Count the step; evaluate and save on their cadences."""
+        self.step += 1
+        self.losses.append(loss)
+        now = time.monotonic()
+        self.bar.n = round(now - self.start)
+        self.bar.set_postfix(step=self.step, loss=f"{np.mean(self.losses[-20:]):.4f}")
+        if now - self.last_eval > self.eval_every_s:
+            self.history.append({"step": self.step, "minutes": self.total_minutes(), **evaluate()})
+            self.bar.write(json.dumps(self.history[-1]))
+            self.last_eval = time.monotonic()
+        if now - self.last_save > 60:
+            self.save()
+            self.last_save = now
+
+    def save(self) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        state = {name: module.state_dict() for name, module in self.modules.items()}
+        state.update(optimizer=self.optimizer.state_dict(), step=self.step, spent_s=self.spent_s + time.monotonic()
+                     - self.start, history=self.history, rng=self.rng.getstate(), torch_rng=torch.get_rng_state())
+        torch.save(state, self.state_path.with_suffix(".tmp"))
+        self.state_path.with_suffix(".tmp").replace(self.state_path)
+
+    def finish(self) -> dict:
+        """Save; the run's facts for a manifest."""
+        self.bar.close()
+        self.save()
+        return {"steps": self.step, "train_minutes": round(self.total_minutes(), 2), "curve": self.history,
+                "loss_this_run": {"first_10": float(np.mean(self.losses[:10])),
+                                  "last_10": float(np.mean(self.losses[-10:]))}}
