@@ -124,3 +124,11 @@ def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
     assert (teacher.latent_channels, teacher.spatial_factor) == (16, 8)  # the world VAE: 4x down, 16 channels
     assert teacher.tokenizer.tokenize("a large red striped circle") == ["a", "Ġlarge", "Ġred", "Ġstriped", "Ġcircle"]
     assert set(manifest["quality"]) >= {"caption_match", "layout_match"}
+
+
+
+def test_a_region_no_world_colour_explains_is_a_problem_not_a_crash():
+    image = np.full((64, 64, 3), 240.0)  # a white background
+    image[20:40, 20:40] = (0, 255, 255)  # cyan: labelled blue, but no blend of blue and white explains it
+    parsed = parse_image(image)
+    assert not parsed.realistic and any("no object explains" in p for p in parsed.problems)

@@ -157,6 +157,9 @@ def parse_image(image) -> ParsedScene:
             palette = PALETTES[style]
             coverage = _coverage(pixels, zone, palette[[colour, colour + len(NAMES)]],
                                  palette[[background, background + len(NAMES)]])
+            if coverage.sum() < min_area / 2:  # the region's pixels are neither its colour nor a blend with the background
+                parsed.problems.append(f"a {NAMES[colour]} region of {int(region.sum())} px no object explains")
+                continue
             shape, r = _shape(coverage)
             rows, columns = np.nonzero(region)
             row, column = min(2, int(rows.mean() // cell)), min(2, int(columns.mean() // cell))
