@@ -427,6 +427,15 @@ def open_data_file(path: str) -> pq.ParquetFile:
     return storage.parquet_file(path)
 
 
+def table_columns(config: LakeConfig, table: str, snapshot: int | str | None = None) -> list[str]:
+    """The column names `table` had at a published snapshot (an earlier schema version may lack later columns)."""
+    _corpus_table(table)
+    version = resolve(config, snapshot).snapshot_id
+    with session(config, read_only=True) as con:
+        query = f"DESCRIBE SELECT * FROM {LAKE}.{table} AT (VERSION => {version})"
+        return [row[0] for row in con.execute(query).fetchall()]
+
+
 def read_table(config: LakeConfig, table: str, snapshot: int | str | None = None, columns: list[str] | None = None) -> pa.Table:
     """Rows of `table` exactly as they were at a published snapshot."""
     _corpus_table(table)

@@ -63,6 +63,8 @@ def test_a_schema_1_lake_takes_a_schema_2_build(tmp_path, monkeypatch, kind, req
     assert v1b.schema_version == 2
     assert lake.read_table(store, "edit_instructions", "v1b").column("target_object").to_pylist() == [None] * 3
     assert lake.read_table(store, "edit_instructions", "v1").to_pylist() == v1_rows  # still without the column
+    assert "target_object" not in lake.table_columns(store, "edit_instructions", "v1")
+    assert lake.table_columns(store, "edit_instructions", "v1b")[-1] == "target_object"
 
     # A schema-2 build (new prompt, so new files) is refused beside schema-1 rows, and replaces them when asked.
     v2_file = lake.write_staged(store, EDIT_INSTRUCTIONS,

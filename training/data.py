@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from datasets_builder.lake import LakeConfig, open_data_file, read_data_file, read_table, resolve, table_files
+from datasets_builder.lake import (LakeConfig, open_data_file, read_data_file, read_table, resolve, table_columns,
+                                   table_files)
 from schemas.errors import Refused
 from training.config import DataConfig
 from training.questions import removal_target
@@ -94,9 +95,10 @@ class SnapshotEdits:
     def __init__(self, lake: LakeConfig, config: DataConfig):
         snapshot = resolve(lake, config.snapshot)
         self.snapshot_id = snapshot.snapshot_id
-        edits = read_table(lake, "edit_instructions", snapshot.snapshot_id)
         columns = ["proposal_id", "image_id", "edit_type", "instruction", "edited_caption", "is_valid"]
-        edits = edits.select(columns + [c for c in ("target_object",) if c in edits.column_names])
+        if "target_object" in table_columns(lake, "edit_instructions", snapshot.snapshot_id):
+            columns.append("target_object")
+        edits = read_table(lake, "edit_instructions", snapshot.snapshot_id, columns)
         if "target_object" not in edits.column_names:  # snapshots before schema version 2
             edits = edits.append_column("target_object", pa.nulls(edits.num_rows, pa.string()))
         if not config.include_invalid:
