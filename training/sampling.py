@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from training.backbones.base import Backbone, noise_to, x0_from_velocity
+from training.backbones.base import Backbone
+from training.unroll import UnrollPlan, unroll
 
 SAMPLERS = ("renoise", "euler")
 
@@ -38,22 +39,16 @@ def edit_images(
     reference_latents = backbone.encode_images(references)
     text = backbone.encode_text(instructions, num_references=1)
 
-    def noise() -> torch.Tensor:
-        sample = torch.randn(reference_latents.shape, generator=generator, dtype=reference_latents.dtype)
-        return sample.to(reference_latents.device)
-
-    x = noise()
+    x = torch.randn(reference_latents.shape, generator=generator, dtype=reference_latents.dtype)
+    x = x.to(reference_latents.device)
     times = sampling_times(backbone, num_steps).to(x.device)
+    if sampler == "renoise":  # the training unroll itself, over the whole grid
+        plan = UnrollPlan(tuple(float(t) for t in times[:-1]))
+        return backbone.decode_latents(unroll(backbone, x, text, reference_latents, plan, generator)).clamp(-1, 1)
     for t, t_next in zip(times[:-1], times[1:]):
-        t_batch = t.expand(x.shape[0])
-        v = backbone.predict_velocity(x, t_batch, text, reference=reference_latents)
-        if sampler == "euler":
-            x = x + (t_next - t) * v  # Euler step along dx/dt = v
-        else:
-            x0 = x0_from_velocity(x, t_batch, v)
-            x = noise_to(x0, noise(), t_next.expand(x.shape[0])) if t_next > 0 else x0
+        v = backbone.predict_velocity(x, t.expand(x.shape[0]), text, reference=reference_latents)
+        x = x + (t_next - t) * v  # Euler step along dx/dt = v
     return backbone.decode_latents(x).clamp(-1, 1)
-
 
 @torch.no_grad()
 def generate_images(
