@@ -54,6 +54,22 @@ def build(args: argparse.Namespace) -> int:
         quality = manifest["quality"]
         print(f"teacher: {manifest['steps']} steps, {manifest['train_minutes']} min; samples match their caption "
               f"{quality['caption_match']:.1%} (layout {quality['layout_match']:.1%})")
+    if "critic" in args.models:
+        from world.critic import train_critic
+
+        manifest = train_critic(args.out, minutes=args.minutes, seed=args.seed)
+        quality = manifest["quality"]
+        print(f"critic: {manifest['steps']} steps, {manifest['train_minutes']} min; held-out accuracy "
+              f"{quality['accuracy']:.1%} (weakest question kind {quality['weakest']:.1%})")
+    if "builder" in args.models:
+        from world.builder_vlm import train_builder
+
+        manifest = train_builder(args.out, minutes=args.minutes, seed=args.seed)
+        quality = manifest["quality"]
+        print(f"builder: {manifest['steps']} steps, {manifest['train_minutes']} min; caption match "
+              f"{quality['caption_match']:.1%}, valid proposals {quality['proposals_valid']:.1%}, validity agreement "
+              f"{quality['validity_agreement']:.1%}, edited caption match {quality['edited_caption_match']:.1%}, "
+              f"background captions hold the object {quality['background_holds_object']:.1%}")
     print(f"models in {args.out}")
     return 0
 
@@ -68,8 +84,8 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=preview)
     b = commands.add_parser("build", help="train the world's models from seeds (resumes a killed run)")
-    b.add_argument("--models", nargs="+", choices=["vae", "teacher"], default=["vae", "teacher"],
-                   help="which models, in this order (the critic and builder VLM come in a later slice)")
+    b.add_argument("--models", nargs="+", choices=["vae", "teacher", "critic", "builder"],
+                   default=["vae", "teacher", "critic", "builder"], help="which models, in this order")
     b.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per model; a rerun continues")
     b.add_argument("--out", type=Path, default=Path("world_models"))
     b.add_argument("--seed", type=int, default=0)

@@ -9,12 +9,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "schemas": {"torch", "duckdb", "polars", "dagster", "datasets_builder", "training", "model_zoo", "npedit"},
-    "model_zoo": {"dagster", "datasets_builder", "training", "npedit"},
-    "datasets_builder": {"dagster", "dagster_project", "training", "npedit"},
+    "schemas": {"torch", "duckdb", "polars", "dagster", "datasets_builder", "training", "model_zoo", "npedit", "world"},
+    "model_zoo": {"dagster", "datasets_builder", "training", "npedit", "world"},
+    "datasets_builder": {"dagster", "dagster_project", "training", "npedit", "world"},
     "training": {"dagster", "dagster_project", "npedit", "world"},
-    "dagster_project": {"training", "npedit"},
-    "world": {"dagster", "dagster_project", "datasets_builder", "npedit"},
+    "dagster_project": {"training", "npedit", "world"},
+    "world": {"dagster", "dagster_project", "npedit"},  # it uses the builder's VLM backends and the trainer as they are
 }
 
 

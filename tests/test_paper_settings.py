@@ -103,6 +103,27 @@ def test_vlm_loss_sums_the_two_questions_as_eqn_4(lake_dir, tiny_models, tmp_pat
     assert torch.allclose(per_sample, torch.tensor(expected), atol=1e-6)
 
 
+def test_without_the_identity_question_only_the_edit_question_is_asked(lake_dir, tiny_models, tmp_path):
+    config = fixture_train_config(lake_dir, tiny_models, **{"schedule.warmup_steps": 0,
+                                                            "loss.identity_question": False})
+    trainer = build_trainer(config, tmp_path)
+    batch = next(trainer.batches)
+    asked = []
+
+    class Recording(FixedCritic):
+        def answer_logits(self, groups, texts):
+            asked.extend(texts)
+            return super().answer_logits(groups, texts)
+
+    trainer.critic = Recording([(1.0, 0.0)] * 8)
+    per_sample, metrics = trainer._vlm(batch.references, batch)
+    targets = batch.target_objects or [None, None]
+    edit_questions = [[q.text for q in questions_for(t, i, o) if q.kind == "edit"]
+                      for t, i, o in zip(batch.edit_types, batch.instructions, targets)]
+    assert asked == [text for texts in edit_questions for text in texts]
+    assert set(metrics) == {"vlm/p_correct_edit"} and per_sample.shape == (2,)
+
+
 def test_the_critic_temperature_ramp_starts_at_the_first_vlm_step(lake_dir, tiny_models, tmp_path):
     config = fixture_train_config(lake_dir, tiny_models, **{"schedule.warmup_steps": 250,
                                                "loss.critic_temperature_ramp_steps": 2000})

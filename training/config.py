@@ -53,6 +53,8 @@ class LossConfig:
     # From the reference reimplementation, not the paper: the critic's logits are scaled by T rising linearly from
     # 0.1 to 1 over this many VLM steps, counted from the first step after the identity warmup. 0: T = 1 throughout.
     critic_temperature_ramp_steps: int = 0
+    # An ablation switch: False asks only the edit question (no identity-preservation question).
+    identity_question: bool = True
 
 
 @dataclass(frozen=True)

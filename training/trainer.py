@@ -156,6 +156,8 @@ class Trainer:
         targets = batch.target_objects or [None] * len(batch.instructions)
         for b, (edit_type, instruction, target) in enumerate(zip(batch.edit_types, batch.instructions, targets)):
             for question in questions_for(edit_type, instruction, target):
+                if question.kind == "identity" and not self.config.loss.identity_question:
+                    continue
                 pick = {REFERENCE: batch.references[b].to(images), OUTPUT: images[b]}
                 groups.append([pick[name] for name in question.images])
                 texts.append(question.text)

@@ -2,8 +2,8 @@
 
 - success: the output parses as a world scene and what the instruction names now holds (a removed object is gone,
   a recoloured one has its new colour at its place, ...);
-- preservation: PSNR to the source render outside the edit's mask, and whether every object the edit does not
-  touch parses unchanged;
+- preservation: PSNR to the source render outside the edit's mask (NaN for a style edit, whose mask is the whole
+  image), and whether every object the edit does not touch parses unchanged;
 - realism: the output parses as a world scene (no fragments, no pixels that no world colour explains).
 """
 
@@ -58,5 +58,5 @@ def score_edit(edit: WorldEdit, output) -> EditScore:
         kept = all(parsed.object_at(o.cell) is not None and parsed.object_at(o.cell).key() == o.key()
                    for o in untouched)
     return EditScore(success=parsed.realistic and claim_holds(edit, parsed),
-                     preservation_db=psnr(pixels, render(edit.source), where=~mask),
+                     preservation_db=psnr(pixels, render(edit.source), where=~mask) if (~mask).any() else float("nan"),
                      untouched_objects_kept=kept, realism=parsed.realistic, problems=tuple(parsed.problems))

@@ -2,7 +2,8 @@
 
 Parsing: pick the style whose palette explains the pixels best, label every pixel with its nearest palette tone,
 take the background as the most common colour, then each other colour's connected regions (after a 3x3 opening that
-drops anti-aliased fringes) are objects: shape from fill ratio and row profile, size from extent, texture from the
+drops anti-aliased fringes, and leaving out regions that are only a blend of the regions around them: soft edges)
+are objects: shape from fill ratio and row profile, size from extent, texture from the
 share of shade pixels inside, cell from the centroid.
 """
 
@@ -19,6 +20,7 @@ from world.scene import COLOURS, POSITIONS, RADIUS, SHADES, SHAPES, STYLES, Scen
 NAMES = list(COLOURS)
 UNEXPLAINED_DISTANCE = 40.0  # RGB distance beyond which no palette tone explains a pixel
 MAX_UNEXPLAINED = 0.02  # share of such pixels (off region borders) a world scene may hold
+SOFT_EDGE_MARGIN = 8.0  # how much closer to a blend of its neighbours than to its own colour an edge pixel is
 
 
 def _palette(style: str) -> np.ndarray:
@@ -112,6 +114,34 @@ def _shape(coverage: np.ndarray) -> tuple[str, float]:
     return shape, fits[shape][1]
 
 
+def _segment_residual(values: np.ndarray, tones: np.ndarray) -> np.ndarray:
+    """Per value, its distance to the nearest blend of two of the tones (a point on a segment between them)."""
+    best = np.full(len(values), np.inf)
+    for i in range(len(tones)):
+        for j in range(i, len(tones)):
+            direction = tones[j] - tones[i]
+            alpha = np.clip((values - tones[i]) @ direction / max(1e-6, direction @ direction), 0, 1)
+            best = np.minimum(best, np.linalg.norm(values - (tones[i] + alpha[:, None] * direction), axis=1))
+    return best
+
+
+def _soft_edge(pixels: np.ndarray, region: np.ndarray, family: np.ndarray, colour: int, palette: np.ndarray) -> bool:
+    """Whether a region is only the soft edge between the regions around it: most of its pixels are explained
+    better by a blend of two neighbouring tones than by its own colour, alone or blended with a neighbour (a
+    blurred boundary, not an object)."""
+    around = ndimage.binary_dilation(region, iterations=2) & ~region
+    neighbours = [int(c) for c in np.unique(family[around]) if c != colour]
+    if not neighbours:
+        return False
+    values = pixels[region]
+    others = palette[[t for n in neighbours for t in (n, n + len(NAMES))]]
+    own = palette[[colour, colour + len(NAMES)]]
+    blend = _segment_residual(values, others)
+    own_or_its_edge = np.min([_segment_residual(values, own)]
+                             + [_segment_residual(values, np.stack([o, t])) for o in own for t in others], axis=0)
+    return float(np.mean(blend + SOFT_EDGE_MARGIN < own_or_its_edge)) >= 0.6
+
+
 def _is_striped(mask_family: np.ndarray, shade: np.ndarray) -> bool:
     interior = ndimage.binary_erosion(mask_family, iterations=1)
     if interior.sum() < 4:
@@ -149,6 +179,8 @@ def parse_image(image) -> ParsedScene:
         for index in range(1, count + 1):
             core = components == index
             region = ndimage.binary_dilation(core, iterations=1) & mask
+            if _soft_edge(pixels, region, family, colour, PALETTES[style]):
+                continue
             if region.sum() < min_area:
                 if region.sum() >= 4:
                     parsed.problems.append(f"a {NAMES[colour]} fragment of {int(region.sum())} px")

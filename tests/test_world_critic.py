@@ -1,0 +1,86 @@
+"""The world critic's questions are the trainer's own and their answers are the world's truth (checked by the
+verifier, an independent reader of the images); the critic trains through the trainer's read-out and loads by path."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from training.critics import load_critic
+from training.questions import questions_for
+from world.critic import dense_labels, new_critic, train_critic, yes_no_loss
+from world.questions import KINDS, labelled_question, question_set
+from world.scene import COLOURS, random_scene, render
+from world.verify import parse_image
+
+
+def test_every_kind_is_a_trainer_question_with_balanced_answers():
+    questions = question_set(seed=3, per_kind=6)
+    assert Counter(q.kind for q in questions) == {kind: 6 for kind in KINDS}
+    assert Counter(q.answer for q in questions) == {"Yes": 48, "No": 48}
+    for q in questions:
+        asked = {x.text: x for x in questions_for(q.edit.edit_type, q.edit.instruction, q.edit.target_object)}
+        assert q.text in asked and asked[q.text].kind == q.kind.split("/")[1]
+        assert len(q.images) == len(asked[q.text].images)
+
+
+def test_answers_agree_with_the_verifier():
+    rng = random.Random(7)
+    checked = 0
+    for kind in KINDS:
+        for answer in ("Yes", "No") * 5:
+            q = labelled_question(rng, kind, augment=False, answer=answer)
+            output = parse_image(q.images[-1])
+            target, source = q.edit.target.key(), q.edit.source.key()
+            if kind == "remove/edit":  # "Does this image contain X?"
+                shape, colour = q.edit.target_object.split()[2], q.edit.target_object.split()[1]
+                assert (output.find(shape, colour) is not None) == (answer == "Yes"), q.text
+            elif kind.endswith("/edit"):
+                assert (output.realistic and output.key() == target) == (answer == "Yes"), (q.text, answer)
+            elif answer == "Yes":
+                assert output.key() in {target, source}
+            else:
+                assert not (output.realistic and output.key() in {target, source})
+            checked += 1
+    assert checked == 160
+
+
+def test_dense_labels_read_colours_and_background():
+    scene = random_scene(random.Random(2))  # one small black triangle on a red striped background
+    shares, background = dense_labels(np.asarray(render(scene), np.float32))
+    assert shares.shape == (64, 8) and background.shape == (64,)
+    assert torch.allclose(shares.sum(1), torch.ones(64))
+    black, red = list(COLOURS).index("black"), list(COLOURS).index(scene.background)
+    assert torch.equal(background, shares[:, red])
+    assert 0.2 < float(shares[:, black].max()) < 1.0 and 0.9 < float(background.mean()) < 1.0
+
+
+def test_critic_learns_through_the_trainers_readout():
+    torch.manual_seed(0)
+    critic = new_critic(seed=0)
+    critic.model.requires_grad_(True).train()
+    questions = question_set(seed=11, per_kind=1)[:8]
+    optimizer = torch.optim.Adam(critic.model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(12):
+        loss, _ = yes_no_loss(critic, questions)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_trained_critic_saves_and_loads_by_path(tmp_path):
+    manifest = train_critic(tmp_path, minutes=5, max_steps=3, eval_per_kind=2, progress=False)
+    assert manifest["steps"] == 3 and set(manifest["quality"]["per_kind"]) == set(KINDS)
+    critic = load_critic(tmp_path / "critic")
+    q = question_set(seed=1, per_kind=1)[0]
+    yes, no = critic.answer_logits([[torch.from_numpy(p / 127.5 - 1).permute(2, 0, 1).float() for p in q.images]],
+                                   [q.text])
+    assert torch.isfinite(yes).all() and torch.isfinite(no).all()

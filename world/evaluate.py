@@ -1,0 +1,108 @@
+"""Score an editor on held-out world edits with the classical verifier: per edit type, success, preservation outside
+the edit mask and realism, plus a PNG grid (input | instruction + verdict | output)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from schemas.edit_types import EDIT_TYPES
+from training.backbones.base import Backbone
+from training.sampling import edit_images
+from world.edits import WorldEdit, random_edit
+from world.scene import render
+from world.score import EditScore, score_edit
+
+EVAL_SEED = 30_000_001  # held-out edits: no corpus, critic or teacher draw comes from this stream
+
+
+@dataclass(frozen=True)
+class TypeScores:
+    """One edit type's means over its held-out edits."""
+
+    success: float
+    preservation_db: float | None  # None where no edit of the type leaves pixels outside its mask (style)
+    realism: float
+    untouched_objects_kept: float
+    n: int
+
+
+def held_out_edits(per_type: int, *, seed: int = EVAL_SEED, edit_types=EDIT_TYPES, size: int = 64) -> list[WorldEdit]:
+    """`per_type` valid edits of every type on fresh scenes, the same list for the same arguments."""
+    rng = random.Random(seed)
+    return [random_edit(rng, edit_type, size=size) for edit_type in edit_types for _ in range(per_type)]
+
+
+def _pixels(edits: list[WorldEdit]) -> torch.Tensor:
+    arrays = np.stack([np.asarray(render(e.source), np.float32) for e in edits]) / 127.5 - 1
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2)
+
+
+def run_editor(backbone: Backbone, edits: list[WorldEdit], *, num_steps: int = 4, sampler: str = "renoise",
+               seed: int = 0, batch_size: int = 16) -> torch.Tensor:
+    """The editor's outputs (N,3,H,W) in [-1, 1] for the edits' source renders and instructions."""
+    generator = torch.Generator().manual_seed(seed)
+    outputs = []
+    for start in range(0, len(edits), batch_size):
+        chunk = edits[start:start + batch_size]
+        outputs.append(edit_images(backbone, _pixels(chunk), [e.instruction for e in chunk], num_steps=num_steps,
+                                   sampler=sampler, generator=generator))
+    return torch.cat(outputs)
+
+
+def _mean(values) -> float | None:
+    """The mean of the values that are numbers (not None or NaN); None when there are none."""
+    kept = [float(v) for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def summarise(edits: list[WorldEdit], scores: list[EditScore]) -> dict[str, TypeScores]:
+    """Per edit type (and "mean": the unweighted mean over types) of the verifier's scores."""
+    table = {}
+    for edit_type in dict.fromkeys(e.edit_type for e in edits):
+        mine = [s for e, s in zip(edits, scores) if e.edit_type == edit_type]
+        table[edit_type] = TypeScores(_mean(s.success for s in mine), _mean(s.preservation_db for s in mine),
+                                      _mean(s.realism for s in mine), _mean(s.untouched_objects_kept for s in mine),
+                                      len(mine))
+    rows = list(table.values())
+    table["mean"] = TypeScores(*(_mean(getattr(r, f) for r in rows)
+                                 for f in ("success", "preservation_db", "realism", "untouched_objects_kept")),
+                               sum(r.n for r in rows))
+    return table
+
+
+def score_editor(backbone: Backbone, edits: list[WorldEdit], *, num_steps: int = 4, sampler: str = "renoise",
+                 seed: int = 0, grid: Path | None = None, grid_rows: int = 16) -> dict[str, dict]:
+    """Edit, verify and summarise; optionally write a grid of the first `grid_rows` edits spread over the types."""
+    outputs = run_editor(backbone, edits, num_steps=num_steps, sampler=sampler, seed=seed)
+    scores = [score_edit(e, o) for e, o in zip(edits, outputs)]
+    if grid is not None:
+        save_verdict_grid(edits, outputs, scores, grid, rows=grid_rows)
+    return {edit_type: asdict(s) for edit_type, s in summarise(edits, scores).items()}
+
+
+def verdict_text(edit: WorldEdit, score: EditScore) -> str:
+    verdict = "OK" if score.success else "FAIL"
+    realism = "" if score.realism else f"; not a world scene ({score.problems[0]})"
+    return f"[{edit.edit_type}] {edit.instruction}\n-> {verdict}, {score.preservation_db:.0f} dB outside{realism}"
+
+
+def save_verdict_grid(edits: list[WorldEdit], outputs: torch.Tensor, scores: list[EditScore], path: Path,
+                      rows: int = 16) -> Path:
+    """A PNG: one row per edit, round-robin over the edit types present."""
+    from PIL import Image
+
+    from training.visualize import save_edit_grid
+
+    by_type: dict[str, list[int]] = {}
+    for i, e in enumerate(edits):
+        by_type.setdefault(e.edit_type, []).append(i)
+    order = [i for group in zip(*by_type.values()) for i in group][:rows]
+    as_image = lambda t: Image.fromarray(((t.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)  # noqa: E731
+                                         .astype(np.uint8))
+    return save_edit_grid([render(edits[i].source) for i in order], [verdict_text(edits[i], scores[i]) for i in order],
+                          [as_image(outputs[i]) for i in order], path, cell=128)
