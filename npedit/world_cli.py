@@ -74,6 +74,55 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
+def experiment(args: argparse.Namespace) -> int:
+    """NP-Edit and its ablations and a supervised editor on the world, scored by the verifier; results + report."""
+    import sys
+
+    import torch
+
+    from world.experiment import VARIANTS, Experiment, run_experiment
+
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"npedit: error: unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    for needed in (args.models / "teacher", args.models / "critic", args.corpus):
+        if not needed.exists():
+            raise SystemExit(f"npedit: error: {needed} does not exist: run `npedit world build` first")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    experiment_config = Experiment(out=args.out, models=args.models, corpus=args.corpus, minutes=args.minutes,
+                                   steps=args.steps, variants=tuple(args.variants), seeds=tuple(args.seeds),
+                                   per_type=args.per_type)
+    run_experiment(experiment_config, command=" ".join(["npedit", *sys.argv[1:]]))
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
+    return 0
+
+
+def corpus(args: argparse.Namespace) -> int:
+    """Build a world corpus with the real builder (loopback images, img2dataset, the VLM stages) and print its stats."""
+    from rich.console import Console
+
+    from datasets_builder.stats import snapshot_stats
+    from npedit.corpus_cli import print_result
+    from world.corpus import build_world_corpus, corpus_summary
+
+    console = Console()
+    built = build_world_corpus(args.out, args.images, vlm=args.vlm, seed=args.seed, tag=args.tag, device=args.device,
+                               on_event=console.print)
+    for result in snapshot_stats(built.store, built.snapshot_id):
+        print_result(console, result)
+    summary = corpus_summary(built.store, built.snapshot_id)
+    new = "new snapshot" if built.metadata.get("new_snapshot", True) else "already published; nothing new"
+    print(f"snapshot {built.snapshot_id} ({new}) in {built.store.catalog}: {args.images} images in "
+          f"{built.seconds:.1f} s ({args.images / built.seconds:.1f} images/s)")
+    print("rows: " + ", ".join(f"{k} {v}" for k, v in summary["rows"].items()))
+    print("proposals per edit type: " + ", ".join(f"{k} {v}" for k, v in summary["edit_types"].items())
+          + f" (max/min {summary['max_min_ratio']}, {'balanced' if summary['balanced'] else 'UNBALANCED'})")
+    band = "in band" if summary["validity_in_band"] else "OUT OF BAND"
+    print(f"validity rate {summary['validity_rate']:.1%} ({band})")
+    return 0
+
+
 def add_world_commands(sub: argparse._SubParsersAction) -> None:
     world = sub.add_parser("world", help="the proof world: procedural scenes with computable truth")
     commands = world.add_subparsers(dest="world_command", required=True)
@@ -91,3 +140,24 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=0, help="torch threads (1 is fastest on a shared 2-core machine)")
     b.set_defaults(func=build)
+    e = commands.add_parser("experiment", help="NP-Edit vs its ablations and a supervised editor, scored by the verifier")
+    e.add_argument("--out", type=Path, required=True, help="writes results.json, report.md, grids/ and runs/ here")
+    e.add_argument("--models", type=Path, default=Path("world_models"), help="holds teacher/ and critic/")
+    e.add_argument("--corpus", type=Path, default=Path("world_corpus"), help="the world snapshot's lake")
+    e.add_argument("--minutes", type=float, default=30.0, help="the first NP-Edit run's budget; it sets every run's steps")
+    e.add_argument("--steps", type=int, default=None, help="a fixed generator-step budget instead of --minutes")
+    e.add_argument("--variants", nargs="+", default=["teacher", "np_edit", "dmd_only", "vlm_only", "no_identity",
+                                                     "supervised"])
+    e.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="for np_edit and supervised; others use the first")
+    e.add_argument("--per-type", type=int, default=25, help="held-out edits per edit type")
+    e.add_argument("--threads", type=int, default=0)
+    e.set_defaults(func=experiment)
+    c = commands.add_parser("corpus", help="build a world corpus with the real builder: loopback images, img2dataset, "
+                                           "the VLM stages answered by the world oracle or a builder VLM")
+    c.add_argument("--out", type=Path, default=Path("world_corpus"), help="images, work dir and lake (a rerun resumes)")
+    c.add_argument("--images", type=int, default=200)
+    c.add_argument("--vlm", default="oracle", help="'oracle' (the classical world oracle) or a builder VLM folder")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--tag", default=None, help="a unique name for the snapshot")
+    c.add_argument("--device", default="cpu", help="for a builder VLM: cpu or cuda")
+    c.set_defaults(func=corpus)

@@ -14,7 +14,7 @@ FORBIDDEN = {
     "datasets_builder": {"dagster", "dagster_project", "training", "npedit", "world"},
     "training": {"dagster", "dagster_project", "npedit", "world"},
     "dagster_project": {"training", "npedit", "world"},
-    "world": {"dagster", "dagster_project", "npedit"},  # it uses the builder's VLM backends and the trainer as they are
+    "world": {"dagster", "npedit"},  # it runs the builder (its VLM backends, its build) and the trainer as they are
 }
 
 

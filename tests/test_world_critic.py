@@ -12,7 +12,8 @@ import torch
 
 from training.critics import load_critic
 from training.questions import questions_for
-from world.critic import dense_labels, new_critic, train_critic, yes_no_loss
+from world.critic import new_critic, train_critic, yes_no_loss
+from world.critic_objectives import AuxiliaryObjectives, attribute_labels, change_map, dense_labels, target_map
 from world.questions import KINDS, labelled_question, question_set
 from world.scene import COLOURS, random_scene, render
 from world.verify import parse_image
@@ -57,6 +58,42 @@ def test_dense_labels_read_colours_and_background():
     black, red = list(COLOURS).index("black"), list(COLOURS).index(scene.background)
     assert torch.equal(background, shares[:, red])
     assert 0.2 < float(shares[:, black].max()) < 1.0 and 0.9 < float(background.mean()) < 1.0
+
+
+def test_change_and_target_maps_point_at_the_edit():
+    q = labelled_question(random.Random(4), "local_color_change/edit", augment=False, answer="Yes")
+    changed = change_map(q.images[0], q.images[1])
+    where = target_map(q)
+    assert changed.shape == where.shape == (16,) and changed.sum() >= 1
+    assert torch.all(changed <= where)  # a recolouring changes only blocks the recoloured object covers
+    assert change_map(q.images[0], q.images[0]).sum() == 0
+    assert target_map(labelled_question(random.Random(4), "style/edit", augment=False)) is None
+
+
+def test_attribute_labels_describe_the_edited_place_in_each_image():
+    q = labelled_question(random.Random(6), "local_color_change/edit", augment=False, answer="Yes")
+    before, after = attribute_labels(q)
+    source, target = q.edit.source.object_at(q.edit.cell), q.edit.target.object_at(q.edit.cell)
+    assert before["present"] == after["present"] == 1
+    assert list(COLOURS)[before["colour"]] == source.colour and list(COLOURS)[after["colour"]] == target.colour
+    assert before["shape"] == after["shape"]
+    removal = labelled_question(random.Random(6), "remove/edit", augment=False, answer="No")  # the object is gone
+    (shown,) = attribute_labels(removal)
+    assert shown["present"] == 0 and shown["colour"] == -100
+
+
+def test_auxiliary_heads_read_the_critics_hidden_states():
+    critic = new_critic(seed=0)
+    critic.model.requires_grad_(True).train()
+    heads = AuxiliaryObjectives(critic)
+    questions = question_set(seed=5, per_kind=1)
+    yes_no_loss(critic, questions)
+    losses = heads.loss(questions)
+    assert set(losses) == {"vision", "change", "target", "attributes"} and all(v.item() > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert critic.model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert critic.model.model.language_model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+    heads.remove_hooks()
 
 
 def test_critic_learns_through_the_trainers_readout():

@@ -223,7 +223,24 @@ def zimage_reimplementation() -> TrainConfig:
     )
 
 
-RECIPES = {"debug_tiny": debug_tiny, "zimage_paper": zimage_paper, "zimage_reimplementation": zimage_reimplementation}
+def world_cpu() -> TrainConfig:
+    """The proof world on a CPU (`npedit world build` / `npedit world experiment`): the world's teacher, critic and
+    corpus by path, 64 px, batch 8. The paper's loss weights and schedule shape, shortened: 50 identity-warmup steps,
+    200 single-step steps, then two-step unrolls; 2 fake-score updates per generator step; lr 1e-4 (Adam) for
+    models of a few million parameters."""
+    return TrainConfig(
+        model=ModelConfig(generator="world_models/teacher", critic="world_models/critic"),
+        data=DataConfig(lake_dir="world_corpus", resolution=64, batch_size=8),
+        loss=LossConfig(lambda_vlm=0.01, lambda_dmd=0.5),
+        schedule=ScheduleConfig(total_steps=600, warmup_steps=50, single_step_steps=200,
+                                fake_steps_per_generator_step=2),
+        optim=OptimConfig(lr=1e-4, fake_lr=1e-4),
+        log=LogConfig(out_dir="runs/world_cpu", log_every=10, image_every=100, checkpoint_every=100),
+    )
+
+
+RECIPES = {"debug_tiny": debug_tiny, "world_cpu": world_cpu, "zimage_paper": zimage_paper,
+           "zimage_reimplementation": zimage_reimplementation}
 
 
 def load_config(recipe: str = "debug_tiny", toml: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

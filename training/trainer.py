@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -254,10 +255,21 @@ class Trainer:
     def _micro_batches(self) -> list[EditBatch]:
         return [next(self.batches) for _ in range(self.accumulation)]
 
-    def train(self, *, until: int | None = None, progress: bool = True) -> list[dict[str, float]]:
-        """Run steps until `until` (default: the schedule's total), logging and checkpointing on cadence."""
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether `flag` holds on any rank (so every rank stops at the same step)."""
+        if not dist.is_initialized():
+            return flag
+        value = torch.tensor([float(flag)], device=self.generator.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def train(self, *, until: int | None = None, progress: bool = True,
+              seconds: float | None = None) -> list[dict[str, float]]:
+        """Run steps until `until` (default: the schedule's total) or, when given, until `seconds` have passed (then
+        checkpoint), logging and checkpointing on cadence."""
         schedule, log = self.config.schedule, self.config.log
         until = schedule.total_steps if until is None else until
+        deadline = None if seconds is None else time.monotonic() + seconds
         monitor = Monitor(self.out_dir, enabled=self.rank == 0)
         history = []
         bar = tqdm(total=until, initial=self.step, disable=not progress, desc="train", dynamic_ncols=True)
@@ -276,10 +288,13 @@ class Trainer:
                 monitor.scalars(self.step, metrics)
             if self.rank == 0 and (self.step % log.image_every == 0 or self.step == until):
                 monitor.edit_grid(self.step, batch, self.generator.decode_latents(output.samples))
-            if self.step % log.checkpoint_every == 0 or self.step == until:
+            out_of_time = deadline is not None and self._any_rank(time.monotonic() > deadline)
+            if self.step % log.checkpoint_every == 0 or self.step == until or out_of_time:
                 self.save()
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items() if k.startswith("loss/")})
             bar.update(1)
+            if out_of_time:
+                break
         bar.close()
         monitor.close(history)
         return history

@@ -2,10 +2,9 @@
 images (it stands in for a pretrained VLM's knowledge of the world; the editor itself never sees a pair).
 
 It trains through the trainer's own `QwenVLCritic.answer_logits`, so prompts, image preprocessing and the Yes/No
-read-out are the ones NP-Edit training uses. Two things speed up a VLM that starts from nothing: a dense auxiliary
-objective on the vision tower (the colours in each 8x8 block and how much of it is background, read off the
-pixels), and
-sampling question kinds in proportion to their held-out error.
+read-out are the ones NP-Edit training uses. Two things speed up a VLM that starts from nothing: dense auxiliary
+objectives (`world.critic_objectives`: perception, comparison, binding) and sampling question kinds in proportion to
+their held-out error.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from model_zoo.qwen_vl import ImageOnlyQwen2VLProcessor
 from model_zoo.tokenizer import QWEN_SPECIAL_TOKENS, build_qwen_tokenizer
 from training.critics.qwen import QwenVLCritic
 from world.budget import BudgetedRun
+from world.critic_objectives import AuxiliaryObjectives
 from world.questions import KINDS, LabelledQuestion, labelled_question, question_set
 from world.teacher import world_vocabulary
 from world.vae import invocation
@@ -69,35 +69,6 @@ def _tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels, np.float32) / 127.5 - 1).permute(2, 0, 1)
 
 
-def dense_labels(pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per 8x8 block, in merged-token order (each token's 2x2 blocks row-major): the share of its pixels in each
-    colour family (nearest palette tone, either style; small objects are a minority of any block) and the share in
-    the image's background family."""
-    flat = pixels.reshape(-1, 3).astype(np.float32)
-    tones = np.concatenate(list(PALETTES.values()))
-    distance = (tones**2).sum(1)[None] - 2 * flat @ tones.T  # squared distance, less the pixel's own norm
-    family = distance.argmin(axis=1) % len(NAMES)
-    size = pixels.shape[0]
-    n = size // BLOCK
-    one_hot = np.eye(len(NAMES), dtype=np.float32)[family].reshape(n, BLOCK, n, BLOCK, len(NAMES))
-    shares = one_hot.mean(axis=(1, 3))  # (n, n, families)
-    shares = shares.reshape(n // 2, 2, n // 2, 2, len(NAMES)).transpose(0, 2, 1, 3, 4).reshape(-1, len(NAMES))
-    background = np.bincount(family, minlength=len(NAMES)).argmax()
-    return torch.from_numpy(shares), torch.from_numpy(shares[:, background].copy())
-
-
-class DenseHead(torch.nn.Module):
-    """Reads each merged vision token's four blocks: their colour-family shares and background share."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.colour = torch.nn.Linear(width, 4 * len(NAMES))
-        self.background = torch.nn.Linear(width, 4)
-
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.colour(tokens).reshape(-1, len(NAMES)), self.background(tokens).reshape(-1)
-
-
 def yes_no_loss(critic: QwenVLCritic, questions: list[LabelledQuestion]) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of the answer between the Yes and No logits; returns it with the per-question correctness."""
     logit_yes, logit_no = critic.answer_logits([[_tensor(p) for p in q.images] for q in questions],
@@ -125,23 +96,21 @@ def evaluate_critic(critic: QwenVLCritic, questions: list[LabelledQuestion], bat
 
 
 def train_critic(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0, batch_size: int = 32,
-                 lr: float = 1e-3, dense_weight: float = 0.5, eval_every_s: float = 600, eval_per_kind: int = 24,
+                 lr: float = 1e-3, aux_weight: float = 0.5, eval_every_s: float = 600, eval_per_kind: int = 24,
                  progress: bool = True) -> dict:
     """Train (or continue) the critic under `out_dir`; writes `out_dir/critic/` (a Qwen2.5-VL checkpoint the
     trainer loads by path) and its manifest with held-out accuracy per question kind."""
     out_dir = Path(out_dir)
     critic = new_critic(seed)
     critic.model.requires_grad_(True).train()
-    head = DenseHead(VISION["out_hidden_size"])
-    params = list(critic.model.parameters()) + list(head.parameters())
+    heads = AuxiliaryObjectives(critic)
+    params = list(critic.model.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     rng = random.Random(seed)
-    run = BudgetedRun(out_dir / "critic_train_state.pt", {"critic": critic.model, "dense_head": head}, optimizer, rng,
+    run = BudgetedRun(out_dir / "critic_train_state.pt", {"critic": critic.model, "heads": heads}, optimizer, rng,
                       minutes=minutes, max_steps=max_steps, eval_every_s=eval_every_s, desc="world critic",
                       progress=progress)
     held_out = question_set(HELD_OUT_SEED, eval_per_kind)
-    vision_tokens: list[torch.Tensor] = []
-    hook = critic.model.model.visual.register_forward_hook(lambda m, i, o: vision_tokens.append(o.pooler_output))
 
     def kind_weights() -> list[float]:
         """Sample a kind in proportion to its last held-out error (uniform until the first evaluation)."""
@@ -153,25 +122,21 @@ def train_critic(out_dir: Path, *, minutes: float, max_steps: int | None = None,
             group["lr"] = lr * min(1.0, (run.step + 1) / 100)
         kinds = rng.choices(KINDS, weights=kind_weights(), k=batch_size)
         questions = [labelled_question(rng, kind) for kind in kinds]
-        vision_tokens.clear()
         answer_loss, _ = yes_no_loss(critic, questions)
-        colour_labels, background_labels = zip(*(dense_labels(p) for q in questions for p in q.images))
-        colour_logits, background_logits = head(torch.cat(vision_tokens))
-        dense_loss = (-(torch.cat(colour_labels) * colour_logits.log_softmax(-1)).sum(-1).mean()
-                      + F.binary_cross_entropy_with_logits(background_logits, torch.cat(background_labels)))
-        loss = answer_loss + dense_weight * dense_loss
+        auxiliary = heads.loss(questions)
+        loss = answer_loss + aux_weight * sum(auxiliary.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         run.after_step(answer_loss.item(), lambda: evaluate_critic(critic, held_out))
-    hook.remove()
+    heads.remove_hooks()
     facts = run.finish()
     quality = evaluate_critic(critic, question_set(HELD_OUT_SEED + 1, eval_per_kind * 2))
     save_critic(critic, out_dir / "critic")
     manifest = {"model": "critic", "architecture": "transformers Qwen2_5_VLForConditionalGeneration",
                 "text": TEXT, "vision": VISION, "seed": seed, "batch_size": batch_size, "lr": lr,
-                "dense_weight": dense_weight, **facts, "command": invocation(), "quality": quality}
+                "aux_weight": aux_weight, **facts, "command": invocation(), "quality": quality}
     (out_dir / "critic" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -31,6 +31,7 @@ class LabelledQuestion:
     text: str
     answer: str  # "Yes" or "No"
     edit: WorldEdit  # the edit the question is about
+    scenes: tuple[Scene | None, ...] = ()  # the scene each image shows (None: a ruined image)
 
 
 def _other_edit(rng: random.Random, scene: Scene, edit: WorldEdit, *, same_type: bool) -> Scene | None:
@@ -122,7 +123,8 @@ def labelled_question(rng: random.Random, kind: str, *, size: int = 64, augment:
         shown = tuple(edit.source if role == REFERENCE else output for role in question.images)
     look = (lambda x: degrade(rng, x)) if augment else (lambda x: np.asarray(render(x) if isinstance(x, Scene)
                                                                              else x, np.float32))
-    return LabelledQuestion(kind, tuple(look(x) for x in shown), question.text, answer, edit)
+    scenes = tuple(x if isinstance(x, Scene) else None for x in shown)
+    return LabelledQuestion(kind, tuple(look(x) for x in shown), question.text, answer, edit, scenes)
 
 
 def question_set(seed: int, per_kind: int, *, size: int = 64, kinds=KINDS) -> list[LabelledQuestion]:

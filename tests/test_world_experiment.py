@@ -1,0 +1,48 @@
+"""The world experiment runs every kind of variant end to end on smoke-trained world models and a fixture snapshot,
+writes results.json with the contract's fields and a report, and a rerun resumes instead of training again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schemas.edit_types import EDIT_TYPES
+from snapshot_fixture import write_fixture_snapshot
+from world.critic import train_critic
+from world.experiment import Experiment, run_experiment
+from world.teacher import train_teacher
+from world.vae import train_vae
+
+
+@pytest.fixture(scope="module")
+def smoke_world_models(tmp_path_factory):
+    models = tmp_path_factory.mktemp("world_models")
+    train_vae(models, minutes=5, max_steps=2, eval_scenes=8, progress=False)
+    train_teacher(models, models / "vae", minutes=5, max_steps=2, eval_samples=2, progress=False)
+    train_critic(models, minutes=5, max_steps=1, eval_per_kind=1, progress=False)
+    return models
+
+
+@pytest.mark.slow
+def test_experiment_writes_results_and_report_and_resumes(smoke_world_models, tmp_path):
+    lake = tmp_path / "lake"
+    write_fixture_snapshot(lake)
+    experiment = Experiment(out=tmp_path / "exp", models=smoke_world_models, corpus=lake, steps=2, per_type=1,
+                            variants=("teacher", "np_edit", "supervised"), seeds=(0, 1))
+    logged = []
+    results = run_experiment(experiment, command="npedit world experiment --steps 2", log=logged.append)
+    runs = {(r["variant"], r["seed"]) for r in results["runs"]}
+    assert runs == {("np_edit", 0), ("np_edit", 1), ("teacher", 0), ("supervised", 0), ("supervised", 1)}
+    for run in results["runs"]:
+        assert set(run["scores"]) == {*EDIT_TYPES, "mean"}
+        assert set(run["scores"]["remove"]) >= {"success", "preservation_db", "realism", "n"}
+        assert run["steps"] == (0 if run["variant"] == "teacher" else 2)
+    assert results["models"]["critic"]["steps"] == 1
+    report = (tmp_path / "exp" / "report.md").read_text()
+    assert "| np_edit | 2 | 2 |" in report and (tmp_path / "exp" / "grids" / "supervised_seed1.png").exists()
+    saved = json.loads((tmp_path / "exp" / "results.json").read_text())
+    assert len(saved["runs"]) == 5
+    logged.clear()
+    run_experiment(experiment, log=logged.append)  # everything is done: nothing trains again
+    assert logged == []

@@ -1,0 +1,118 @@
+"""`npedit world experiment`: NP-Edit on the world beside its ablations and a supervised editor, all from the same
+teacher and snapshot at equal generator steps, scored per edit type by the classical verifier.
+
+The first NP-Edit run gets the time budget; the steps it reaches are every other variant's budget. Results are
+written after every run (a rerun skips the runs already in `results.json`), then `report.md`, a verdict grid per run
+and loss curves.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.backbones import ZImageBackbone
+from training.config import load_config
+from training.monitor import plot_loss_curves
+from training.run import build_trainer, resolved_for
+from world.evaluate import held_out_edits, score_editor
+from world.report import model_quality, write_report
+from world.supervised import train_supervised
+
+VARIANTS: dict[str, dict | str] = {
+    "teacher": "no training: the teacher-initialised editor",
+    "np_edit": {},
+    "dmd_only": {"loss.lambda_vlm": 0.0},
+    "vlm_only": {"loss.lambda_dmd": 0.0},
+    "no_identity": {"loss.identity_question": False},
+    "supervised": "flow matching on the world's rendered pairs",
+}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    out: Path
+    models: Path = Path("world_models")  # teacher/ and critic/
+    corpus: Path = Path("world_corpus")  # the snapshot's lake
+    minutes: float = 30.0  # the first NP-Edit run's budget; it sets every run's steps
+    steps: int | None = None  # a fixed step budget instead of minutes
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    seeds: tuple[int, ...] = (0, 1)
+    seeds_for: tuple[str, ...] = ("np_edit", "supervised")  # the others run the first seed only
+    per_type: int = 25  # held-out edits per type
+    sampling_steps: int = 4
+    overrides: dict = field(default_factory=dict)  # extra config overrides for every NP-Edit run
+
+    def runs(self) -> list[tuple[str, int]]:
+        order = ["np_edit"] + [v for v in self.variants if v != "np_edit"]  # np_edit first: it sets the steps
+        return [(v, s) for v in order if v in self.variants
+                for s in (self.seeds if v in self.seeds_for else self.seeds[:1])]
+
+
+def _config(experiment: Experiment, variant: str, seed: int, out_dir: Path, steps: int | None):
+    """The world_cpu recipe with the world's paths; a short step budget shortens the warmup and one-step phases."""
+    overrides = {"model.generator": str(experiment.models / "teacher"), "model.critic": str(experiment.models / "critic"),
+                 "data.lake_dir": str(experiment.corpus), "log.out_dir": str(out_dir), "seed": seed,
+                 "schedule.total_steps": steps or 100_000}
+    recipe = load_config("world_cpu").schedule
+    if steps is not None:
+        overrides["schedule.warmup_steps"] = max(1, min(recipe.warmup_steps, steps // 12))
+        overrides["schedule.single_step_steps"] = min(recipe.single_step_steps, steps // 3)
+    return resolved_for(load_config("world_cpu", overrides={**overrides, **experiment.overrides,
+                                                             **VARIANTS[variant]}), 1)
+
+
+def _train_np_edit(experiment: Experiment, variant: str, seed: int, out_dir: Path, steps: int | None):
+    """Train one NP-Edit variant for `steps` (or, when None, for the time budget); the editor and its facts."""
+    config = _config(experiment, variant, seed, out_dir, steps)
+    trainer = build_trainer(config, out_dir)
+    trainer.resume()
+    start = time.monotonic()
+    trainer.train(progress=False, seconds=None if steps else experiment.minutes * 60)
+    return trainer.generator, {"steps": trainer.step, "train_minutes": round((time.monotonic() - start) / 60, 2)}
+
+
+def run_one(experiment: Experiment, variant: str, seed: int, steps: int | None) -> dict:
+    """Train (unless the variant is the untrained teacher) and score one run."""
+    out_dir = experiment.out / "runs" / f"{variant}_seed{seed}"
+    if variant == "teacher":
+        editor, facts = ZImageBackbone.from_pretrained(experiment.models / "teacher"), {"steps": 0, "train_minutes": 0}
+    elif variant == "supervised":
+        start = time.monotonic()
+        editor, history = train_supervised(experiment.models / "teacher", out_dir, steps=steps, seed=seed,
+                                           progress=False)
+        plot_loss_curves(history, out_dir / "loss_curves.png")
+        facts = {"steps": steps, "train_minutes": round((time.monotonic() - start) / 60, 2)}
+    else:
+        editor, facts = _train_np_edit(experiment, variant, seed, out_dir, steps)
+    edits = held_out_edits(experiment.per_type)
+    scores = score_editor(editor, edits, num_steps=experiment.sampling_steps, seed=seed,
+                          grid=experiment.out / "grids" / f"{variant}_seed{seed}.png")
+    return {"variant": variant, "seed": seed, **facts, "scores": scores}
+
+
+def run_experiment(experiment: Experiment, *, command: str = "", log=print) -> dict:
+    """Every run of the experiment (resuming from `results.json`), then the report."""
+    experiment.out.mkdir(parents=True, exist_ok=True)
+    path = experiment.out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {"command": command, "runs": []}
+    results.setdefault("models", model_quality(experiment.models))
+    done = {(r["variant"], r["seed"]) for r in results["runs"]}
+    steps = experiment.steps or next((r["steps"] for r in results["runs"] if r["variant"] == "np_edit"), None)
+    if steps is None and "np_edit" not in experiment.variants:
+        raise ValueError("without the np_edit run, give the step budget (--steps)")
+    for variant, seed in experiment.runs():
+        if (variant, seed) in done:
+            continue
+        log(f"{variant} seed {seed}: " + ("untrained" if variant == "teacher" else f"{steps} steps" if steps
+                                          else f"{experiment.minutes} min"))
+        run = run_one(experiment, variant, seed, steps)
+        steps = steps or run["steps"]  # the first NP-Edit run, on the time budget, sets every run's steps
+        mean = run["scores"]["mean"]
+        log(f"{variant} seed {seed}: {run['steps']} steps, success {mean['success']:.1%}, realism {mean['realism']:.1%}")
+        results["runs"].append(run)
+        path.write_text(json.dumps(results, indent=2))
+    write_report(results, experiment.out)
+    return results

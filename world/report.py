@@ -1,0 +1,128 @@
+"""The world experiment's report: tables (mean over seeds, with the spread), a success-per-type plot, the paper's
+expected pattern checked against what was measured, and the models' own quality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from schemas.edit_types import EDIT_TYPES
+
+GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
+
+
+def model_quality(models: Path) -> dict:
+    """Each world model's measured quality, from its manifest."""
+    found = {}
+    for name in ("vae", "teacher", "critic", "builder"):
+        path = Path(models) / name / "manifest.json"
+        if path.exists():
+            manifest = json.loads(path.read_text())
+            found[name] = {"quality": manifest.get("quality"), "steps": manifest.get("steps"),
+                           "train_minutes": manifest.get("train_minutes")}
+    return found
+
+
+def _by_variant(results: dict) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = {}
+    for run in results["runs"]:
+        grouped.setdefault(run["variant"], []).append(run)
+    return grouped
+
+
+def _stat(runs: list[dict], edit_type: str, metric: str) -> tuple[float | None, float | None]:
+    values = [r["scores"][edit_type][metric] for r in runs if edit_type in r["scores"]
+              and r["scores"][edit_type][metric] is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else None
+
+
+def _cell(mean: float | None, spread: float | None, percent: bool) -> str:
+    if mean is None:
+        return "n/a"
+    text = f"{mean:.0%}" if percent else f"{mean:.1f}"
+    return text + ("" if spread is None else (f" ± {spread:.0%}" if percent else f" ± {spread:.1f}"))
+
+
+def expected_pattern(grouped: dict[str, list[dict]]) -> list[str]:
+    """The paper's pattern, each line stating what was measured (only for the variants that ran)."""
+    def mean(variant: str, edit_type: str, metric: str) -> float | None:
+        return _stat(grouped[variant], edit_type, metric)[0] if variant in grouped else None
+
+    checks = [
+        ("DMD only fails at removal", "dmd_only", "np_edit", "remove", "success", "<"),
+        ("VLM only loses realism", "vlm_only", "np_edit", "mean", "realism", "<"),
+        ("without the identity question, preservation drops", "no_identity", "np_edit", "mean", "preservation_db", "<"),
+        ("NP-Edit is close to the supervised editor (success)", "np_edit", "supervised", "mean", "success", "~"),
+    ]
+    lines = []
+    for claim, variant, reference, edit_type, metric, relation in checks:
+        a, b = mean(variant, edit_type, metric), mean(reference, edit_type, metric)
+        if a is None or b is None:
+            continue
+        holds = a < b if relation == "<" else abs(a - b) <= 0.1 * max(abs(b), 1e-9) + 0.05
+        lines.append(f"- {claim}: {variant} {a:.3g} vs {reference} {b:.3g} ({edit_type} {metric}): "
+                     f"**{'seen' if holds else 'not seen'}**")
+    return lines
+
+
+def plot_success(grouped: dict[str, list[dict]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    types = [t for t in EDIT_TYPES if any(t in r["scores"] for runs in grouped.values() for r in runs)]
+    width = 0.8 / max(1, len(grouped))
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    for i, (variant, runs) in enumerate(grouped.items()):
+        means = [_stat(runs, t, "success")[0] or 0.0 for t in types]
+        ax.bar(np.arange(len(types)) + i * width, means, width, label=variant)
+    ax.set_xticks(np.arange(len(types)) + 0.4 - width / 2, [t.replace("_", "\n") for t in types], fontsize=8)
+    ax.set_ylabel("verifier success")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict, out: Path) -> Path:
+    """`out/report.md` and `out/success_per_type.png` from `results` (what `results.json` holds)."""
+    grouped = _by_variant(results)
+    lines = ["# NP-Edit in the proof world", "",
+             f"Regenerate: `{results.get('command') or 'npedit world experiment'}`", "",
+             "Scores are the classical verifier's on held-out world edits: success (what the instruction names now "
+             "holds), preservation (PSNR outside the edit mask; n/a for style), realism (the output parses as a world "
+             f"scene). Goal: success >= {GOAL['success']:.0%}, preservation >= {GOAL['preservation_db']:.0f} dB, "
+             f"realism >= {GOAL['realism']:.0%}.", "",
+             "| variant | seeds | generator steps | train min | success | preservation (dB) | realism |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for variant, runs in grouped.items():
+        lines.append(f"| {variant} | {len(runs)} | {runs[0]['steps']} | {np.mean([r['train_minutes'] for r in runs]):.1f} | "
+                     f"{_cell(*_stat(runs, 'mean', 'success'), True)} | "
+                     f"{_cell(*_stat(runs, 'mean', 'preservation_db'), False)} | "
+                     f"{_cell(*_stat(runs, 'mean', 'realism'), True)} |")
+    types = [t for t in EDIT_TYPES if any(t in r["scores"] for r in results["runs"])]
+    lines += ["", "Success per edit type:", "", "| variant | " + " | ".join(types) + " |",
+              "|---|" + "---:|" * len(types)]
+    for variant, runs in grouped.items():
+        lines.append(f"| {variant} | " + " | ".join(_cell(*_stat(runs, t, "success"), True) for t in types) + " |")
+    pattern = expected_pattern(grouped)
+    if pattern:
+        lines += ["", "The paper's pattern, as measured here:", "", *pattern]
+    if results.get("models"):
+        lines += ["", "The world models these runs start from (their manifests):", ""]
+        for name, facts in results["models"].items():
+            lines.append(f"- {name}: {facts['steps']} steps, {facts['train_minutes']} min; "
+                         f"`{json.dumps(facts['quality'])[:300]}`")
+    lines += ["", "![success per edit type](success_per_type.png)", "",
+              "Grids (input | instruction + verdict | output) are in `grids/`, loss curves in `runs/*/`."]
+    plot_success(grouped, out / "success_per_type.png")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
