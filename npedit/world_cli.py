@@ -33,43 +33,45 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summaries() -> dict[str, tuple]:
+    """Per world model: how to train it (out_dir, minutes, seed) and the one line that states its quality."""
+    from world.builder_vlm import train_builder
+    from world.critic import train_critic
+    from world.teacher import train_teacher
+    from world.vae import train_vae
+
+    def teacher(out: Path, minutes: float, seed: int) -> dict:
+        if not (out / "vae").exists():
+            raise SystemExit(f"npedit: error: the teacher needs a world VAE in {out / 'vae'}: build it first")
+        return train_teacher(out, out / "vae", minutes=minutes, seed=seed)
+
+    return {
+        "vae": (lambda out, minutes, seed: train_vae(out, minutes=minutes, seed=seed),
+                lambda q: f"held-out PSNR {q['psnr_db']:.1f} dB, the verifier parses {q['parse_rate']:.1%} of "
+                          "reconstructions"),
+        "teacher": (teacher, lambda q: f"samples match their caption {q['caption_match']:.1%} "
+                                       f"(layout {q['layout_match']:.1%})"),
+        "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed),
+                   lambda q: f"held-out accuracy {q['accuracy']:.1%} (weakest question kind {q['weakest']:.1%})"),
+        "builder": (lambda out, minutes, seed: train_builder(out, minutes=minutes, seed=seed),
+                    lambda q: f"caption match {q['caption_match']:.1%}, valid proposals {q['proposals_valid']:.1%}, "
+                              f"validity agreement {q['validity_agreement']:.1%}, edited caption match "
+                              f"{q['edited_caption_match']:.1%}, background captions hold the object "
+                              f"{q['background_holds_object']:.1%}"),
+    }
+
+
 def build(args: argparse.Namespace) -> int:
     """Train the world's models from seeds, each under a time budget (resumable), each with a manifest of its quality."""
     import torch
 
-    from world.teacher import train_teacher
-    from world.vae import train_vae
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    if "vae" in args.models:
-        manifest = train_vae(args.out, minutes=args.minutes, seed=args.seed)
-        quality = manifest["quality"]
-        print(f"vae: {manifest['steps']} steps, {manifest['train_minutes']} min; held-out PSNR "
-              f"{quality['psnr_db']:.1f} dB, the verifier parses {quality['parse_rate']:.1%} of reconstructions")
-    if "teacher" in args.models:
-        if not (args.out / "vae").exists():
-            raise SystemExit(f"npedit: error: the teacher needs a world VAE in {args.out / 'vae'}: build it first")
-        manifest = train_teacher(args.out, args.out / "vae", minutes=args.minutes, seed=args.seed)
-        quality = manifest["quality"]
-        print(f"teacher: {manifest['steps']} steps, {manifest['train_minutes']} min; samples match their caption "
-              f"{quality['caption_match']:.1%} (layout {quality['layout_match']:.1%})")
-    if "critic" in args.models:
-        from world.critic import train_critic
-
-        manifest = train_critic(args.out, minutes=args.minutes, seed=args.seed)
-        quality = manifest["quality"]
-        print(f"critic: {manifest['steps']} steps, {manifest['train_minutes']} min; held-out accuracy "
-              f"{quality['accuracy']:.1%} (weakest question kind {quality['weakest']:.1%})")
-    if "builder" in args.models:
-        from world.builder_vlm import train_builder
-
-        manifest = train_builder(args.out, minutes=args.minutes, seed=args.seed)
-        quality = manifest["quality"]
-        print(f"builder: {manifest['steps']} steps, {manifest['train_minutes']} min; caption match "
-              f"{quality['caption_match']:.1%}, valid proposals {quality['proposals_valid']:.1%}, validity agreement "
-              f"{quality['validity_agreement']:.1%}, edited caption match {quality['edited_caption_match']:.1%}, "
-              f"background captions hold the object {quality['background_holds_object']:.1%}")
+    summaries = _summaries()
+    for name in args.models:
+        train, summary = summaries[name]
+        manifest = train(args.out, args.minutes, args.seed)
+        print(f"{name}: {manifest['steps']} steps, {manifest['train_minutes']} min; {summary(manifest['quality'])}")
     print(f"models in {args.out}")
     return 0
 

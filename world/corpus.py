@@ -12,9 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,10 +23,10 @@ import polars as pl
 from datasets_builder import lake, quality
 from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig
 from datasets_builder.fetch import FetchConfig
-from datasets_builder.loopback import QuietHandler
+from datasets_builder.loopback import QuietHandler, serving
 from schemas.errors import ConfigError
 from world.builder_answers import scene_caption
-from world.oracle import ORACLE_MODEL, LoopbackServer, serve_oracle
+from world.oracle import ORACLE_MODEL, serve_oracle
 from world.scene import Scene, object_centric_scene, random_scene, render
 
 # One object-centric scene, then ordinary random scenes of 1, 2, 3, 2, 3 objects: a third of the scenes cannot take an
@@ -63,21 +62,13 @@ def write_images(folder: Path, scenes: list[Scene], seed: int) -> list[tuple[str
     return listed
 
 
-@contextlib.contextmanager
-def serve_folder(folder: Path, port: int = 0) -> Iterator[str]:
-    """Serve `folder` on loopback at `port` (0: a free one) for the block; yields the base URL."""
-    handler = functools.partial(QuietHandler, directory=str(folder))
+def serve_folder(folder: Path, port: int = 0):
+    """Serve `folder` on loopback at `port` (0: a free one) for a `with` block, which gets the base URL."""
     try:
-        server = LoopbackServer(("127.0.0.1", port), handler)
+        return serving(functools.partial(QuietHandler, directory=str(folder)), port)
     except OSError as error:
         raise ConfigError(f"cannot serve the world images on 127.0.0.1:{port}, the port of this corpus's URL list "
                           f"({error}); free the port or build into a new --out") from None
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _recorded_port(urls: Path) -> int:

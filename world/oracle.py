@@ -21,7 +21,6 @@ import json
 import random
 import re
 import string
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from datasets_builder.loopback import serving
 from datasets_builder.vlm.prompts import PROMPTS
 from schemas import VlmStage
 from schemas.errors import ConfigError
@@ -285,25 +285,12 @@ def _handler(oracle: WorldOracle) -> type[http.server.BaseHTTPRequestHandler]:
     return ChatCompletions
 
 
-class LoopbackServer(http.server.ThreadingHTTPServer):
-    """A threading server whose listen queue takes a client's burst of parallel requests (the stdlib's holds 5)."""
-
-    request_queue_size = 128
-    daemon_threads = True
-
-
 @contextlib.contextmanager
 def serve_oracle(oracle: WorldOracle = WorldOracle()) -> Iterator[str]:
     """The oracle on a free loopback port for the duration of the block; yields the base URL (…/v1)."""
-    server = LoopbackServer(("127.0.0.1", 0), _handler(oracle))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_handler(oracle)) as url:
+        yield f"{url}/v1"
 
 
-__all__ = ["ORACLE_MODEL", "LoopbackServer", "WorldOracle", "invalid_instruction", "judge", "read_instruction",
+__all__ = ["ORACLE_MODEL", "WorldOracle", "invalid_instruction", "judge", "read_instruction",
            "read_scene", "recognise", "serve_oracle"]
