@@ -40,12 +40,17 @@ class VlmConfig:
     top_p: float = 1.0
     seed: int = 0
     base_url: str = "http://127.0.0.1:8000/v1"  # for backend = "openai" (a `vllm serve` endpoint)
+    # backend = "openai": requests kept open at once; the runner hands the backend at least this many per call, so a
+    # server that batches 256 sequences stays full (the old thread pool held 16 at most).
+    max_in_flight: int = 256
 
     def __post_init__(self):
         if self.backend not in ("transformers", "vllm", "openai"):
             raise ConfigError(f"vlm.backend must be transformers, vllm or openai, not {self.backend!r}")
         if self.batch_size < 1:
             raise ConfigError("vlm.batch_size must be at least 1")
+        if self.max_in_flight < 1:
+            raise ConfigError("vlm.max_in_flight must be at least 1")
 
 
 @dataclass(frozen=True)

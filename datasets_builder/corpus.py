@@ -140,15 +140,16 @@ class Corpus:
     def runner(self) -> VlmRunner:
         vlm = self.config.vlm
         model = vlm.model or str(_tiny_vlm_path())
-        key = (vlm.backend, model, vlm.base_url)
+        key = (vlm.backend, model, vlm.base_url, vlm.max_in_flight)
         if key not in _BACKENDS:
-            options = {"base_url": vlm.base_url} if vlm.backend == "openai" else {}
+            options = {"base_url": vlm.base_url, "max_in_flight": vlm.max_in_flight} if vlm.backend == "openai" else {}
             if vlm.backend == "transformers":
                 options = {"device": vlm.device, "dtype": vlm.dtype}
             _BACKENDS[key] = make_backend(vlm.backend, model, **options)
         sampling = SamplingParams(temperature=vlm.temperature, top_p=vlm.top_p, seed=vlm.seed)
         cache = ResponseCache(self.work_dir / "vlm_cache.sqlite")
-        return VlmRunner(_BACKENDS[key], cache, sampling=sampling, batch_size=vlm.batch_size)
+        batch_size = max(vlm.batch_size, vlm.max_in_flight) if vlm.backend == "openai" else vlm.batch_size
+        return VlmRunner(_BACKENDS[key], cache, sampling=sampling, batch_size=batch_size)
 
     def stage_fingerprint(self, stage: VlmStage, runner: VlmRunner) -> str:
         """Names a stage's output files: model, prompt version, sampling, and the fingerprints of its inputs."""

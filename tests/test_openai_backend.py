@@ -10,6 +10,7 @@ import base64
 import http.server
 import json
 import threading
+import time
 
 import pytest
 
@@ -71,3 +72,40 @@ def test_unreachable_endpoint_fails_after_retries(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         runner.run(PROMPTS[VlmStage.CAPTION], [PromptInput("a", (SAMPLES / "coffee.jpg").read_bytes())])
     assert runner.stats.retries == 1
+
+
+def _requests(n: int) -> list[VlmRequest]:
+    return [VlmRequest(bytes([i % 256]) * 64, f"request {i}", {"type": "object"}, 8) for i in range(n)]
+
+
+def test_openai_backend_keeps_its_window_of_requests_in_flight():
+    from benchmarks.bench_vlm_server import LoadTestServer
+    from datasets_builder.loopback import serving
+
+    server = LoadTestServer(latency_s=0.3, capacity=1000, answer='{"caption": "x"}')
+    with serving(server.handler()) as url:
+        backend = OpenAICompatibleBackend("m", f"{url}/v1", max_in_flight=40)
+        started = time.perf_counter()
+        answers = backend.generate(_requests(120), SamplingParams())
+        seconds = time.perf_counter() - started
+    assert answers == ['{"caption": "x"}'] * 120 and server.served == 120
+    assert server.peak == 40  # never more than the window, and the window is filled
+    assert seconds < 0.3 * 120 / 40 * 2.5  # three waves of 40, not 120 one by one (36 s) or 8 at a time
+
+
+def test_openai_backend_retries_overload_and_reports_what_is_not_retryable():
+    from benchmarks.bench_vlm_server import LoadTestServer
+    from datasets_builder.loopback import serving
+
+    server = LoadTestServer(latency_s=0.0, capacity=10, answer="{}", fail_first=6, status=503)
+    with serving(server.handler()) as url:
+        backend = OpenAICompatibleBackend("m", f"{url}/v1", max_in_flight=4, backoff_s=0.01)
+        assert backend.generate(_requests(5), SamplingParams()) == ["{}"] * 5
+    assert server.failed == 6 and server.served == 5
+    refusing = LoadTestServer(latency_s=0.0, capacity=10, answer="{}", fail_first=10**6, status=400)
+    with serving(refusing.handler()) as url:
+        with pytest.raises(RuntimeError, match="HTTP 400"):
+            OpenAICompatibleBackend("m", f"{url}/v1", backoff_s=0.01).generate(_requests(1), SamplingParams())
+    with pytest.raises(OSError, match="127.0.0.1:9"):  # nothing listens on the discard port
+        OpenAICompatibleBackend("m", "http://127.0.0.1:9/v1", max_attempts=2, backoff_s=0.01).generate(
+            _requests(1), SamplingParams())

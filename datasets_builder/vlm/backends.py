@@ -6,10 +6,11 @@ vLLM itself uses), structured outputs for vLLM and for a `vllm serve` endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
 import json
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -163,19 +164,34 @@ class VllmBackend:
         return [o.outputs[0].text for o in outputs]
 
 
+RETRYABLE_STATUS = (408, 429, 500, 502, 503, 504)
+POOL_CONNECTIONS = 16  # per HTTP client of the OpenAI-compatible backend
+
+
 class OpenAICompatibleBackend:
-    """A `vllm serve` (or any OpenAI-compatible) chat endpoint, with the JSON schema as response_format."""
+    """A `vllm serve` (or any OpenAI-compatible) chat endpoint, with the JSON schema as response_format.
+
+    Requests stream through one pooled async HTTP client with up to `max_in_flight` of them open at any moment (a
+    server batches what it is given: 8 at a time left a 256-wide server idle). Overload answers (429, 503, ...) and
+    dropped connections are retried with exponential backoff, honouring `Retry-After`; a request that still fails
+    raises, and the runner retries its batch."""
 
     name = "openai"
 
-    def __init__(self, model: str, base_url: str, *, api_key: str = "EMPTY", timeout_s: float = 120.0):
+    def __init__(self, model: str, base_url: str, *, api_key: str = "EMPTY", timeout_s: float = 120.0,
+                 max_in_flight: int = 256, max_attempts: int = 5, backoff_s: float = 0.5):
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self.model_id = model
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = timeout_s
+        self.max_in_flight = max_in_flight
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
 
-    def _one(self, request: VlmRequest, sampling: SamplingParams) -> str:
-        body = {
+    def _body(self, request: VlmRequest, sampling: SamplingParams) -> dict[str, Any]:
+        return {
             "model": self.model_id,
             "messages": [{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": _data_url(request.image)}},
@@ -186,19 +202,52 @@ class OpenAICompatibleBackend:
             "max_tokens": request.max_new_tokens,
             "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": request.json_schema}},
         }
-        http = urllib.request.Request(
-            f"{self.base_url}/chat/completions",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
-        )
-        with urllib.request.urlopen(http, timeout=self.timeout_s) as response:
-            return json.loads(response.read())["choices"][0]["message"]["content"]
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        try:
+            return float(retry_after) if retry_after is not None else self.backoff_s * 2 ** (attempt - 1)
+        except ValueError:  # an HTTP date: back off as usual
+            return self.backoff_s * 2 ** (attempt - 1)
+
+    async def _one(self, client, gate: asyncio.Semaphore, request: VlmRequest, sampling: SamplingParams) -> str:
+        import httpx
+
+        async with gate:
+            for attempt in range(1, self.max_attempts + 1):
+                last = attempt == self.max_attempts
+                try:
+                    response = await client.post("/chat/completions", json=self._body(request, sampling))
+                except httpx.TransportError as exc:  # refused, reset, timed out
+                    if last:
+                        raise OSError(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
+                    await asyncio.sleep(self._delay(attempt, None))
+                    continue
+                if response.status_code in RETRYABLE_STATUS and not last:
+                    await asyncio.sleep(self._delay(attempt, response.headers.get("Retry-After")))
+                    continue
+                if response.status_code != 200:
+                    raise RuntimeError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:200]}")
+                return response.json()["choices"][0]["message"]["content"]
+        raise AssertionError("unreachable")
+
+    async def _all(self, requests: list[VlmRequest], sampling: SamplingParams) -> list[str]:
+        import httpx
+
+        # Several small connection pools: httpcore's pool does work per open connection on every request event, so one
+        # pool of 256 connections spent ~20 ms of CPU per request; pools of 16 keep it near 1 ms.
+        size = min(POOL_CONNECTIONS, self.max_in_flight)
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(httpx.AsyncClient(
+                base_url=self.base_url, headers=headers, timeout=self.timeout_s, limits=limits))
+                for _ in range(-(-self.max_in_flight // size))]
+            gate = asyncio.Semaphore(self.max_in_flight)
+            return list(await asyncio.gather(*(self._one(clients[i % len(clients)], gate, r, sampling)
+                                               for i, r in enumerate(requests))))
 
     def generate(self, requests: list[VlmRequest], sampling: SamplingParams) -> list[str]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=min(16, len(requests) or 1)) as pool:
-            return list(pool.map(lambda r: self._one(r, sampling), requests))
+        return asyncio.run(self._all(requests, sampling)) if requests else []
 
 
 def make_backend(kind: str, model: str | Path, **options: Any) -> VlmBackend:

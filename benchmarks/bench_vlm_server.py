@@ -1,0 +1,154 @@
+"""Builder throughput against an OpenAI-compatible server: requests/s achieved against the server's capacity.
+
+A LOAD TEST, not a quality test: the loopback server stands in for `vllm serve`. It answers every chat request
+with a fixed valid JSON after `--latency` seconds, at most `--capacity` at once (more wait in its queue, as
+sequences wait for a slot in a vLLM batch). Requests carry realistic ~300 KB photos. The builder side is the real
+one: `VlmRunner` + `OpenAICompatibleBackend`, with the answer cache.
+
+    .venv/bin/python -m benchmarks.bench_vlm_server --requests 2000 --latency 1 --capacity 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import io
+import json
+import multiprocessing
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from datasets_builder.loopback import serving
+from datasets_builder.vlm import PROMPTS, PromptInput, ResponseCache, VlmRunner
+from datasets_builder.vlm.backends import OpenAICompatibleBackend
+from schemas import VlmStage
+
+REQUESTS_PER_IMAGE = 7.5  # measured on the builder's stages (caption, propose, 4 validations, object, background)
+
+
+class LoadTestServer:
+    """Chat completions after a fixed latency with bounded concurrency; counts what it saw."""
+
+    def __init__(self, latency_s: float, capacity: int, answer: str, fail_first: int = 0, status: int = 503):
+        self.latency_s, self.answer = latency_s, answer
+        self.slots = threading.Semaphore(capacity)
+        self.lock = threading.Lock()
+        self.open = self.peak = self.served = 0
+        self.fail_first, self.status, self.failed = fail_first, status, 0
+
+    def handler(self):
+        server = self
+
+        class ChatCompletions(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: the client reuses its connections
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # the counters, for a client in another process
+                stats = {"peak": server.peak, "served": server.served, "refused": server.failed}
+                self._send(200, json.dumps(stats).encode(), {"Content-Type": "application/json"})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                with server.lock:
+                    server.open += 1
+                    server.peak = max(server.peak, server.open)
+                    refuse = server.failed < server.fail_first
+                    server.failed += refuse
+                try:
+                    if refuse:
+                        self._send(server.status, b"overloaded", {"Retry-After": "0"})
+                        return
+                    with server.slots:
+                        time.sleep(server.latency_s)
+                    payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": server.answer}}]}
+                    self._send(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+                    with server.lock:
+                        server.served += 1
+                finally:
+                    with server.lock:
+                        server.open -= 1
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str]):
+                self.send_response(status)
+                for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+        return ChatCompletions
+
+
+def photo(seed: int, target_kb: int = 300) -> bytes:
+    """A JPEG of about `target_kb` KB: smooth gradients plus grain, like a phone photo after upload."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:768, 0:1024] / 1024
+    base = np.stack([np.sin(6 * x + seed), np.cos(5 * y - seed), np.sin(3 * (x + y))], axis=2) * 80 + 128
+    pixels = np.clip(base + rng.normal(0, 18, base.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def _serve(latency_s: float, capacity: int, answer: str, ports) -> None:
+    """The load-test server in its own process (so the builder's CPU time is the builder's alone)."""
+    server = LoadTestServer(latency_s, capacity, answer)
+    with serving(server.handler()) as url:
+        ports.put(url)
+        threading.Event().wait()
+
+
+def run(requests: int, latency_s: float, capacity: int, max_in_flight: int, photos: int = 16) -> dict:
+    """Push `requests` distinct caption requests through the runner; throughput, peak in flight, CPU per request."""
+    answer = json.dumps({"caption": "a photo used for a load test"})
+    ports = multiprocessing.Queue()
+    process = multiprocessing.Process(target=_serve, args=(latency_s, capacity, answer, ports), daemon=True)
+    process.start()
+    url = ports.get(timeout=60)
+    images = [photo(i) for i in range(photos)]
+    # distinct requests (the runner asks once per distinct image): bytes after a JPEG's end marker are ignored
+    items = [PromptInput(f"item{i}", images[i % photos] + i.to_bytes(4, "big"), {}) for i in range(requests)]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            backend = OpenAICompatibleBackend("load-test", f"{url}/v1", max_in_flight=max_in_flight)
+            runner = VlmRunner(backend, ResponseCache(Path(tmp) / "cache.sqlite"), batch_size=max(requests, 1))
+            cpu, wall = time.process_time(), time.perf_counter()
+            results = runner.run(PROMPTS[VlmStage.CAPTION], items)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        with urllib.request.urlopen(url) as response:
+            seen = json.loads(response.read())
+    finally:
+        process.terminate()
+    assert all(r.error is None for r in results) and seen["served"] == requests, seen
+    rate = requests / wall
+    return {"requests": requests, "seconds": wall, "requests_per_s": rate, "capacity_per_s": capacity / latency_s,
+            "share_of_capacity": rate / (capacity / latency_s), "peak_in_flight": seen["peak"],
+            "builder_cpu_ms_per_request": 1000 * cpu / requests,
+            "hours_for_3M_images": 3e6 * REQUESTS_PER_IMAGE / rate / 3600,
+            "photo_kb": len(images[0]) / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--latency", type=float, default=1.0)
+    parser.add_argument("--capacity", type=int, default=256)
+    parser.add_argument("--in-flight", type=int, default=256)
+    args = parser.parse_args()
+    result = run(args.requests, args.latency, args.capacity, args.in_flight)
+    print(f"{result['requests']} requests ({result['photo_kb']:.0f} KB photos) in {result['seconds']:.1f} s: "
+          f"{result['requests_per_s']:.0f} requests/s of the server's {result['capacity_per_s']:.0f} "
+          f"({result['share_of_capacity']:.0%}); peak {result['peak_in_flight']} in flight; builder CPU "
+          f"{result['builder_cpu_ms_per_request']:.2f} ms/request; 3M images would take "
+          f"{result['hours_for_3M_images']:.1f} h at {REQUESTS_PER_IMAGE} requests per image")
+
+
+if __name__ == "__main__":
+    main()
