@@ -190,11 +190,11 @@ class OpenAICompatibleBackend:
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
 
-    def _body(self, request: VlmRequest, sampling: SamplingParams) -> dict[str, Any]:
+    def _body(self, request: VlmRequest, sampling: SamplingParams, image_url: str) -> dict[str, Any]:
         return {
             "model": self.model_id,
             "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": _data_url(request.image)}},
+                {"type": "image_url", "image_url": {"url": image_url}},
                 {"type": "text", "text": request.text}]}],
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -209,14 +209,18 @@ class OpenAICompatibleBackend:
         except ValueError:  # an HTTP date: back off as usual
             return self.backoff_s * 2 ** (attempt - 1)
 
-    async def _one(self, client, gate: asyncio.Semaphore, request: VlmRequest, sampling: SamplingParams) -> str:
+    async def _one(self, client, gate: asyncio.Semaphore, request: VlmRequest, sampling: SamplingParams,
+                   image_urls: dict[bytes, str]) -> str:
         import httpx
 
         async with gate:
+            if request.image not in image_urls:  # an image asked several questions is encoded once per call
+                image_urls[request.image] = _data_url(request.image)
+            body = self._body(request, sampling, image_urls[request.image])
             for attempt in range(1, self.max_attempts + 1):
                 last = attempt == self.max_attempts
                 try:
-                    response = await client.post("/chat/completions", json=self._body(request, sampling))
+                    response = await client.post("/chat/completions", json=body)
                 except httpx.TransportError as exc:  # refused, reset, timed out
                     if last:
                         raise OSError(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
@@ -243,7 +247,8 @@ class OpenAICompatibleBackend:
                 base_url=self.base_url, headers=headers, timeout=self.timeout_s, limits=limits))
                 for _ in range(-(-self.max_in_flight // size))]
             gate = asyncio.Semaphore(self.max_in_flight)
-            return list(await asyncio.gather(*(self._one(clients[i % len(clients)], gate, r, sampling)
+            image_urls: dict[bytes, str] = {}
+            return list(await asyncio.gather(*(self._one(clients[i % len(clients)], gate, r, sampling, image_urls)
                                                for i, r in enumerate(requests))))
 
     def generate(self, requests: list[VlmRequest], sampling: SamplingParams) -> list[str]:
