@@ -46,3 +46,12 @@ def test_experiment_writes_results_and_report_and_resumes(smoke_world_models, tm
     logged.clear()
     run_experiment(experiment, log=logged.append)  # everything is done: nothing trains again
     assert logged == []
+
+
+def test_experiment_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from npedit.cli import main
+
+    with pytest.raises(SystemExit, match="unknown variant 'nope'"):
+        main(["world", "experiment", "--out", str(tmp_path), "--variants", "nope"])
+    with pytest.raises(SystemExit, match="does not exist: run `npedit world build` first"):
+        main(["world", "experiment", "--out", str(tmp_path), "--models", str(tmp_path / "none")])
