@@ -27,13 +27,12 @@ from world.critic_objectives import AuxiliaryObjectives
 from world.questions import KINDS, LabelledQuestion, labelled_question, question_set
 from world.teacher import world_vocabulary
 from world.vae import invocation
-from world.verify import PALETTES, NAMES
 
 HELD_OUT_SEED = 20_000_003
-BLOCK = 8  # pixels per side of a dense-label block (the vision patch)
+PATCH = 8  # pixels per side of a vision patch (and of a dense-label block in world.critic_objectives)
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
 VISION = dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128, window_size=64,
-              fullatt_block_indexes=[0, 1, 2, 3], patch_size=BLOCK, spatial_merge_size=2, temporal_patch_size=2)
+              fullatt_block_indexes=[0, 1, 2, 3], patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2)
 
 
 def critic_tokenizer():
@@ -59,7 +58,7 @@ def new_critic(seed: int) -> QwenVLCritic:
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
-    image_processor = Qwen2VLImageProcessorPil(patch_size=BLOCK, merge_size=2, temporal_patch_size=2,
+    image_processor = Qwen2VLImageProcessorPil(patch_size=PATCH, merge_size=2, temporal_patch_size=2,
                                                min_pixels=16 * 16, max_pixels=64 * 64)
     processor = ImageOnlyQwen2VLProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
     return QwenVLCritic(model, processor)

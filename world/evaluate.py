@@ -16,6 +16,7 @@ from training.sampling import edit_images
 from world.edits import WorldEdit, random_edit
 from world.scene import render
 from world.score import EditScore, score_edit
+from world.vae import renders
 
 EVAL_SEED = 30_000_001  # held-out edits: no corpus, critic or teacher draw comes from this stream
 
@@ -37,11 +38,6 @@ def held_out_edits(per_type: int, *, seed: int = EVAL_SEED, edit_types=EDIT_TYPE
     return [random_edit(rng, edit_type, size=size) for edit_type in edit_types for _ in range(per_type)]
 
 
-def _pixels(edits: list[WorldEdit]) -> torch.Tensor:
-    arrays = np.stack([np.asarray(render(e.source), np.float32) for e in edits]) / 127.5 - 1
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2)
-
-
 def run_editor(backbone: Backbone, edits: list[WorldEdit], *, num_steps: int = 4, sampler: str = "renoise",
                seed: int = 0, batch_size: int = 16) -> torch.Tensor:
     """The editor's outputs (N,3,H,W) in [-1, 1] for the edits' source renders and instructions."""
@@ -49,7 +45,7 @@ def run_editor(backbone: Backbone, edits: list[WorldEdit], *, num_steps: int = 4
     outputs = []
     for start in range(0, len(edits), batch_size):
         chunk = edits[start:start + batch_size]
-        outputs.append(edit_images(backbone, _pixels(chunk), [e.instruction for e in chunk], num_steps=num_steps,
+        outputs.append(edit_images(backbone, renders([e.source for e in chunk]), [e.instruction for e in chunk], num_steps=num_steps,
                                    sampler=sampler, generator=generator))
     return torch.cat(outputs)
 

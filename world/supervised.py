@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -15,12 +14,7 @@ from schemas.edit_types import EDIT_TYPES
 from training.backbones import ZImageBackbone, noise_to
 from training.losses import flow_matching_loss
 from world.edits import random_edit
-from world.scene import render
-
-
-def _pixels(scenes) -> torch.Tensor:
-    arrays = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2)
+from world.vae import renders
 
 
 def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_size: int = 8, lr: float = 1e-4,
@@ -35,8 +29,8 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
     for step in tqdm(range(steps), desc="supervised editor", disable=not progress):
         edits = [random_edit(rng, EDIT_TYPES[(step * batch_size + i) % len(EDIT_TYPES)]) for i in range(batch_size)]
         with torch.no_grad():
-            reference = backbone.encode_images(_pixels([e.source for e in edits]))
-            x0 = backbone.encode_images(_pixels([e.target for e in edits]))
+            reference = backbone.encode_images(renders([e.source for e in edits]))
+            x0 = backbone.encode_images(renders([e.target for e in edits]))
             text = backbone.encode_text([e.instruction for e in edits], num_references=1)
         t = backbone.shift_time(torch.rand(batch_size))  # the sampler's grid goes through the same shift
         eps = torch.randn_like(x0)

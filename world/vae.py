@@ -26,11 +26,16 @@ VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderB
 HELD_OUT_SEED = 10_000_019  # scenes no training batch draws
 
 
+def renders(scenes) -> torch.Tensor:
+    """The scenes' renders as a (n, 3, size, size) tensor in [-1, 1]."""
+    pixels = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2)
+
+
 def scene_batch(rng: random.Random, n: int, size: int = 64) -> tuple[list, torch.Tensor]:
     """n random scenes and their renders as a (n, 3, size, size) tensor in [-1, 1]."""
     scenes = [random_scene(rng, size=size) for _ in range(n)]
-    pixels = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
-    return scenes, torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    return scenes, renders(scenes)
 
 
 def reconstruct(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
