@@ -12,6 +12,7 @@ def preview(args: argparse.Namespace) -> int:
     from schemas.edit_types import EDIT_TYPES
     from training.visualize import save_edit_grid
     from world.edits import random_edit
+    from world.evaluate import verdict_text
     from world.scene import render
     from world.score import score_edit
 
@@ -24,8 +25,7 @@ def preview(args: argparse.Namespace) -> int:
         passed[edit.edit_type] += verdict.success
         sources.append(render(edit.source))
         targets.append(target)
-        texts.append(f"[{edit.edit_type}] {edit.instruction}\n-> {'OK' if verdict.success else 'FAIL'}, "
-                     f"{verdict.preservation_db:.0f} dB outside the mask")
+        texts.append(verdict_text(edit, verdict))
     path = save_edit_grid(sources, texts, targets, Path(args.out) / "world_edits.png", cell=128)
     for edit_type, count in passed.items():
         print(f"{edit_type:20s} verifier success on rendered targets {count}/{args.per_type}")

@@ -82,9 +82,12 @@ def score_editor(backbone: Backbone, edits: list[WorldEdit], *, num_steps: int =
 
 
 def verdict_text(edit: WorldEdit, score: EditScore) -> str:
+    """A grid row's text: the edit, the verdict, preservation outside the mask (none for a style edit), realism."""
     verdict = "OK" if score.success else "FAIL"
+    kept = "edits the whole image" if np.isnan(score.preservation_db) else \
+        f"{score.preservation_db:.0f} dB outside the mask"
     realism = "" if score.realism else f"; not a world scene ({score.problems[0]})"
-    return f"[{edit.edit_type}] {edit.instruction}\n-> {verdict}, {score.preservation_db:.0f} dB outside{realism}"
+    return f"[{edit.edit_type}] {edit.instruction}\n-> {verdict}, {kept}{realism}"
 
 
 def save_verdict_grid(edits: list[WorldEdit], outputs: torch.Tensor, scores: list[EditScore], path: Path,
