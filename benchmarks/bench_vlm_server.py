@@ -2,7 +2,7 @@
 
 A LOAD TEST, not a quality test: the loopback server stands in for `vllm serve`. It answers every chat request
 with a fixed valid JSON after `--latency` seconds, at most `--capacity` at once (more wait in its queue, as
-sequences wait for a slot in a vLLM batch). Requests carry realistic ~300 KB photos. The builder side is the real
+sequences wait for a slot in a vLLM batch). Images are realistic ~300 KB, 1024 px photos, sent as stored and at the builder's VLM size. The builder side is the real
 one: `VlmRunner` + `OpenAICompatibleBackend`, with the answer cache.
 
     .venv/bin/python -m benchmarks.bench_vlm_server --requests 2000 --latency 1 --capacity 256
@@ -22,8 +22,10 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
+from datasets_builder.images import vlm_view
 from datasets_builder.loopback import serving
 from datasets_builder.vlm import PROMPTS, PromptInput, ResponseCache, VlmRunner
 from datasets_builder.vlm.backends import OpenAICompatibleBackend
@@ -105,21 +107,29 @@ def _serve(latency_s: float, capacity: int, answer: str, ports) -> None:
         threading.Event().wait()
 
 
-def run(requests: int, latency_s: float, capacity: int, max_in_flight: int, photos: int = 16) -> dict:
-    """Push `requests` distinct caption requests through the runner; throughput, peak in flight, CPU per request."""
+def run(requests: int, latency_s: float, capacity: int, max_in_flight: int, max_image_side: int = 512,
+        photos: int = 16) -> dict:
+    """Push `requests` distinct requests through the runner, as the builder does: each image (stored at 1024 px) is
+    prepared for the VLM once (`vlm_view` at `max_image_side`, 0 = as stored) and asked ~7.5 questions. Returns
+    throughput, peak in flight and the builder's CPU per request (image preparation included)."""
     answer = json.dumps({"caption": "a photo used for a load test"})
     ports = multiprocessing.Queue()
     process = multiprocessing.Process(target=_serve, args=(latency_s, capacity, answer, ports), daemon=True)
     process.start()
     url = ports.get(timeout=60)
-    images = [photo(i) for i in range(photos)]
-    # distinct requests (the runner asks once per distinct image): bytes after a JPEG's end marker are ignored
-    items = [PromptInput(f"item{i}", images[i % photos] + i.to_bytes(4, "big"), {}) for i in range(requests)]
+    originals = [photo(i) for i in range(photos)]
+    n_images = -(-requests // round(REQUESTS_PER_IMAGE))
+    # distinct images (bytes after a JPEG's end marker are ignored), each asked several questions like a shard's
+    stored = pa.table({"image_id": [f"image{i}" for i in range(n_images)],
+                       "image": [originals[i % photos] + i.to_bytes(4, "big") for i in range(n_images)]})
     try:
         with tempfile.TemporaryDirectory() as tmp:
             backend = OpenAICompatibleBackend("load-test", f"{url}/v1", max_in_flight=max_in_flight)
             runner = VlmRunner(backend, ResponseCache(Path(tmp) / "cache.sqlite"), batch_size=max(requests, 1))
             cpu, wall = time.process_time(), time.perf_counter()
+            shown = vlm_view(stored, max_image_side) if max_image_side else stored
+            sent = shown.column("image").to_pylist()
+            items = [PromptInput(f"item{i}", sent[i % n_images], {}) for i in range(requests)]
             results = runner.run(PROMPTS[VlmStage.CAPTION], items)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         with urllib.request.urlopen(url) as response:
@@ -132,7 +142,7 @@ def run(requests: int, latency_s: float, capacity: int, max_in_flight: int, phot
             "share_of_capacity": rate / (capacity / latency_s), "peak_in_flight": seen["peak"],
             "builder_cpu_ms_per_request": 1000 * cpu / requests,
             "hours_for_3M_images": 3e6 * REQUESTS_PER_IMAGE / rate / 3600,
-            "photo_kb": len(images[0]) / 1024}
+            "stored_kb": len(originals[0]) / 1024, "sent_kb": len(sent[0]) / 1024, "max_image_side": max_image_side}
 
 
 def main() -> None:
@@ -141,13 +151,21 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--capacity", type=int, default=256)
     parser.add_argument("--in-flight", type=int, default=256)
+    parser.add_argument("--max-image-side", type=int, default=512, help="the builder's vlm.max_image_side")
     args = parser.parse_args()
-    result = run(args.requests, args.latency, args.capacity, args.in_flight)
-    print(f"{result['requests']} requests ({result['photo_kb']:.0f} KB photos) in {result['seconds']:.1f} s: "
-          f"{result['requests_per_s']:.0f} requests/s of the server's {result['capacity_per_s']:.0f} "
-          f"({result['share_of_capacity']:.0%}); peak {result['peak_in_flight']} in flight; builder CPU "
-          f"{result['builder_cpu_ms_per_request']:.2f} ms/request; 3M images would take "
-          f"{result['hours_for_3M_images']:.1f} h at {REQUESTS_PER_IMAGE} requests per image")
+    results = [run(args.requests, args.latency, args.capacity, args.in_flight, side)
+               for side in (0, args.max_image_side)]
+    for result in results:
+        side = f"at most {result['max_image_side']} px" if result["max_image_side"] else "as stored"
+        print(f"images {side} ({result['sent_kb']:.0f} KB of {result['stored_kb']:.0f} KB): {result['requests']} "
+              f"requests in {result['seconds']:.1f} s: {result['requests_per_s']:.0f} requests/s of the server's "
+              f"{result['capacity_per_s']:.0f} ({result['share_of_capacity']:.0%}); peak {result['peak_in_flight']} "
+              f"in flight; builder CPU {result['builder_cpu_ms_per_request']:.2f} ms/request; 3M images would take "
+              f"{result['hours_for_3M_images']:.1f} h at {REQUESTS_PER_IMAGE} requests per image")
+    as_stored, viewed = results
+    print(f"ratio: {viewed['requests_per_s'] / as_stored['requests_per_s']:.2f}x the requests/s, "
+          f"{as_stored['builder_cpu_ms_per_request'] / viewed['builder_cpu_ms_per_request']:.2f}x less builder CPU "
+          f"per request with vlm.max_image_side = {args.max_image_side}")
 
 
 if __name__ == "__main__":

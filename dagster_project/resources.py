@@ -41,6 +41,7 @@ class VlmResource(dg.ConfigurableResource):
     seed: int = 0
     base_url: str = "http://127.0.0.1:8000/v1"
     max_in_flight: int = 256
+    max_image_side: int = 512
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -64,7 +65,8 @@ def corpus_from(source: SourceResource, vlm: VlmResource, lake: LakeResource) ->
             limits=ImageLimits(source.min_side, source.max_pixels, source.max_stored_side, source.jpeg_quality),
             vlm=VlmConfig(backend=vlm.backend, model=vlm.model, batch_size=vlm.batch_size, device=vlm.device,
                           dtype=vlm.dtype, temperature=vlm.temperature, top_p=vlm.top_p, seed=vlm.seed,
-                          base_url=vlm.base_url, max_in_flight=vlm.max_in_flight),
+                          base_url=vlm.base_url, max_in_flight=vlm.max_in_flight,
+                          max_image_side=vlm.max_image_side),
         )
     )
 
@@ -80,6 +82,6 @@ def resources_from(config: CorpusConfig) -> dict[str, dg.ConfigurableResource]:
                                  max_stored_side=limits.max_stored_side, jpeg_quality=limits.jpeg_quality),
         "vlm": VlmResource(backend=v.backend, model=v.model, batch_size=v.batch_size, device=v.device, dtype=v.dtype,
                            temperature=v.temperature, top_p=v.top_p, seed=v.seed, base_url=v.base_url,
-                           max_in_flight=v.max_in_flight),
+                           max_in_flight=v.max_in_flight, max_image_side=v.max_image_side),
         "lake": LakeResource(lake_dir=config.lake_dir, catalog=config.catalog, data_path=config.data_path),
     }

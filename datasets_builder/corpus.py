@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from datasets_builder import lake, storage
 from datasets_builder.claims import ImageClaims, PostgresClaims, SqliteClaims
 from datasets_builder.config import CorpusConfig
 from datasets_builder.fetch import (fetch_into, finished_shards, list_folder, read_fetched_shard, read_url_list,
                                     write_listed_shard)
-from datasets_builder.images import normalise_fetched
+from datasets_builder.images import normalise_fetched, vlm_view
 from datasets_builder.stages import caption_images, judge_objects, propose_backgrounds, propose_edits, validate_edits
 from datasets_builder.vlm import PROMPTS, ResponseCache, SamplingParams, VlmRunner, make_backend
 from schemas import ALL_TABLES, IMAGES, IMAGES_REJECTED, VLM_REJECTS, SnapshotRow, VlmStage
@@ -149,12 +151,32 @@ class Corpus:
         sampling = SamplingParams(temperature=vlm.temperature, top_p=vlm.top_p, seed=vlm.seed)
         cache = ResponseCache(self.work_dir / "vlm_cache.sqlite")
         batch_size = max(vlm.batch_size, vlm.max_in_flight) if vlm.backend == "openai" else vlm.batch_size
-        return VlmRunner(_BACKENDS[key], cache, sampling=sampling, batch_size=batch_size)
+        view = f"max_side={vlm.max_image_side}" if vlm.max_image_side else ""
+        return VlmRunner(_BACKENDS[key], cache, sampling=sampling, batch_size=batch_size, image_view=view)
+
+    def vlm_images(self, shard: str) -> pa.Table:
+        """The shard's images as the VLM sees them (`vlm_view`), made once per shard and kept in the work dir, so
+        every stage and every process sends the same bytes without re-encoding them."""
+        images_path = lake.staged_path(self.lake, "images", self.images_name(shard))
+        if not storage.exists(images_path):
+            raise FileNotFoundError(f"shard {shard}: build its images before the VLM stages ({images_path})")
+        side = self.config.vlm.max_image_side
+        if not side:
+            return storage.read_parquet(images_path, columns=["image_id", "image"])
+        path = self.work_dir / "vlm_images" / f"{self.images_name(shard)}-{side}.parquet"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.tmp")
+            pq.write_table(vlm_view(storage.read_parquet(images_path, columns=["image_id", "image"]), side), partial)
+            partial.replace(path)  # atomic: a killed run leaves no half-written view
+        return pq.read_table(path)
 
     def stage_fingerprint(self, stage: VlmStage, runner: VlmRunner) -> str:
-        """Names a stage's output files: model, prompt version, sampling, and the fingerprints of its inputs."""
+        """Names a stage's output files: model, prompt version, sampling, image view, and its inputs' fingerprints."""
         parts = [runner.provenance(PROMPTS[stage]), self.limits_fingerprint,
                  [self.stage_fingerprint(s, runner) for s in STAGE_INPUTS[stage]]]
+        if runner.image_view:
+            parts.append(runner.image_view)
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
     def stage_names(self, stage: VlmStage, shard: str, runner: VlmRunner) -> tuple[str, str]:
@@ -178,10 +200,7 @@ class Corpus:
         runner = runner or self.runner()
         out_path, rejects_path = self.stage_paths(stage, shard, runner)
         if not (storage.exists(out_path) and storage.exists(rejects_path)):
-            images_path = lake.staged_path(self.lake, "images", self.images_name(shard))
-            if not storage.exists(images_path):
-                raise FileNotFoundError(f"shard {shard}: build its images before the VLM stages ({images_path})")
-            images = storage.read_parquet(images_path)
+            images = self.vlm_images(shard)
             if stage is VlmStage.CAPTION:
                 rows, rejects = caption_images(images, runner)
             elif stage is VlmStage.PROPOSE:

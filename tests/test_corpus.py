@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -16,11 +18,12 @@ import pytest
 from PIL import Image
 
 from dagster_project.build import build_corpus
-from datasets_builder import lake, quality, stats
+from datasets_builder import lake, quality, stats, storage
 from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig, load_corpus_config
 from datasets_builder.corpus import Corpus
 from datasets_builder.fetch import FetchConfig
 from odd_images import SAMPLES, odd_files
+from schemas import VlmStage
 from schemas.errors import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -152,6 +155,23 @@ def test_reject_reasons_are_recorded(built):
     assert len(duplicates) == 3 and all(r["image_id"] and "same bytes as" in r["detail"] for r in duplicates)
 
 
+def test_images_go_to_the_vlm_at_the_configured_size_encoded_once_per_shard(built):
+    _, _, config, _ = built
+    corpus = Corpus(config)
+    shard = corpus.shards()[0]
+    stored = lake.staged_path(corpus.lake, "images", corpus.images_name(shard))
+    assert (corpus.work_dir / "vlm_images" / f"{corpus.images_name(shard)}-512.parquet").exists()  # the build made it
+    small = Corpus(replace(config, vlm=replace(config.vlm, max_image_side=96)))
+    view = small.vlm_images(shard)
+    path = small.work_dir / "vlm_images" / f"{small.images_name(shard)}-96.parquet"
+    made = path.stat().st_mtime_ns
+    assert view.column("image_id").to_pylist() == storage.read_parquet(stored).column("image_id").to_pylist()
+    assert all(max(Image.open(io.BytesIO(b)).size) == 96 for b in view.column("image").to_pylist())
+    assert small.vlm_images(shard).equals(view) and path.stat().st_mtime_ns == made  # reused, not re-encoded
+    stage = VlmStage.CAPTION
+    assert small.stage_fingerprint(stage, small.runner()) != corpus.stage_fingerprint(stage, corpus.runner())
+
+
 def test_stats_answer_the_users_questions(built):
     _, _, config, metadata = built
     store = Corpus(config).lake
@@ -275,6 +295,9 @@ def test_bad_configs_are_clear_errors(tmp_path):
         load_corpus_config(bad)
     with pytest.raises(ValueError):
         VlmConfig(batch_size=0)
+    bad.write_text('[source]\nfolder = "x"\n[vlm]\nmax_image_side = -1\n')
+    with pytest.raises(ConfigError, match="vlm.max_image_side must be 0"):
+        load_corpus_config(bad)
     _ = dg  # dagster is imported by the graph under test
 
 

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from datasets_builder.images import ImageLimits, Normalised, Rejected, normalise_fetched, normalise_image, sha256_hex
+from datasets_builder.images import (ImageLimits, Normalised, Rejected, normalise_fetched, normalise_image, sha256_hex,
+                                     vlm_view)
 from odd_images import exif_rotated_jpeg, huge_png_header, odd_files, sixteen_bit_png
 
 
@@ -68,3 +69,15 @@ def test_normalise_fetched_accounts_for_every_row():
             assert reasons[f"http://h/{name}"] == expected, name
     assert reasons["http://h/missing.jpg"] == "http_error"
     assert len(set(images.column("image_id").to_pylist())) == images.num_rows
+
+
+def test_vlm_view_downscales_large_images_and_passes_small_ones_byte_for_byte():
+    large, small = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (1024, 768), "teal").save(large, format="JPEG")
+    Image.new("RGB", (300, 200), "olive").save(small, format="JPEG")
+    images = pa.table({"image_id": ["large", "small"], "image": [large.getvalue(), small.getvalue()],
+                       "width": [1024, 300]})
+    view = vlm_view(images, 512)
+    assert view.column_names == ["image_id", "image"] and view.column("image_id").to_pylist() == ["large", "small"]
+    assert Image.open(io.BytesIO(view.column("image")[0].as_py())).size == (512, 384)
+    assert view.column("image")[1].as_py() == small.getvalue()

@@ -200,6 +200,8 @@ def test_runner_caches_by_request_hash_and_keeps_provenance(backend, tmp_path):
     assert provenance["model_id"] == str(backend.model_id) and provenance["backend"] == "transformers"
     other_sampling = VlmRunner(counting, ResponseCache(tmp_path / "cache.sqlite"), sampling=SamplingParams(seed=3))
     assert other_sampling.request_hash(PROMPTS[VlmStage.CAPTION], items[0]) != first[0].request_hash
+    smaller_images = VlmRunner(counting, ResponseCache(tmp_path / "cache.sqlite"), image_view="max_side=96")
+    assert smaller_images.request_hash(PROMPTS[VlmStage.CAPTION], items[0]) != first[0].request_hash
 
 
 def test_runner_keeps_malformed_output_as_an_error_with_raw_text(tmp_path):

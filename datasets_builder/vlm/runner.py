@@ -91,8 +91,10 @@ class VlmRunner:
         batch_size: int = 8,
         max_attempts: int = 3,
         progress: Callable[[int, int], None] | None = None,
+        image_view: str = "",
     ):
         self.backend, self.cache, self.sampling = backend, cache, sampling
+        self.image_view = image_view  # how images were prepared for the model (e.g. "max_side=512"): part of the hash
         self.batch_size, self.max_attempts, self.progress = batch_size, max_attempts, progress
         self.stats = RunStats()
 
@@ -107,7 +109,8 @@ class VlmRunner:
 
     def request_hash(self, prompt: PromptSpec, item: PromptInput) -> str:
         blob = json.dumps(
-            [self.backend.model_id, prompt.version, self.sampling.to_json(), item.image_id, item.fields],
+            [self.backend.model_id, prompt.version, self.sampling.to_json(), item.image_id, item.fields]
+            + ([self.image_view] if self.image_view else []),
             sort_keys=True,
             default=str,
         )
