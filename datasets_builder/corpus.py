@@ -24,6 +24,7 @@ from datasets_builder.fetch import (fetch_into, finished_shards, list_folder, re
 from datasets_builder.images import normalise_fetched, vlm_view
 from datasets_builder.stages import caption_images, judge_objects, propose_backgrounds, propose_edits, validate_edits
 from datasets_builder.vlm import PROMPTS, ResponseCache, SamplingParams, VlmRunner, make_backend
+from datasets_builder.vlm.prompts import EDITS_PER_IMAGE
 from schemas import ALL_TABLES, IMAGES, IMAGES_REJECTED, VLM_REJECTS, SnapshotRow, VlmStage
 
 STAGE_OUTPUT = {
@@ -150,7 +151,7 @@ class Corpus:
             _BACKENDS[key] = make_backend(vlm.backend, model, **options)
         sampling = SamplingParams(temperature=vlm.temperature, top_p=vlm.top_p, seed=vlm.seed)
         cache = ResponseCache(self.work_dir / "vlm_cache.sqlite")
-        batch_size = max(vlm.batch_size, vlm.max_in_flight) if vlm.backend == "openai" else vlm.batch_size
+        batch_size = runner_batch_size(self.config)
         view = f"max_side={vlm.max_image_side}" if vlm.max_image_side else ""
         return VlmRunner(_BACKENDS[key], cache, sampling=sampling, batch_size=batch_size, image_view=view)
 
@@ -249,6 +250,19 @@ class Corpus:
         runner = runner or self.runner()
         return lake.publish_outcome(self.lake, lambda: self.staged_files(runner), message=message, tag=tag,
                                     builder_config=config, replace=replace)
+
+
+def runner_batch_size(config: CorpusConfig) -> int:
+    """Requests handed to the backend per call: a server backend gets at least `max_in_flight` (it keeps them all
+    open), vLLM's offline engine a whole shard's stage (it schedules its own batches and idles between calls; the
+    validation stage asks up to `EDITS_PER_IMAGE` questions per image), transformers `batch_size`. The answer cache
+    is committed after each call."""
+    vlm = config.vlm
+    if vlm.backend == "openai":
+        return max(vlm.batch_size, vlm.max_in_flight)
+    if vlm.backend == "vllm":
+        return max(vlm.batch_size, config.fetch.shard_size * EDITS_PER_IMAGE)
+    return vlm.batch_size
 
 
 def _tiny_vlm_path() -> Path:

@@ -30,3 +30,12 @@ def test_every_configs_path_in_cli_help_and_docs_exists():
     assert mentioned, "no configs/ path found: the pattern is stale"
     missing = sorted(p for p in mentioned if not (ROOT / p).exists())
     assert not missing, f"named in help or docs but absent: {missing}"
+
+
+def test_every_shipped_corpus_config_loads():
+    from datasets_builder.config import load_corpus_config
+
+    shipped = sorted((ROOT / "configs").glob("corpus_*.toml"))
+    assert len(shipped) >= 3
+    for path in shipped:
+        load_corpus_config(path)

@@ -297,3 +297,16 @@ def test_validity_stage_writes_the_target_object_or_null(tmp_path):
     assert targets == {"Remove the white cup": "the white cup", "Make the saucer bright blue": None,
                        "Turn the photo into a watercolor": None, "Add a red kite in the sky": None}
     assert set(rows.column("edited_caption").to_pylist()) == {"一张木桌上的水彩画, a watercolor of a table"}
+
+
+def test_each_backend_gets_the_batch_that_keeps_it_busy():
+    from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig
+    from datasets_builder.corpus import runner_batch_size
+    from datasets_builder.fetch import FetchConfig
+
+    def config(**vlm) -> CorpusConfig:
+        return CorpusConfig(source=SourceConfig(folder="x"), fetch=FetchConfig(shard_size=500), vlm=VlmConfig(**vlm))
+
+    assert runner_batch_size(config(backend="transformers", batch_size=8)) == 8
+    assert runner_batch_size(config(backend="openai", batch_size=8, max_in_flight=256)) == 256
+    assert runner_batch_size(config(backend="vllm", batch_size=8)) == 500 * 4  # a whole shard's validation stage
