@@ -10,10 +10,17 @@ from schemas import VlmStage
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
 GROUP = "corpus"
-# Concurrency pools bound what a UI backfill of many shards runs at once (limits in DAGSTER_HOME/dagster.yaml, written
-# by `npedit ui`): each VLM stage run loads the model, so "vlm" admits as many runs as models fit on the machine;
+# Concurrency pools bound what a UI backfill of many shards runs at once (limits in DAGSTER_HOME, set by `npedit ui`):
+# a VLM stage that loads the model (transformers, vLLM's engine) takes a slot of "vlm", which admits as many runs as
+# models fit on the machine; one that only sends requests to a shared server (backend = "openai") takes a slot of
+# "vlm_server", which admits several, so one stage's tail or another shard's start keeps the server's batch full;
 # "lake_writer" keeps publishing the single writer of the catalog.
-VLM_POOL, IMAGES_POOL, LAKE_WRITER_POOL = "vlm", "images", "lake_writer"
+VLM_POOL, VLM_SERVER_POOL, IMAGES_POOL, LAKE_WRITER_POOL = "vlm", "vlm_server", "images", "lake_writer"
+
+
+def vlm_pool(backend: str) -> str:
+    """The pool a VLM stage of this backend takes a slot of."""
+    return VLM_SERVER_POOL if backend == "openai" else VLM_POOL
 
 
 @dg.asset(group_name=GROUP, description="Fetch the source with img2dataset into Parquet shards; registers shards.")
@@ -41,8 +48,8 @@ def images(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmRe
     return dg.MaterializeResult(metadata=counts)
 
 
-def _vlm_stage_asset(stage: VlmStage, deps: list[str]) -> dg.AssetsDefinition:
-    @dg.asset(name=STAGE_OUTPUT[stage], group_name=GROUP, partitions_def=shards, deps=deps, pool=VLM_POOL,
+def _vlm_stage_asset(stage: VlmStage, deps: list[str], pool: str) -> dg.AssetsDefinition:
+    @dg.asset(name=STAGE_OUTPUT[stage], group_name=GROUP, partitions_def=shards, deps=deps, pool=pool,
               description=f"VLM stage '{stage.value}' over one shard (rows + vlm_rejects).")
     def _stage(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmResource,
                lake: LakeResource) -> dg.MaterializeResult:
@@ -57,9 +64,12 @@ def _vlm_stage_asset(stage: VlmStage, deps: list[str]) -> dg.AssetsDefinition:
     return _stage
 
 
-STAGE_ASSETS = [
-    _vlm_stage_asset(stage, ["images", *(STAGE_OUTPUT[s] for s in STAGE_INPUTS[stage])]) for stage in STAGE_OUTPUT
-]
+def stage_assets(pool: str = VLM_POOL) -> list[dg.AssetsDefinition]:
+    """One asset per VLM stage, each in `pool` (see `vlm_pool`)."""
+    return [_vlm_stage_asset(stage, ["images", *(STAGE_OUTPUT[s] for s in STAGE_INPUTS[stage])], pool)
+            for stage in STAGE_OUTPUT]
+
+
 SHARD_ASSET_KEYS = ["images", *STAGE_OUTPUT.values()]
 
 

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.assets import STAGE_ASSETS, fetched_shards, images, snapshot
+from dagster_project.assets import fetched_shards, images, snapshot, stage_assets, vlm_pool
 from dagster_project.checks import SNAPSHOT_CHECKS
 from dagster_project.resources import resources_from
 from datasets_builder.config import CorpusConfig, SourceConfig, load_corpus_config
-
-ALL_ASSETS = [fetched_shards, images, *STAGE_ASSETS, snapshot]
 
 
 def default_config() -> CorpusConfig:
@@ -26,4 +24,6 @@ def default_config() -> CorpusConfig:
     return CorpusConfig(source=SourceConfig(folder=str(folder)), work_dir="corpus_work", lake_dir="corpus_lake")
 
 
-defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=SNAPSHOT_CHECKS, resources=resources_from(default_config()))
+CONFIG = default_config()
+ALL_ASSETS = [fetched_shards, images, *stage_assets(vlm_pool(CONFIG.vlm.backend)), snapshot]
+defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=SNAPSHOT_CHECKS, resources=resources_from(CONFIG))

@@ -213,9 +213,23 @@ def test_ui_settings_bound_runs_and_model_holding_steps(tmp_path):
     assert pools["snapshot"] == {"lake_writer"} and pools["images"] == {"images"}
     assert all(pools[t] == {"vlm"} for t in ("captions", "edit_proposals", "edit_instructions", "objects",
                                              "background_prompts"))
+    server_limits = {p.name: p.limit for p in dg.DagsterInstance.from_config(str(home)).event_log_storage
+                     .get_pool_limits()}
+    assert server_limits["vlm_server"] == 4  # steps that only send requests to a shared server: several at once
     (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 3\n")
+    instance = dg.DagsterInstance.from_config(str(home))
+    instance.event_log_storage.set_concurrency_slots("vlm_server", 16)
     ensure_instance_settings(home)  # the user's settings are kept
-    assert dg.DagsterInstance.from_config(str(home)).get_concurrency_config().pool_config.default_pool_limit == 3
+    instance = dg.DagsterInstance.from_config(str(home))
+    assert instance.get_concurrency_config().pool_config.default_pool_limit == 3
+    assert {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()}["vlm_server"] == 16
+
+
+def test_stages_that_only_call_a_server_share_the_server_pool():
+    from dagster_project.assets import stage_assets, vlm_pool
+
+    assert vlm_pool("transformers") == vlm_pool("vllm") == "vlm" and vlm_pool("openai") == "vlm_server"
+    assert all(asset.op.pool == "vlm_server" for asset in stage_assets(vlm_pool("openai")))
 
 
 def _rows(store, version, table, key):
