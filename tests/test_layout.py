@@ -1,4 +1,5 @@
-"""Import direction: dagster_project -> datasets_builder -> schemas; training -> schemas; no cycles."""
+"""Import direction: dagster_project -> datasets_builder -> schemas; training -> schemas; evaluation -> training,
+model_zoo, datasets_builder, schemas (read by dagster_project, world and npedit); no cycles."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "schemas": {"torch", "duckdb", "polars", "dagster", "datasets_builder", "training", "model_zoo", "npedit", "world"},
-    "model_zoo": {"dagster", "datasets_builder", "training", "npedit", "world"},
-    "datasets_builder": {"dagster", "dagster_project", "training", "npedit", "world"},
-    "training": {"dagster", "dagster_project", "npedit", "world"},
-    "dagster_project": {"training", "npedit", "world"},
-    "world": {"dagster", "npedit"},  # it runs the builder (its VLM backends, its build) and the trainer as they are
+    "schemas": {"torch", "duckdb", "polars", "dagster", "datasets_builder", "training", "model_zoo", "npedit", "world",
+                "evaluation"},
+    "model_zoo": {"dagster", "datasets_builder", "training", "npedit", "world", "evaluation"},
+    "datasets_builder": {"dagster", "dagster_project", "training", "npedit", "world", "evaluation"},
+    "training": {"dagster", "dagster_project", "npedit", "world", "evaluation"},
+    "dagster_project": {"training", "npedit", "world"},  # it may read benchmark copies (decontamination)
+    "world": {"dagster", "npedit"},  # it runs the builder and the trainer as they are, and judges for evaluation
+    "evaluation": {"dagster", "dagster_project", "npedit", "world"},
 }
 
 

@@ -1,0 +1,1 @@
+"""Evaluation on public benchmarks: local benchmark copies (`benchmarks`), official score aggregation (`protocols`)."""
