@@ -21,9 +21,14 @@ def _tiny_models(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from npedit.demo import run_demo
+    if args.photos:
+        from npedit.demo import run_demo
 
-    run_demo(args.out, cache_dir=args.cache_dir)
+        run_demo(args.out, cache_dir=args.cache_dir)
+    else:
+        from npedit.world_demo import run_world_demo
+
+        run_world_demo(args.out, steps=args.steps)
     return 0
 
 
@@ -49,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--force", action="store_true", help="rebuild even if the cache is complete")
     tiny.set_defaults(func=_tiny_models)
 
-    demo = sub.add_parser("demo", help="run the end-to-end path on embedded defaults and tiny models")
+    demo = sub.add_parser("demo", help="NP-Edit end to end on the proof world from the committed world models "
+                                       "(--photos: the real-photo path on the sample photos and tiny random models)")
     demo.add_argument("--out", type=Path, default=Path("demo_output"))
-    demo.add_argument("--cache-dir", type=Path, default=None)
+    demo.add_argument("--photos", action="store_true", help="the sample photos and tiny random models instead")
+    demo.add_argument("--steps", type=int, default=150, help="world: NP-Edit generator steps")
+    demo.add_argument("--cache-dir", type=Path, default=None, help="--photos: where the tiny models are built")
     demo.set_defaults(func=_demo)
     from npedit.corpus_cli import add_corpus_commands
 
@@ -62,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from npedit.world_cli import add_world_commands
 
     add_world_commands(sub)
+    from npedit.eval_cli import add_eval_commands
+
+    add_eval_commands(sub)
 
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 over dagster_project.definitions")
     ui.add_argument("--port", type=int, default=3000)
