@@ -6,6 +6,8 @@ import argparse
 import random
 from pathlib import Path
 
+from world import PRETRAINED
+
 
 def preview(args: argparse.Namespace) -> int:
     """A grid of world edits (source | instruction + verdict | rendered target) and the verifier's pass rates."""
@@ -38,7 +40,7 @@ def _summaries() -> dict[str, tuple]:
     from world.builder_vlm import train_builder
     from world.critic import train_critic
     from world.teacher import train_teacher
-    from world.vae import train_vae
+    from world.vae import finetune_decoder, train_vae
 
     def teacher(out: Path, minutes: float, seed: int) -> dict:
         if not (out / "vae").exists():
@@ -49,6 +51,9 @@ def _summaries() -> dict[str, tuple]:
         "vae": (lambda out, minutes, seed: train_vae(out, minutes=minutes, seed=seed),
                 lambda q: f"held-out PSNR {q['psnr_db']:.1f} dB, the verifier parses {q['parse_rate']:.1%} of "
                           "reconstructions"),
+        "vae_decoder": (lambda out, minutes, seed: finetune_decoder(out, minutes=minutes, seed=seed),
+                        lambda q: f"held-out PSNR {q['psnr_db']:.1f} dB, the verifier parses {q['parse_rate']:.1%} of "
+                                  "reconstructions"),
         "teacher": (teacher, lambda q: f"samples match their caption {q['caption_match']:.1%} "
                                        f"(layout {q['layout_match']:.1%})"),
         "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed),
@@ -76,6 +81,20 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
+def models(args: argparse.Namespace) -> int:
+    """Each world model's measured quality (from its manifest), and the critic's accuracy per question kind."""
+    from world.report import critic_table, model_quality, quality_line
+
+    found = model_quality(args.models)
+    if not found:
+        raise SystemExit(f"npedit: error: no world model manifests in {args.models}")
+    for name, facts in found.items():
+        print(quality_line(name, facts))
+    if "critic" in found:
+        print("\n".join(critic_table(found["critic"]["quality"] or {})))
+    return 0
+
+
 def experiment(args: argparse.Namespace) -> int:
     """NP-Edit and its ablations and a supervised editor on the world, scored by the verifier; results + report."""
     import sys
@@ -96,6 +115,20 @@ def experiment(args: argparse.Namespace) -> int:
                                    steps=args.steps, variants=tuple(args.variants), seeds=tuple(args.seeds),
                                    per_type=args.per_type)
     run_experiment(experiment_config, command=" ".join(["npedit", *sys.argv[1:]]))
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """One report from an experiment whose runs were split over several --out folders."""
+    import sys
+
+    from world.experiment import merge_results
+
+    try:
+        merge_results(args.parts, args.out, command=" ".join(["npedit", *sys.argv[1:]]))
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"npedit: error: {error}") from None
     print(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
     return 0
 
@@ -135,16 +168,21 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=preview)
     b = commands.add_parser("build", help="train the world's models from seeds (resumes a killed run)")
-    b.add_argument("--models", nargs="+", choices=["vae", "teacher", "critic", "builder"],
-                   default=["vae", "teacher", "critic", "builder"], help="which models, in this order")
+    b.add_argument("--models", nargs="+", choices=["vae", "vae_decoder", "teacher", "critic", "builder"],
+                   default=["vae", "vae_decoder", "teacher", "critic", "builder"],
+                   help="which models, in this order (vae_decoder sharpens the VAE's decoder, its encoder frozen)")
     b.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per model; a rerun continues")
     b.add_argument("--out", type=Path, default=Path("world_models"))
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=0, help="torch threads (1 is fastest on a shared 2-core machine)")
     b.set_defaults(func=build)
+    m = commands.add_parser("models", help="the world models' measured quality, from their manifests")
+    m.add_argument("--models", type=Path, default=PRETRAINED, help="default: the committed world models")
+    m.set_defaults(func=models)
     e = commands.add_parser("experiment", help="NP-Edit vs its ablations and a supervised editor, scored by the verifier")
     e.add_argument("--out", type=Path, required=True, help="writes results.json, report.md, grids/ and runs/ here")
-    e.add_argument("--models", type=Path, default=Path("world_models"), help="holds teacher/ and critic/")
+    e.add_argument("--models", type=Path, default=PRETRAINED,
+                   help="holds teacher/ and critic/ (default: the committed world models)")
     e.add_argument("--corpus", type=Path, default=Path("world_corpus"), help="the world snapshot's lake")
     e.add_argument("--minutes", type=float, default=30.0, help="the first NP-Edit run's budget; it sets every run's steps")
     e.add_argument("--steps", type=int, default=None, help="a fixed generator-step budget instead of --minutes")
@@ -154,6 +192,10 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--per-type", type=int, default=25, help="held-out edits per edit type")
     e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=experiment)
+    r = commands.add_parser("report", help="merge experiment runs split over several --out folders into one report")
+    r.add_argument("parts", nargs="+", type=Path, help="the experiment --out folders (same --steps)")
+    r.add_argument("--out", type=Path, required=True)
+    r.set_defaults(func=report)
     c = commands.add_parser("corpus", help="build a world corpus with the real builder: loopback images, img2dataset, "
                                            "the VLM stages answered by the world oracle or a builder VLM")
     c.add_argument("--out", type=Path, default=Path("world_corpus"), help="images, work dir and lake (a rerun resumes)")

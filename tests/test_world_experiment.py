@@ -55,3 +55,43 @@ def test_experiment_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
         main(["world", "experiment", "--out", str(tmp_path), "--variants", "nope"])
     with pytest.raises(SystemExit, match="does not exist: run `npedit world build` first"):
         main(["world", "experiment", "--out", str(tmp_path), "--models", str(tmp_path / "none")])
+
+
+@pytest.mark.slow
+def test_world_demo_runs_from_the_committed_models_through_the_builder(tmp_path):
+    from npedit.world_demo import run_world_demo
+
+    grid = run_world_demo(tmp_path / "demo", images=24, steps=2, per_type=1)
+    assert grid.exists()
+    results = json.loads((tmp_path / "demo" / "experiment" / "results.json").read_text())
+    assert [(r["variant"], r["steps"]) for r in results["runs"]] == [("np_edit", 2), ("teacher", 0)]
+    assert set(results["models"]) >= {"vae", "teacher", "critic"}
+    assert all(set(r["scores"]) == {*EDIT_TYPES, "mean"} for r in results["runs"])
+
+
+def _part(folder, runs):
+    folder.mkdir()
+    scores = {t: {"success": 0.5, "preservation_db": 30.0, "realism": 1.0, "untouched_objects_kept": 1.0, "n": 1}
+              for t in [*EDIT_TYPES, "mean"]}
+    results = {"command": f"npedit world experiment --out {folder}", "models": {},
+               "runs": [{"variant": v, "seed": s, "steps": n, "train_minutes": 1.0, "scores": scores} for v, s, n in runs]}
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_runs_split_over_folders_merge_into_one_report_and_mismatches_are_refused(tmp_path, capsys):
+    from npedit.cli import main
+
+    a = _part(tmp_path / "a", [("np_edit", 0, 300), ("teacher", 0, 0)])
+    b = _part(tmp_path / "b", [("supervised", 0, 300), ("np_edit", 1, 300)])
+    assert main(["world", "report", str(a), str(b), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert sorted((r["variant"], r["seed"]) for r in merged["runs"]) == [
+        ("np_edit", 0), ("np_edit", 1), ("supervised", 0), ("teacher", 0)]
+    assert "| np_edit | 2 | 300 |" in (tmp_path / "merged" / "report.md").read_text()
+    c = _part(tmp_path / "c", [("np_edit", 0, 300)])
+    with pytest.raises(SystemExit, match="a run appears in more than one part"):
+        main(["world", "report", str(a), str(c), "--out", str(tmp_path / "x")])
+    d = _part(tmp_path / "d", [("dmd_only", 0, 100)])
+    with pytest.raises(SystemExit, match="different step budgets"):
+        main(["world", "report", str(a), str(d), "--out", str(tmp_path / "y")])

@@ -1,2 +1,7 @@
 """A procedural scene world with computable truth: the proof that NP-Edit teaches edits, measured by classical
 verifiers that no VLM can fake. It supplies scenes, edits and scores; training and the builder stay world-agnostic."""
+
+from pathlib import Path
+
+# The committed world models (vae/, teacher/, critic/), each with a manifest: config, seed, command, measured quality.
+PRETRAINED = Path(__file__).parent / "pretrained"

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schemas.edit_types import EDIT_TYPES
 from training.backbones import ZImageBackbone
 from training.config import load_config
 from training.monitor import plot_loss_curves
@@ -42,6 +43,7 @@ class Experiment:
     seeds: tuple[int, ...] = (0, 1)
     seeds_for: tuple[str, ...] = ("np_edit", "supervised")  # the others run the first seed only
     per_type: int = 25  # held-out edits per type
+    edit_types: tuple[str, ...] = EDIT_TYPES  # the types scored (and, when fewer than all, the only ones trained)
     sampling_steps: int = 4
     overrides: dict = field(default_factory=dict)  # extra config overrides for every NP-Edit run
 
@@ -60,6 +62,8 @@ def _config(experiment: Experiment, variant: str, seed: int, out_dir: Path, step
     if steps is not None:
         overrides["schedule.warmup_steps"] = max(1, min(recipe.warmup_steps, steps // 12))
         overrides["schedule.single_step_steps"] = min(recipe.single_step_steps, steps // 3)
+    if set(experiment.edit_types) != set(EDIT_TYPES):
+        overrides["data.edit_type_weights"] = {t: 1 / len(experiment.edit_types) for t in experiment.edit_types}
     return resolved_for(load_config("world_cpu", overrides={**overrides, **experiment.overrides,
                                                              **VARIANTS[variant]}), 1)
 
@@ -87,7 +91,7 @@ def run_one(experiment: Experiment, variant: str, seed: int, steps: int | None) 
         facts = {"steps": steps, "train_minutes": round((time.monotonic() - start) / 60, 2)}
     else:
         editor, facts = _train_np_edit(experiment, variant, seed, out_dir, steps)
-    edits = held_out_edits(experiment.per_type)
+    edits = held_out_edits(experiment.per_type, edit_types=experiment.edit_types)
     scores = score_editor(editor, edits, num_steps=experiment.sampling_steps, seed=seed,
                           grid=experiment.out / "grids" / f"{variant}_seed{seed}.png")
     return {"variant": variant, "seed": seed, **facts, "scores": scores}
@@ -116,3 +120,34 @@ def run_experiment(experiment: Experiment, *, command: str = "", log=print) -> d
         path.write_text(json.dumps(results, indent=2))
     write_report(results, experiment.out)
     return results
+
+
+def merge_results(parts: list[Path], out: Path, *, command: str = "") -> dict:
+    """One experiment's report from runs split over several `--out` folders (processes or machines, same step
+    budget): their results.json merged into `out/results.json`, grids copied, `out/report.md` written."""
+    import shutil
+
+    runs, models, commands = [], {}, []
+    for part in parts:
+        path = Path(part) / "results.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: run `npedit world experiment --out {part}` first")
+        results = json.loads(path.read_text())
+        runs += results["runs"]
+        models = models or results.get("models", {})
+        commands.append(results.get("command", ""))
+        for grid in sorted((Path(part) / "grids").glob("*.png")):
+            (out / "grids").mkdir(parents=True, exist_ok=True)
+            shutil.copy(grid, out / "grids" / grid.name)
+    seen = [(r["variant"], r["seed"]) for r in runs]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"a run appears in more than one part: {sorted(k for k in set(seen) if seen.count(k) > 1)}")
+    budgets = {r["steps"] for r in runs if r["variant"] != "teacher"}
+    if len(budgets) > 1:
+        raise ValueError(f"the parts trained for different step budgets {sorted(budgets)}: not comparable")
+    out.mkdir(parents=True, exist_ok=True)
+    merged = {"command": " ; ".join(c for c in [*commands, command] if c), "parts": commands, "models": models,
+              "runs": runs}
+    (out / "results.json").write_text(json.dumps(merged, indent=2))
+    write_report(merged, out)
+    return merged

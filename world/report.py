@@ -25,6 +25,24 @@ def model_quality(models: Path) -> dict:
     return found
 
 
+def quality_line(name: str, facts: dict) -> str:
+    """One line per model: its steps, minutes and headline figures (the critic's per-kind table left out)."""
+    quality = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in (facts.get("quality") or {}).items()
+               if k != "per_kind"}
+    return f"{name}: {facts['steps']} steps, {facts['train_minutes']} min; " + ", ".join(
+        f"{k} {v}" for k, v in quality.items())
+
+
+def critic_table(quality: dict) -> list[str]:
+    """The critic's held-out accuracy per question kind as a markdown table (edit types x edit/identity)."""
+    per_kind = quality.get("per_kind") or {}
+    rows = ["| edit type | edit question | identity question |", "|---|---:|---:|"]
+    for edit_type in EDIT_TYPES:
+        cells = [per_kind.get(f"{edit_type}/{kind}") for kind in ("edit", "identity")]
+        rows.append(f"| {edit_type} | " + " | ".join("n/a" if c is None else f"{c:.0%}" for c in cells) + " |")
+    return rows
+
+
 def _by_variant(results: dict) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = {}
     for run in results["runs"]:
@@ -117,9 +135,10 @@ def write_report(results: dict, out: Path) -> Path:
         lines += ["", "The paper's pattern, as measured here:", "", *pattern]
     if results.get("models"):
         lines += ["", "The world models these runs start from (their manifests):", ""]
-        for name, facts in results["models"].items():
-            lines.append(f"- {name}: {facts['steps']} steps, {facts['train_minutes']} min; "
-                         f"`{json.dumps(facts['quality'])[:300]}`")
+        lines += [f"- {quality_line(name, facts)}" for name, facts in results["models"].items()]
+        if "critic" in results["models"]:
+            lines += ["", "The critic's held-out accuracy per question kind:", "",
+                      *critic_table(results["models"]["critic"]["quality"] or {})]
     lines += ["", "![success per edit type](success_per_type.png)", "",
               "Grids (input | instruction + verdict | output) are in `grids/`, loss curves in `runs/*/`."]
     plot_success(grouped, out / "success_per_type.png")

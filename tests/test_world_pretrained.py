@@ -1,0 +1,64 @@
+"""The committed world models load through the project's own loaders and reach their manifests' quality on a fresh
+held-out sample (a sample none of them was trained or measured on), within its sampling error."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from world import PRETRAINED
+
+pytestmark = pytest.mark.slow
+FRESH_SEED = 77_000_003
+
+
+def manifest(name: str) -> dict:
+    return json.loads((PRETRAINED / name / "manifest.json").read_text())
+
+
+def within_sampling_error(measured: float, claimed: float, n: int) -> bool:
+    """At most 3 binomial standard errors (and 3 points) below the manifest's figure."""
+    return measured >= claimed - 3 * math.sqrt(max(claimed * (1 - claimed), 0.01) / n) - 0.03
+
+
+@pytest.mark.parametrize("name", ["vae", "teacher", "critic"])
+def test_every_committed_model_has_a_manifest_with_its_command_and_quality(name):
+    facts = manifest(name)
+    assert facts["model"] == name and facts["steps"] > 0 and facts["quality"] and facts["rebuild"].startswith("npedit")
+    sizes = [p.stat().st_size for p in (PRETRAINED / name).rglob("*.safetensors")]
+    assert sizes and sum(sizes) < 8 * 2**20  # fp16, a few MB
+
+
+def test_vae_reconstructs_fresh_scenes_as_its_manifest_says():
+    from world.vae import evaluate, load_vae
+
+    claimed = manifest("vae")["quality"]
+    measured = evaluate(load_vae(PRETRAINED / "vae"), n=128, seed=FRESH_SEED)
+    assert measured["psnr_db"] > claimed["psnr_db"] - 1.0
+    assert within_sampling_error(measured["parse_rate"], claimed["parse_rate"], 128), (measured, claimed)
+
+
+def test_teacher_draws_fresh_captions_as_its_manifest_says():
+    from training.backbones import ZImageBackbone
+    from world.teacher import evaluate_teacher
+
+    claimed = manifest("teacher")["quality"]
+    teacher = ZImageBackbone.from_pretrained(PRETRAINED / "teacher")
+    measured = evaluate_teacher(teacher, n=48, seed=FRESH_SEED)
+    for key in ("background_match", "layout_match", "caption_match"):
+        assert within_sampling_error(measured[key], claimed[key], 48), (key, measured, claimed)
+
+
+def test_critic_answers_fresh_questions_as_its_manifest_says():
+    from training.critics import load_critic
+    from world.critic import evaluate_critic
+    from world.questions import question_set
+
+    claimed = manifest("critic")["quality"]
+    critic = load_critic(PRETRAINED / "critic")
+    with torch.no_grad():
+        measured = evaluate_critic(critic, question_set(FRESH_SEED, 12))
+    assert within_sampling_error(measured["accuracy"], claimed["accuracy"], 12 * 16), (measured, claimed)
