@@ -1,4 +1,4 @@
-"""`npedit eval ...`: benchmark outputs from a trained checkpoint."""
+"""`npedit eval ...`: benchmark outputs from a trained checkpoint, and their judging and report."""
 
 from __future__ import annotations
 
@@ -39,6 +39,51 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def judge(args: argparse.Namespace) -> int:
+    """Judge a results folder's outputs with a VLM, then write scores.parquet, report.md and gallery.html."""
+    import os
+
+    from datasets_builder.vlm.backends import make_backend
+    from evaluation.benchmarks import GEDIT_LANGUAGES, load_gedit, load_imgedit
+    from evaluation.judge import JudgeStats, judge_outputs, read_manifest, refuse_judge
+    from evaluation.prompts import OURS
+    from evaluation.report import JudgeInfo, write_report
+
+    if not args.data.exists():
+        raise SystemExit(f"npedit: error: --data {args.data}: no such folder (the benchmark's local copy)")
+    if not args.results.is_dir():
+        raise SystemExit(f"npedit: error: --results {args.results}: no such folder (OUT/METHOD of npedit eval "
+                         "generate)")
+    if (args.judge_backend == "openai") != (args.base_url is not None):
+        raise SystemExit("npedit: error: --base-url is required with --judge-backend openai and only with it")
+    if args.languages and args.benchmark != "gedit":
+        raise SystemExit(f"npedit: error: --languages is for gedit, not {args.benchmark}")
+    manifest = read_manifest(args.results)
+    if manifest["benchmark"] != args.benchmark:
+        raise SystemExit(f"npedit: error: {args.results} holds {manifest['benchmark']} outputs, not {args.benchmark}")
+    refuse_judge(manifest, args.judge_model, allow=args.allow_critic_judge)
+    if args.benchmark == "gedit":
+        cases = load_gedit(args.data, languages=args.languages or GEDIT_LANGUAGES)
+    else:
+        cases = load_imgedit(args.data)
+    options: dict = {}
+    if args.judge_backend == "openai":
+        options = {"base_url": args.base_url, "api_key": os.environ.get(args.api_key_env, "EMPTY")}
+    elif args.judge_backend == "transformers":
+        options = {"device": args.device or "cpu"}
+    backend = make_backend(args.judge_backend, args.judge_model, **options)
+    stats = JudgeStats()
+    batch_size = args.batch_size or {"openai": 256, "vllm": 256, "transformers": 8}[args.judge_backend]
+    judged = judge_outputs(args.benchmark, cases, args.results, backend, data_dir=args.data,
+                           cache_path=args.results / "judge" / "cache.sqlite", batch_size=batch_size,
+                           parse_attempts=args.parse_attempts, stats=stats, progress=True)
+    files = write_report(args.benchmark, judged, args.results, manifest,
+                         JudgeInfo(args.judge_backend, args.judge_model, OURS[args.benchmark]), stats)
+    print(f"judged {len(judged)} cases ({stats.failed_cases} failed; {stats.generated} questions asked, "
+          f"{stats.cached} from the cache); report in {files.folder}")
+    return 0
+
+
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     from training.sampling import SAMPLERS
 
@@ -59,3 +104,22 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--sampler", choices=SAMPLERS, default="renoise")
     g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     g.set_defaults(func=generate)
+
+    j = commands.add_parser("judge", help="score generated outputs with a VLM judge (never the training critic) and "
+                                          "write scores.parquet, report.md and gallery.html under RESULTS/judge/")
+    j.add_argument("--benchmark", choices=("gedit", "imgedit"), required=True)
+    j.add_argument("--data", type=Path, required=True, help="the benchmark's local copy, in its published layout")
+    j.add_argument("--results", type=Path, required=True, help="OUT/METHOD of npedit eval generate")
+    j.add_argument("--judge-backend", choices=("openai", "transformers", "vllm"), required=True)
+    j.add_argument("--judge-model", required=True, help="a hub id or path; for openai, the served model's name")
+    j.add_argument("--base-url", default=None, help="openai: the endpoint, e.g. http://127.0.0.1:8000/v1")
+    j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: the variable holding the API key")
+    j.add_argument("--allow-critic-judge", action="store_true",
+                   help="judge with the checkpoint's own training critic anyway (its scores reward hacking)")
+    j.add_argument("--languages", nargs="+", choices=("en", "cn"), default=None, help="gedit: default both")
+    j.add_argument("--batch-size", type=int, default=None,
+                   help="questions per backend call (default: 256 for a server or vLLM, 8 for transformers)")
+    j.add_argument("--parse-attempts", type=int, default=3, help="questions per case before an unparseable "
+                                                                 "answer is recorded as a failure")
+    j.add_argument("--device", default=None, help="transformers: default cpu")
+    j.set_defaults(func=judge)
