@@ -1,8 +1,9 @@
-"""`npedit eval ...`: benchmark outputs from a trained checkpoint, and their judging and report."""
+"""`npedit eval ...`: benchmark outputs from a trained checkpoint, their judging, DreamBooth's metrics, reports."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 BENCHMARKS = ("gedit", "imgedit", "dreambooth")
@@ -84,6 +85,29 @@ def judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def dreambooth(args: argparse.Namespace) -> int:
+    """DINO, CLIP-I and CLIP-T of a method's DreamBooth outputs; dreambooth_scores.parquet and the report."""
+    from evaluation.dreambooth import dreambooth_report
+
+    if not args.data.exists():
+        raise SystemExit(f"npedit: error: --data {args.data}: no such folder (the dataset/ folder of "
+                         "google/dreambooth)")
+    if not args.results.is_dir():
+        raise SystemExit(f"npedit: error: --results {args.results}: no such folder (OUT of npedit eval generate)")
+    if not (args.results / args.method).is_dir():
+        raise SystemExit(f"npedit: error: --method {args.method}: no folder {args.results / args.method}")
+    for flag, model in (("--dino", args.dino), ("--clip", args.clip)):
+        hub_id = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", model) and not model.startswith(".")
+        if not Path(model).expanduser().exists() and not hub_id:
+            raise SystemExit(f"npedit: error: {flag} {model}: no such model folder, and not a hub id (owner/name)")
+    report = dreambooth_report(args.data, args.results, args.method, args.dino, args.clip, device=args.device)
+    means = ", ".join(f"{name} {'–' if value is None else f'{value:.4f}'}" for name, value in
+                      zip(("DINO", "CLIP-I", "CLIP-T"), report.means.values()))
+    print(f"scored {report.images} images ({report.missing} prompts without output): {means}; report in "
+          f"{report.folder}")
+    return 0
+
+
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     from training.sampling import SAMPLERS
 
@@ -123,3 +147,14 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
                                                                  "answer is recorded as a failure")
     j.add_argument("--device", default=None, help="transformers: default cpu")
     j.set_defaults(func=judge)
+
+    d = commands.add_parser("dreambooth", help="DreamBooth's DINO, CLIP-I and CLIP-T of a method's outputs "
+                                               "(RESULTS/METHOD/<subject>/<prompt index>.png); writes "
+                                               "dreambooth_scores.parquet and dreambooth_report.md beside them")
+    d.add_argument("--data", type=Path, required=True, help="the dataset/ folder of google/dreambooth (or the repo)")
+    d.add_argument("--results", type=Path, required=True, help="results root: the outputs are in RESULTS/METHOD/")
+    d.add_argument("--method", required=True, help="the method's folder name in the results")
+    d.add_argument("--dino", required=True, help="DINO ViT by path or hub id, e.g. facebook/dino-vits16")
+    d.add_argument("--clip", required=True, help="CLIP by path or hub id, e.g. openai/clip-vit-base-patch32")
+    d.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    d.set_defaults(func=dreambooth)
