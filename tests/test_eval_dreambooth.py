@@ -22,8 +22,8 @@ from evaluation.dreambooth import (
     dreambooth_report,
     scores_from_embeddings,
 )
-from npedit.cli import main
 from schemas.errors import ConfigError
+from cli_run import run_cli
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -121,12 +121,7 @@ def _write_outputs(data: Path, results: Path, method: str, skip: set[str]) -> in
 
 
 def _cli(capsys, *args: str) -> tuple[int | str, str, str]:
-    try:
-        code = main(["eval", "dreambooth", *args])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(capsys, "eval", "dreambooth", *args)
 
 
 def test_cli_scores_a_fixture_and_writes_parquet_and_report(metric_models, metrics, tmp_path, capsys):

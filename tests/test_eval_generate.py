@@ -22,9 +22,9 @@ import evaluation.generate as generation
 from evaluation.benchmarks import load_dreambooth, load_gedit, load_imgedit
 from evaluation.critic_guard import refuse_critic_as_judge, training_critic
 from evaluation.generate import MANIFEST, case_seed, edit_batch, generate
-from npedit.cli import main
 from schemas.errors import Refused
 from training.sampling import edit_images
+from cli_run import run_cli
 
 RESOLUTION = 48  # tiny Z-Image's factor is 16: square inputs -> 48x48, 2:1 inputs -> 64x32
 
@@ -197,12 +197,7 @@ def test_the_judge_is_never_the_training_critic(tiny_models, tmp_path, monkeypat
 
 
 def _cli(capsys, *args: str) -> tuple[int | str, str, str]:
-    try:
-        code = main(["eval", "generate", *args])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(capsys, "eval", "generate", *args)
 
 
 def test_cli_generates_and_rejects_bad_input_in_one_line(tiny_models, tmp_path, capsys):

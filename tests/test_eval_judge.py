@@ -25,8 +25,8 @@ from evaluation.generate import MANIFEST, generate
 from evaluation.judge import BAR, CaseJudgement, JudgeStats, judge_outputs, read_manifest, refuse_judge, side_by_side
 from evaluation.prompts import GEDIT_QUALITY, GEDIT_SEMANTICS, OURS, JudgePromptSet
 from evaluation.report import JudgeInfo, markdown_report, write_report
-from npedit.cli import main
 from schemas.errors import ConfigError, Refused
+from cli_run import run_cli
 
 ONCE, ALWAYS = "MALFORMED-ONCE", "MALFORMED-ALWAYS"  # the loopback judge garbles its first or every answer
 
@@ -185,12 +185,7 @@ def test_gedit_judged_end_to_end_retries_then_counts_failures_and_reruns_from_th
 
 
 def _cli(capsys, *args: str) -> tuple[int | str, str, str]:
-    try:
-        code = main(["eval", "judge", *args])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(capsys, "eval", "judge", *args)
 
 
 def test_cli_judges_imgedit_and_writes_the_report(generated, judge_server, capsys):
