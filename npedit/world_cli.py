@@ -47,13 +47,12 @@ def _summaries() -> dict[str, tuple]:
             raise SystemExit(f"npedit: error: the teacher needs a world VAE in {out / 'vae'}: build it first")
         return train_teacher(out, out / "vae", minutes=minutes, seed=seed)
 
+    def vae_line(q: dict) -> str:
+        return f"held-out PSNR {q['psnr_db']:.1f} dB, the verifier parses {q['parse_rate']:.1%} of reconstructions"
+
     return {
-        "vae": (lambda out, minutes, seed: train_vae(out, minutes=minutes, seed=seed),
-                lambda q: f"held-out PSNR {q['psnr_db']:.1f} dB, the verifier parses {q['parse_rate']:.1%} of "
-                          "reconstructions"),
-        "vae_decoder": (lambda out, minutes, seed: finetune_decoder(out, minutes=minutes, seed=seed),
-                        lambda q: f"held-out PSNR {q['psnr_db']:.1f} dB, the verifier parses {q['parse_rate']:.1%} of "
-                                  "reconstructions"),
+        "vae": (lambda out, minutes, seed: train_vae(out, minutes=minutes, seed=seed), vae_line),
+        "vae_decoder": (lambda out, minutes, seed: finetune_decoder(out, minutes=minutes, seed=seed), vae_line),
         "teacher": (teacher, lambda q: f"samples match their caption {q['caption_match']:.1%} "
                                        f"(layout {q['layout_match']:.1%})"),
         "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed),
