@@ -95,3 +95,23 @@ def test_runs_split_over_folders_merge_into_one_report_and_mismatches_are_refuse
     d = _part(tmp_path / "d", [("dmd_only", 0, 100)])
     with pytest.raises(SystemExit, match="different step budgets"):
         main(["world", "report", str(a), str(d), "--out", str(tmp_path / "y")])
+
+
+def _scores(success: float, realism: float) -> dict:
+    return {t: {"success": success, "preservation_db": 30.0, "realism": realism, "untouched_objects_kept": 1.0,
+                "n": 1} for t in [*EDIT_TYPES, "mean"]}
+
+
+def test_the_papers_pattern_is_judged_only_when_some_variant_edits():
+    from world.report import expected_pattern
+
+    def runs(np_edit: float, vlm_only_realism: float) -> dict:
+        return {"np_edit": [{"scores": _scores(np_edit, 0.9)}],
+                "vlm_only": [{"scores": _scores(np_edit, vlm_only_realism)}]}
+
+    assert expected_pattern(runs(0.6, 0.5)) == [
+        "- VLM only loses realism: vlm_only 0.5 vs np_edit 0.9 (mean realism): **seen**"]
+    assert expected_pattern(runs(0.6, 0.95))[0].endswith("**not seen**")
+    lines = expected_pattern(runs(0.05, 0.5))
+    assert lines[0].startswith("- Not readable from these runs: the best variant's mean success is 5%")
+    assert lines[1].endswith("**not readable**")

@@ -139,6 +139,9 @@ def merge_results(parts: list[Path], out: Path, *, command: str = "") -> dict:
         for grid in sorted((Path(part) / "grids").glob("*.png")):
             (out / "grids").mkdir(parents=True, exist_ok=True)
             shutil.copy(grid, out / "grids" / grid.name)
+        for curves in sorted((Path(part) / "runs").glob("*/loss_curves.png")):
+            (out / "runs" / curves.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(curves, out / "runs" / curves.parent.name / curves.name)
     seen = [(r["variant"], r["seed"]) for r in runs]
     if len(set(seen)) != len(seen):
         raise ValueError(f"a run appears in more than one part: {sorted(k for k in set(seen) if seen.count(k) > 1)}")

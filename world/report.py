@@ -11,6 +11,7 @@ import numpy as np
 from schemas.edit_types import EDIT_TYPES
 
 GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
+READABLE_SUCCESS = 0.2  # below this mean success for every variant, the paper's pattern cannot be read
 
 
 def model_quality(models: Path) -> dict:
@@ -76,14 +77,18 @@ def expected_pattern(grouped: dict[str, list[dict]]) -> list[str]:
         ("without the identity question, preservation drops", "no_identity", "np_edit", "mean", "preservation_db", "<"),
         ("NP-Edit is close to the supervised editor (success)", "np_edit", "supervised", "mean", "success", "~"),
     ]
-    lines = []
+    best = max((mean(v, "mean", "success") or 0.0) for v in grouped)
+    readable = best >= READABLE_SUCCESS
+    lines = [] if readable else [
+        f"- Not readable from these runs: the best variant's mean success is {best:.0%} (below "
+        f"{READABLE_SUCCESS:.0%}), so every variant fails and their differences are noise. As measured:"]
     for claim, variant, reference, edit_type, metric, relation in checks:
         a, b = mean(variant, edit_type, metric), mean(reference, edit_type, metric)
         if a is None or b is None:
             continue
         holds = a < b if relation == "<" else abs(a - b) <= 0.1 * max(abs(b), 1e-9) + 0.05
-        lines.append(f"- {claim}: {variant} {a:.3g} vs {reference} {b:.3g} ({edit_type} {metric}): "
-                     f"**{'seen' if holds else 'not seen'}**")
+        verdict = ("seen" if holds else "not seen") if readable else "not readable"
+        lines.append(f"- {claim}: {variant} {a:.3g} vs {reference} {b:.3g} ({edit_type} {metric}): **{verdict}**")
     return lines
 
 
