@@ -115,3 +115,13 @@ def test_the_papers_pattern_is_judged_only_when_some_variant_edits():
     lines = expected_pattern(runs(0.05, 0.5))
     assert lines[0].startswith("- Not readable from these runs: the best variant's mean success is 5%")
     assert lines[1].endswith("**not readable**")
+
+
+def test_world_models_prints_the_committed_models_and_refuses_a_folder_without_any(tmp_path, capsys):
+    from npedit.cli import main
+
+    assert main(["world", "models"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("vae: ") and "teacher: " in printed and "| background |" in printed
+    with pytest.raises(SystemExit, match="no world model manifests in"):
+        main(["world", "models", "--models", str(tmp_path)])
