@@ -33,7 +33,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -42,8 +41,8 @@ from PIL import Image
 from evaluation.benchmarks import BenchmarkCase, DreamBoothSubject
 from evaluation.critic_guard import training_critic
 from schemas.errors import ConfigError, Refused
-from training.backbones.base import Backbone, noise_to, x0_from_velocity
-from training.sampling import SAMPLERS, sampling_times
+from training.backbones.base import Backbone
+from training.sampling import SAMPLERS, edit_images
 
 MANIFEST = "generation.json"
 DREAMBOOTH_TOKEN = "sks"
@@ -149,41 +148,6 @@ def load_backbone(path: str | Path, device: str | None = None) -> Backbone:
     generator = resolve_generator(path)
     device, dtype = _device_and_dtype(device)
     return backbone_class(generator).from_pretrained(generator, dtype=dtype).to(device)
-
-
-@torch.no_grad()
-def edit_batch(backbone: Backbone, references: torch.Tensor, prompts: list[str],
-               generators: Sequence[torch.Generator], *, num_steps: int = 4, sampler: str = "renoise") -> torch.Tensor:
-    """`training.sampling.edit_images` with one noise generator per sample, so each sample's noise is its own.
-
-    Each sample draws from its generator in the order `edit_images` draws for a batch of one (the starting noise,
-    then each re-noising), so a batch of one gives `edit_images`'s result with that generator.
-    """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
-    if len(generators) != references.shape[0] or len(prompts) != references.shape[0]:
-        raise ValueError(f"{references.shape[0]} references, {len(prompts)} prompts, {len(generators)} generators")
-    reference_latents = backbone.encode_images(references)
-    text = backbone.encode_text(prompts, num_references=1)
-
-    def noise(like: torch.Tensor) -> torch.Tensor:
-        draws = [torch.randn((1, *like.shape[1:]), generator=g, dtype=like.dtype) for g in generators]
-        return torch.cat(draws).to(like.device)
-
-    x = noise(reference_latents)
-    times = sampling_times(backbone, num_steps).to(x.device)
-    if sampler == "renoise":
-        x0 = x
-        for i, t in enumerate(times[:-1]):
-            t_batch = torch.full((x.shape[0],), float(t), device=x.device)
-            if i > 0:
-                x = noise_to(x0, noise(x0), t_batch)
-            x0 = x0_from_velocity(x, t_batch, backbone.predict_velocity(x, t_batch, text, reference=reference_latents))
-        return backbone.decode_latents(x0).clamp(-1, 1)
-    for t, t_next in pairwise(times):
-        v = backbone.predict_velocity(x, t.expand(x.shape[0]), text, reference=reference_latents)
-        x = x + (t_next - t) * v
-    return backbone.decode_latents(x).clamp(-1, 1)
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -312,8 +276,8 @@ def generate(
                 continue
             references = torch.stack([load_image(jobs[i].image, sizes[i]) for i in pending])
             generators = [torch.Generator().manual_seed(case_seed(seed, jobs[i].case_id)) for i in pending]
-            edited = edit_batch(backbone, references, [jobs[i].prompt for i in pending], generators,
-                                num_steps=num_steps, sampler=sampler)
+            edited = edit_images(backbone, references, [jobs[i].prompt for i in pending], num_steps=num_steps,
+                                 sampler=sampler, generator=generators)
             for i, image in zip(pending, edited):
                 job = jobs[i]
                 if job.source_copy and not (folder / job.source_copy).exists():

@@ -21,7 +21,7 @@ from test_eval_benchmarks import (
 import evaluation.generate as generation
 from evaluation.benchmarks import load_dreambooth, load_gedit, load_imgedit
 from evaluation.critic_guard import refuse_critic_as_judge, training_critic
-from evaluation.generate import MANIFEST, case_seed, edit_batch, generate
+from evaluation.generate import MANIFEST, case_seed, generate
 from schemas.errors import Refused
 from training.sampling import edit_images
 from cli_run import run_cli
@@ -99,10 +99,10 @@ def test_per_case_noise_matches_edit_images_and_ignores_the_batch(zimage):
     def seeded(case_id: str) -> torch.Generator:
         return torch.Generator().manual_seed(case_seed(7, case_id))
 
-    alone = edit_batch(zimage, references[1:], prompts[1:], [seeded("b")], num_steps=3)
+    alone = edit_images(zimage, references[1:], prompts[1:], num_steps=3, generator=[seeded("b")])
     reference = edit_images(zimage, references[1:], prompts[1:], num_steps=3, generator=seeded("b"))
     assert torch.equal(alone, reference)
-    together = edit_batch(zimage, references, prompts, [seeded("a"), seeded("b")], num_steps=3)
+    together = edit_images(zimage, references, prompts, num_steps=3, generator=[seeded("a"), seeded("b")])
     torch.testing.assert_close(together[1:], alone, atol=1e-5, rtol=0)
     assert case_seed(7, "a") != case_seed(7, "b") and case_seed(7, "a") != case_seed(8, "a")
 
@@ -113,11 +113,11 @@ def test_a_killed_run_resumes_to_the_same_bytes_and_generates_nothing_twice(gedi
 
     generated: list[str] = []
 
-    def counting(backbone, references, prompts, generators, **kwargs):
+    def counting(backbone, references, prompts, **kwargs):
         generated.extend(prompts)
-        return edit_batch(backbone, references, prompts, generators, **kwargs)
+        return edit_images(backbone, references, prompts, **kwargs)
 
-    monkeypatch.setattr(generation, "edit_batch", counting)
+    monkeypatch.setattr(generation, "edit_images", counting)
 
     class Killed(Exception):
         pass

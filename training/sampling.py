@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from training.backbones.base import Backbone
-from training.unroll import UnrollPlan, unroll
+from training.unroll import Generators, UnrollPlan, draw_noise, unroll
 
 SAMPLERS = ("renoise", "euler")
 
@@ -23,9 +23,10 @@ def edit_images(
     *,
     num_steps: int = 4,
     sampler: str = "renoise",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Edit reference images in [-1, 1] (B,3,H,W) following the instructions; returns images in [-1, 1].
+    `generator` may be one per sample, so a sample's noise does not depend on the batch it is in.
 
     `renoise` matches the training unroll: predict x0, then re-noise it with fresh noise to the next t.
     `euler` integrates dx/dt = v deterministically. With one step both return the same x0.
@@ -39,8 +40,7 @@ def edit_images(
     reference_latents = backbone.encode_images(references)
     text = backbone.encode_text(instructions, num_references=1)
 
-    x = torch.randn(reference_latents.shape, generator=generator, dtype=reference_latents.dtype)
-    x = x.to(reference_latents.device)
+    x = draw_noise(reference_latents, generator)
     times = sampling_times(backbone, num_steps).to(x.device)
     if sampler == "renoise":  # the training unroll itself, over the whole grid
         plan = UnrollPlan(tuple(float(t) for t in times[:-1]))

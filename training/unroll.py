@@ -7,6 +7,7 @@ once more. Gradients flow through both generator calls.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,20 +45,33 @@ def plan_unroll(step: int, schedule: ScheduleConfig, backbone: Backbone, seed: i
     return UnrollPlan((1.0, float(backbone.shift_time(torch.tensor(choice)))))
 
 
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def draw_noise(like: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+    """Standard normal noise shaped like `like`: from one generator for the batch, or one per sample (a sample then
+    draws the same noise in any batch)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+    if len(generator) != like.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {like.shape[0]}")
+    return torch.cat([torch.randn((1, *like.shape[1:]), generator=g, dtype=like.dtype) for g in generator]
+                     ).to(like.device)
+
+
 def unroll(
     backbone: Backbone,
     noise: torch.Tensor,
     text: TextFeatures,
     reference: torch.Tensor,
     plan: UnrollPlan,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """x0 after `plan.num_steps` generator calls; differentiable w.r.t. the generator's parameters."""
     x_t, x0 = noise, None
     for i, t in enumerate(plan.times):
         t_batch = torch.full((noise.shape[0],), t, device=noise.device)
         if i > 0:  # re-noise the previous prediction with fresh noise
-            fresh = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-            x_t = noise_to(x0, fresh, t_batch)
+            x_t = noise_to(x0, draw_noise(x0, generator), t_batch)
         x0 = x0_from_velocity(x_t, t_batch, backbone.predict_velocity(x_t, t_batch, text, reference=reference))
     return x0
