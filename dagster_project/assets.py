@@ -2,10 +2,12 @@
 
 import dagster as dg
 
-from dagster_project.resources import LakeResource, SourceResource, VlmResource, corpus_from
+from dagster_project.resources import DecontaminationResource, LakeResource, SourceResource, VlmResource, corpus_from
 from datasets_builder import lake as lake_store
 from datasets_builder import storage
 from datasets_builder.corpus import STAGE_INPUTS, STAGE_OUTPUT
+from datasets_builder.decontamination import hash_benchmark_images
+from evaluation.benchmarks import benchmark_images
 from schemas import VlmStage
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
@@ -25,8 +27,8 @@ def vlm_pool(backend: str) -> str:
 
 @dg.asset(group_name=GROUP, description="Fetch the source with img2dataset into Parquet shards; registers shards.")
 def fetched_shards(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmResource,
-                   lake: LakeResource) -> dg.MaterializeResult:
-    corpus = corpus_from(source, vlm, lake)
+                   lake: LakeResource, decontamination: DecontaminationResource) -> dg.MaterializeResult:
+    corpus = corpus_from(source, vlm, lake, decontamination)
     names = corpus.fetch()
     new = [n for n in names if not context.instance.has_dynamic_partition(shards.name, n)]
     context.instance.add_dynamic_partitions(shards.name, new)
@@ -39,11 +41,30 @@ def fetched_shards(context: dg.AssetExecutionContext, source: SourceResource, vl
                                           **{f"urls_{k}": v for k, v in statuses.items()}})
 
 
-@dg.asset(group_name=GROUP, partitions_def=shards, deps=[fetched_shards], pool=IMAGES_POOL,
-          description="Decoded, normalised, deduplicated images of one shard, and the rejects with their reason.")
-def images(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmResource,
-           lake: LakeResource) -> dg.MaterializeResult:
-    counts = corpus_from(source, vlm, lake).build_images(context.partition_key)
+@dg.asset(group_name=GROUP, description="Hashes (sha256 and pHash of light crops) of every image of the benchmark "
+          "copies listed for decontamination; each shard's images step rejects corpus images that match them.")
+def benchmark_hashes(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmResource, lake: LakeResource,
+                     decontamination: DecontaminationResource) -> dg.MaterializeResult:
+    corpus = corpus_from(source, vlm, lake, decontamination)
+    listed = corpus.config.decontamination.benchmarks
+    counts = {}
+    if listed and not corpus.benchmark_hashes_path.exists():
+        found = [image for name, path in listed.items() for image in benchmark_images(name, path)]
+        counts = {name: sum(1 for b, _, _ in found if b == name) for name in listed}
+        context.log.info(f"hashing {len(found)} benchmark images: {counts}")
+        corpus.write_benchmark_hashes(hash_benchmark_images(found))
+    if not listed:
+        context.log.info("no benchmark copies listed (decontamination.benchmarks): nothing to keep out")
+    return dg.MaterializeResult(metadata={"benchmarks": ", ".join(listed) or "none",
+                                          **{f"images_{k}": v for k, v in counts.items()}})
+
+
+@dg.asset(group_name=GROUP, partitions_def=shards, deps=[fetched_shards, benchmark_hashes], pool=IMAGES_POOL,
+          description="Decoded, normalised, deduplicated images of one shard without benchmark images, and the "
+                      "rejects with their reason.")
+def images(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmResource, lake: LakeResource,
+           decontamination: DecontaminationResource) -> dg.MaterializeResult:
+    counts = corpus_from(source, vlm, lake, decontamination).build_images(context.partition_key)
     context.log.info(f"shard {context.partition_key}: {counts}")
     return dg.MaterializeResult(metadata=counts)
 
@@ -51,9 +72,9 @@ def images(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmRe
 def _vlm_stage_asset(stage: VlmStage, deps: list[str], pool: str) -> dg.AssetsDefinition:
     @dg.asset(name=STAGE_OUTPUT[stage], group_name=GROUP, partitions_def=shards, deps=deps, pool=pool,
               description=f"VLM stage '{stage.value}' over one shard (rows + vlm_rejects).")
-    def _stage(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmResource,
-               lake: LakeResource) -> dg.MaterializeResult:
-        corpus = corpus_from(source, vlm, lake)
+    def _stage(context: dg.AssetExecutionContext, source: SourceResource, vlm: VlmResource, lake: LakeResource,
+               decontamination: DecontaminationResource) -> dg.MaterializeResult:
+        corpus = corpus_from(source, vlm, lake, decontamination)
         runner = corpus.runner()
         runner.progress = lambda done, total: context.log.info(f"{stage.value}: {done}/{total} requests")
         counts = corpus.run_stage(stage, context.partition_key, runner)
@@ -83,8 +104,8 @@ class SnapshotConfig(dg.Config):
           deps=[dg.AssetDep(k, partition_mapping=dg.AllPartitionMapping()) for k in SHARD_ASSET_KEYS],
           description="Publish every finished shard file as one immutable DuckLake snapshot.")
 def snapshot(context: dg.AssetExecutionContext, config: SnapshotConfig, source: SourceResource, vlm: VlmResource,
-             lake: LakeResource) -> dg.MaterializeResult:
-    corpus = corpus_from(source, vlm, lake)
+             lake: LakeResource, decontamination: DecontaminationResource) -> dg.MaterializeResult:
+    corpus = corpus_from(source, vlm, lake, decontamination)
     files = corpus.staged_files()
     missing = [s for s in corpus.shards() if not all(
         any(storage.name(p).startswith(s) for p in files[t]) for t in ("images", *STAGE_OUTPUT.values()))]

@@ -1,4 +1,5 @@
-"""Materialize the whole graph in process (what `npedit corpus build` runs): fetch, every shard, snapshot, checks."""
+"""Materialize the whole graph in process (what `npedit corpus build` runs): fetch and benchmark hashes, every shard,
+snapshot, checks."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def build_corpus(
     instance = instance or dg.DagsterInstance.ephemeral()
     resources = resources_from(config)
     logs = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    dg.materialize(ALL_ASSETS, selection=["fetched_shards"], instance=instance, resources=resources, run_config=logs)
+    first = dg.materialize(ALL_ASSETS, selection=["fetched_shards", "benchmark_hashes"], instance=instance,
+                           resources=resources, run_config=logs, raise_on_error=False)
+    _raise_failure(first, "fetching the source and hashing the benchmarks")
     keys = instance.get_dynamic_partitions(shards.name)
     for i, key in enumerate(keys, 1):
         dg.materialize(ALL_ASSETS, selection=SHARD_ASSET_KEYS, partition_key=key, instance=instance,
@@ -47,14 +50,8 @@ def build_corpus(
         run_config={**quiet, "ops": {"snapshot": {"config": {"message": message, "tag": tag, "replace": replace}}}},
         raise_on_error=False,
     )
-    errors = [e.step_failure_data.error for e in result.get_step_failure_events() if e.step_failure_data.error]
-    _replay_log(instance, result.run_id, log_level, on_event, failed=bool(errors))
-    if not result.success:
-        causes = [_cause(error) for error in errors]
-        message = "publishing the snapshot failed: " + ("; ".join(m for _, m in causes) or "see the Dagster log above")
-        if causes and all(name in USER_ERRORS for name, _ in causes):
-            raise BuildRefused(message)
-        raise RuntimeError("\n\n".join([message, *(error.to_string() for error in errors)]))
+    _replay_log(instance, result.run_id, log_level, on_event, failed=not result.success)
+    _raise_failure(result, "publishing the snapshot")
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("snapshot")[0].metadata.items()}
     for evaluation in result.get_asset_check_evaluations():
         metadata[f"check_{evaluation.check_name}"] = "passed" if evaluation.passed else "FAILED"
@@ -65,7 +62,20 @@ class BuildRefused(UserError, RuntimeError):
     """The build stopped on something the user can fix (the lake refused, a snapshot or lake was not found)."""
 
 
-USER_ERRORS = {"ConfigError", "NotFound", "Refused", "LakeUnavailable", "UserError"}
+USER_ERRORS = {"ConfigError", "NotFound", "Refused", "LakeUnavailable", "UserError", "FileNotFoundError"}
+
+
+def _raise_failure(result: dg.ExecuteInProcessResult, what: str) -> None:
+    """A failed run as one `BuildRefused` line when every step failed on something the user can fix, else a
+    RuntimeError with the tracebacks."""
+    if result.success:
+        return
+    errors = [e.step_failure_data.error for e in result.get_step_failure_events() if e.step_failure_data.error]
+    causes = [_cause(error) for error in errors]
+    message = f"{what} failed: " + ("; ".join(m for _, m in causes) or "see the Dagster log above")
+    if causes and all(name in USER_ERRORS for name, _ in causes):
+        raise BuildRefused(message)
+    raise RuntimeError("\n\n".join([message, *(error.to_string() for error in errors)]))
 
 
 def _replay_log(instance: dg.DagsterInstance, run_id: str, log_level: str, on_event: Callable[[str], None], *,

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from dagster_project.assets import snapshot
-from dagster_project.resources import LakeResource, SourceResource, VlmResource, corpus_from
+from dagster_project.resources import DecontaminationResource, LakeResource, SourceResource, VlmResource, corpus_from
 from datasets_builder import quality
 
 # Hard contracts block; distribution checks warn (a small or young corpus is legitimately unbalanced).
@@ -18,8 +18,9 @@ _SEVERITY = {
 
 def _check(name: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=snapshot, name=name, description=(quality.CHECKS.get(name) or quality.counts_add_up).__doc__)
-    def _run(source: SourceResource, vlm: VlmResource, lake: LakeResource) -> dg.AssetCheckResult:
-        corpus = corpus_from(source, vlm, lake)
+    def _run(source: SourceResource, vlm: VlmResource, lake: LakeResource,
+             decontamination: DecontaminationResource) -> dg.AssetCheckResult:
+        corpus = corpus_from(source, vlm, lake, decontamination)
         if name == "counts_add_up":
             outcome = quality.counts_add_up(corpus.lake, corpus.fetched_path)
         else:

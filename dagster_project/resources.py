@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig
+from datasets_builder.config import CorpusConfig, DecontaminationConfig, SourceConfig, VlmConfig
 from datasets_builder.corpus import Corpus
 from datasets_builder.fetch import FetchConfig
 from datasets_builder.images import ImageLimits
@@ -52,7 +52,15 @@ class LakeResource(dg.ConfigurableResource):
     data_path: str | None = None
 
 
-def corpus_from(source: SourceResource, vlm: VlmResource, lake: LakeResource) -> Corpus:
+class DecontaminationResource(dg.ConfigurableResource):
+    """Benchmark copies (gedit | imgedit | dreambooth -> local path) whose images are kept out of the corpus."""
+
+    benchmarks: dict[str, str] = {}
+    max_distance: int = 10
+
+
+def corpus_from(source: SourceResource, vlm: VlmResource, lake: LakeResource,
+                decontamination: DecontaminationResource) -> Corpus:
     return Corpus(
         CorpusConfig(
             source=SourceConfig(source.url_list, source.folder, source.url_col, source.caption_col),
@@ -67,6 +75,7 @@ def corpus_from(source: SourceResource, vlm: VlmResource, lake: LakeResource) ->
                           dtype=vlm.dtype, temperature=vlm.temperature, top_p=vlm.top_p, seed=vlm.seed,
                           base_url=vlm.base_url, max_in_flight=vlm.max_in_flight,
                           max_image_side=vlm.max_image_side),
+            decontamination=DecontaminationConfig(dict(decontamination.benchmarks), decontamination.max_distance),
         )
     )
 
@@ -84,4 +93,6 @@ def resources_from(config: CorpusConfig) -> dict[str, dg.ConfigurableResource]:
                            temperature=v.temperature, top_p=v.top_p, seed=v.seed, base_url=v.base_url,
                            max_in_flight=v.max_in_flight, max_image_side=v.max_image_side),
         "lake": LakeResource(lake_dir=config.lake_dir, catalog=config.catalog, data_path=config.data_path),
+        "decontamination": DecontaminationResource(benchmarks=dict(config.decontamination.benchmarks),
+                                                   max_distance=config.decontamination.max_distance),
     }

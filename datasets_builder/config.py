@@ -59,6 +59,27 @@ class VlmConfig:
             raise ConfigError("vlm.max_image_side must be 0 (as stored) or a side in pixels")
 
 
+BENCHMARKS = ("gedit", "imgedit", "dreambooth")  # the copies decontamination can read (evaluation.benchmarks)
+
+
+@dataclass(frozen=True)
+class DecontaminationConfig:
+    """Benchmark copies to keep out of the corpus (name -> local path, e.g. `gedit = "/data/GEdit-Bench"`): a corpus
+    image equal to one of their images, or within `max_distance` pHash bits of it, is rejected as `benchmark_overlap`.
+    """
+
+    benchmarks: dict[str, str] = field(default_factory=dict)
+    max_distance: int = 10  # of 64 bits; see datasets_builder.decontamination
+
+    def __post_init__(self):
+        unknown = sorted(set(self.benchmarks) - set(BENCHMARKS))
+        if unknown:
+            raise ConfigError(f"decontamination.benchmarks: unknown benchmark {unknown[0]!r} (known: "
+                              f"{', '.join(BENCHMARKS)})")
+        if not 0 <= self.max_distance < 32:
+            raise ConfigError("decontamination.max_distance must be between 0 (exact pHash) and 31 bits")
+
+
 @dataclass(frozen=True)
 class CorpusConfig:
     """Everything one corpus build needs. `work_dir` holds fetched shards and the VLM cache; `lake_dir` the lake."""
@@ -72,6 +93,7 @@ class CorpusConfig:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     limits: ImageLimits = field(default_factory=ImageLimits)
     vlm: VlmConfig = field(default_factory=VlmConfig)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
 
 
 def load_corpus_config(path: Path, overrides: dict[str, Any] | None = None) -> CorpusConfig:

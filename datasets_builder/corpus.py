@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from datasets_builder import lake, storage
 from datasets_builder.claims import ImageClaims, PostgresClaims, SqliteClaims
 from datasets_builder.config import CorpusConfig
+from datasets_builder.decontamination import CROP_STEPS, reject_overlaps
 from datasets_builder.fetch import (fetch_into, finished_shards, list_folder, read_fetched_shard, read_url_list,
                                     write_listed_shard)
 from datasets_builder.images import normalise_fetched, vlm_view
@@ -105,22 +106,58 @@ class Corpus:
         return storage.join(self.fetched_dir, fingerprint, f"{number}.parquet")
 
     @cached_property
-    def limits_fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self.config.limits), sort_keys=True).encode()).hexdigest()[:8]
+    def images_fingerprint(self) -> str:
+        """What decides a shard's accepted images: the image limits and, when set, the decontamination."""
+        parts = asdict(self.config.limits)  # alone without decontamination: earlier builds keep their file names
+        if self.config.decontamination.benchmarks:
+            parts = [parts, self.benchmark_hashes_name]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:8]
 
     def images_name(self, shard: str) -> str:
-        """Names a shard's image files: the shard and a fingerprint of the image limits that produced them."""
-        return f"{shard}-{self.limits_fingerprint}"
+        """Names a shard's image files: the shard and a fingerprint of what produced them."""
+        return f"{shard}-{self.images_fingerprint}"
+
+    @cached_property
+    def benchmark_hashes_name(self) -> str:
+        """Names the benchmark hash table: the copies listed, the crops hashed and the distance allowed."""
+        settings = self.config.decontamination
+        parts = [sorted(settings.benchmarks.items()), settings.max_distance, CROP_STEPS]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+
+    @property
+    def benchmark_hashes_path(self) -> Path:
+        return self.work_dir / "benchmark_hashes" / f"{self.benchmark_hashes_name}.parquet"
+
+    def write_benchmark_hashes(self, hashes: pa.Table) -> Path:
+        """Keep the benchmark hash table (`decontamination.hash_benchmark_images`) for every shard's images step."""
+        path = self.benchmark_hashes_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        pq.write_table(hashes, partial)
+        partial.replace(path)
+        return path
+
+    def _decontaminate(self, images: pa.Table, shard: str) -> tuple[pa.Table, pa.Table]:
+        """The shard's images without those matching a listed benchmark's, and those as `benchmark_overlap` rejects."""
+        settings = self.config.decontamination
+        if not settings.benchmarks:
+            return images, IMAGES_REJECTED.to_arrow([])
+        if not self.benchmark_hashes_path.exists():
+            raise FileNotFoundError(f"decontamination lists {', '.join(settings.benchmarks)} but their hashes are not "
+                                    f"in {self.benchmark_hashes_path}: materialize the benchmark_hashes asset first")
+        return reject_overlaps(images, shard, pq.read_table(self.benchmark_hashes_path), settings.max_distance)
 
     def build_images(self, shard: str) -> dict[str, int]:
-        """Normalise one fetched shard; duplicates across shards are rejected against a persistent claim table."""
+        """Normalise one fetched shard; benchmark images (when listed) and duplicates across shards (against a
+        persistent claim table) become rejects."""
         images_path = lake.staged_path(self.lake, "images", self.images_name(shard))
         rejects_path = lake.staged_path(self.lake, "images_rejected", self.images_name(shard))
         if not (storage.exists(images_path) and storage.exists(rejects_path)):
             fetched = read_fetched_shard(self.fetched_path(shard))
             images, rejected = normalise_fetched(fetched, shard, self.config.limits)
+            images, overlaps = self._decontaminate(images, shard)  # before claiming: claims hold corpus images only
             images, duplicates = self._claim(images, shard)
-            rejected = pa.concat_tables([rejected, duplicates])
+            rejected = pa.concat_tables([rejected, overlaps, duplicates])
             lake.write_staged(self.lake, IMAGES, images, self.images_name(shard))
             lake.write_staged(self.lake, IMAGES_REJECTED, rejected, self.images_name(shard))
         rejected = storage.read_parquet(rejects_path, columns=["reason"]).column("reason").to_pylist()
@@ -174,7 +211,7 @@ class Corpus:
 
     def stage_fingerprint(self, stage: VlmStage, runner: VlmRunner) -> str:
         """Names a stage's output files: model, prompt version, sampling, image view, and its inputs' fingerprints."""
-        parts = [runner.provenance(PROMPTS[stage]), self.limits_fingerprint,
+        parts = [runner.provenance(PROMPTS[stage]), self.images_fingerprint,
                  [self.stage_fingerprint(s, runner) for s in STAGE_INPUTS[stage]]]
         if runner.image_view:
             parts.append(runner.image_view)

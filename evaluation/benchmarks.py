@@ -290,3 +290,27 @@ def load_dreambooth(path: str | Path) -> list[DreamBoothSubject]:
         live = class_name in DREAMBOOTH_LIVE_CLASSES
         subjects.append(DreamBoothSubject(name, class_name, live, tuple(photos), tuple(templates[live])))
     return subjects
+
+
+# --- every image of a copy (decontamination) ----------------------------------------------------------------------
+
+
+def benchmark_images(name: str, path: str | Path) -> list[tuple[str, str, bytes]]:
+    """(benchmark, case, encoded image) for every distinct image of a copy, for the builder to keep out of the corpus:
+    GEdit's input images and their unprocessed originals, ImgEdit's photos, DreamBooth's subject photos."""
+    found: dict[bytes, tuple[str, str, bytes]] = {}
+    if name == "gedit":
+        for case in load_gedit(path, include_raw_image=True):
+            found.setdefault(case.image, (name, case.case_id, case.image))
+            found.setdefault(case.raw_image, (name, f"{case.case_id} (raw)", case.raw_image))
+    elif name == "imgedit":
+        for case in load_imgedit(path):
+            found.setdefault(case.image, (name, case.image_name, case.image))
+    elif name == "dreambooth":
+        for subject in load_dreambooth(path):
+            for photo in subject.images:
+                data = photo.read_bytes()
+                found.setdefault(data, (name, f"{subject.name}/{photo.name}", data))
+    else:
+        raise ConfigError(f"unknown benchmark {name!r} (known: gedit, imgedit, dreambooth)")
+    return list(found.values())

@@ -30,6 +30,7 @@ class ImageRejectReason(StrEnum):
     TOO_LARGE = "too_large"
     DUPLICATE = "duplicate"
     UNSUPPORTED = "unsupported"
+    BENCHMARK_OVERLAP = "benchmark_overlap"  # the image is (a copy of) an evaluation benchmark's image
 
 
 IMAGE_REJECT_REASONS: tuple[str, ...] = tuple(r.value for r in ImageRejectReason)

@@ -195,8 +195,8 @@ def test_definitions_load_with_every_asset_and_check():
 
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"fetched_shards", "images", "captions", "edit_proposals", "edit_instructions", "objects",
-                    "background_prompts", "snapshot"}
+    assert keys == {"fetched_shards", "benchmark_hashes", "images", "captions", "edit_proposals", "edit_instructions",
+                    "objects", "background_prompts", "snapshot"}
     assert len(list(graph.asset_check_keys)) == 5
 
 
