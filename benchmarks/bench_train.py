@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.flops import zimage_forward_flops
 from model_zoo import build_tiny_models
 from training.config import load_config
 from training.run import build_trainer
@@ -103,26 +104,8 @@ def tiny_breakdown(steps: int) -> None:
 
 def real_shapes_flops() -> None:
     """FLOPs of the Z-Image transformer at the real recipe's shapes, counted on the meta device."""
-    from diffusers import ZImageTransformer2DModel
-
     config = load_config("zimage_paper")
-    side = config.data.resolution // 8  # latent side
-    with torch.device("meta"):
-        transformer = ZImageTransformer2DModel()  # the released 6B config (dim 3840, 30 layers)
-        latent = torch.empty(16, 1, side, side)
-        caption = [torch.empty(64, 2560)]
-        segments = [torch.empty(8, 2560), torch.empty(64, 2560), torch.empty(4, 2560)]
-        t = torch.empty(1)
-
-        def count(**kwargs) -> float:
-            counter = FlopCounterMode(display=False)
-            with counter:
-                transformer(t=t, **kwargs)
-            return counter.get_total_flops()
-
-        t2i = count(x=[latent], cap_feats=caption)
-        omni = count(x=[[latent, latent]], cap_feats=[segments], siglip_feats=[None], image_noise_mask=[[0, 1]])
-    params = sum(p.numel() for p in transformer.parameters())
+    t2i, omni, params = zimage_forward_flops(config.data.resolution)
     s = config.schedule
     unroll_calls = 1 + s.two_step_prob  # expected generator calls per unroll in the two-step phase
     generator = 3 * unroll_calls * omni  # forward + backward (~2x forward)
