@@ -42,6 +42,7 @@ from evaluation.benchmarks import BenchmarkCase, DreamBoothSubject
 from evaluation.critic_guard import training_critic
 from schemas.errors import ConfigError, Refused
 from training.backbones.base import Backbone
+from training.customization import customization_instruction
 from training.sampling import SAMPLERS, edit_images
 
 MANIFEST = "generation.json"
@@ -103,19 +104,19 @@ def benchmark_jobs(cases: Sequence[BenchmarkCase]) -> tuple[str, list[Generation
     return benchmark, jobs
 
 
-def dreambooth_jobs(subjects: Sequence[DreamBoothSubject], unique_token: str = DREAMBOOTH_TOKEN) -> list[GenerationJob]:
-    """Placeholder for issue 13's customization task: each subject's first photo edited by each of its prompts.
-
-    The prompts are the subject's list formatted with `unique_token` (`sks`) and its class noun; the output is
-    `<subject>/<prompt index>.png`. This only exercises the editing path on DreamBooth; the real customization
-    protocol (several references, its own metrics) is issue 13's.
+def dreambooth_jobs(subjects: Sequence[DreamBoothSubject]) -> list[GenerationJob]:
+    """Customization of each subject's first photo into each of its prompts' scenes: the instruction is the trainer's
+    (`training.customization`), with the object named by its class noun and the scene the prompt without its unique
+    token ("a {0} {1} in the jungle" -> "a backpack in the jungle"); outputs go to `<subject>/<prompt index>.png`.
     """
     jobs = []
     for subject in subjects:
         reference = subject.images[0].read_bytes()
-        for index, prompt in enumerate(subject.prompts(unique_token)):
+        for index, scene in enumerate(subject.prompts("")):
+            scene = " ".join(scene.split())
+            instruction = customization_instruction(f"the {subject.class_name}", scene)
             jobs.append(GenerationJob(f"dreambooth/{subject.name}/{index}", f"{subject.name}/{index}.png",
-                                      reference, prompt))
+                                      reference, instruction))
     return jobs
 
 

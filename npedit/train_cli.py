@@ -44,9 +44,19 @@ def edit(args: argparse.Namespace) -> int:
 
     from training.backbones import ZImageBackbone
     from training.checkpoint import latest_checkpoint
+    from schemas.errors import UserError
+    from training.customization import customization_instruction
     from training.sampling import edit_images
     from training.visualize import from_pil, to_pil
 
+    if args.task == "customize":
+        if not (args.object and args.scene):
+            raise UserError("--task customize needs --object and --scene")
+        instruction = customization_instruction(args.object, args.scene)
+    elif not args.instruction:
+        raise UserError("--task edit needs --instruction")
+    else:
+        instruction = args.instruction
     checkpoint = Path(args.checkpoint)
     if (checkpoint / "checkpoints").exists():  # a run directory: take its latest checkpoint
         checkpoint = latest_checkpoint(checkpoint) or checkpoint
@@ -62,11 +72,11 @@ def edit(args: argparse.Namespace) -> int:
     width = args.width or max(factor, round(image.width / factor) * factor)
     height = args.height or max(factor, round(image.height / factor) * factor)
     reference = from_pil(image, (width, height)).unsqueeze(0)
-    edited = edit_images(backbone, reference, [args.instruction], num_steps=args.steps, sampler=args.sampler,
+    edited = edit_images(backbone, reference, [instruction], num_steps=args.steps, sampler=args.sampler,
                          generator=torch.Generator().manual_seed(args.seed))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     to_pil(edited[0]).save(args.out)
-    print(f"wrote {args.out} ({width}x{height}, {args.steps} steps, {args.sampler} sampler)")
+    print(f"wrote {args.out} ({width}x{height}, {args.steps} steps, {args.sampler} sampler): {instruction}")
     return 0
 
 
@@ -90,7 +100,11 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("edit", help="edit an image with a trained generator (few steps, no CFG)")
     e.add_argument("--checkpoint", type=Path, required=True, help="a run dir, a checkpoint dir or a generator dir")
     e.add_argument("--image", type=Path, required=True)
-    e.add_argument("--instruction", required=True)
+    e.add_argument("--task", choices=("edit", "customize"), default="edit",
+                   help="edit: follow --instruction; customize: put the image's --object into the --scene")
+    e.add_argument("--instruction", help="the edit (--task edit)")
+    e.add_argument("--object", help="--task customize: the object of the image, e.g. 'the red backpack'")
+    e.add_argument("--scene", help="--task customize: the new scene, e.g. 'on a rock by a mountain lake'")
     e.add_argument("--steps", type=int, default=4)
     e.add_argument("--sampler", choices=SAMPLERS, default="renoise",
                    help="renoise: as the generator is trained (predict x0, re-noise with fresh noise); euler: ODE steps")

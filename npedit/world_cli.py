@@ -112,7 +112,9 @@ def experiment(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     experiment_config = Experiment(out=args.out, models=args.models, corpus=args.corpus, minutes=args.minutes,
                                    steps=args.steps, variants=tuple(args.variants), seeds=tuple(args.seeds),
-                                   per_type=args.per_type)
+                                   per_type=args.per_type, customization=args.customization,
+                                   overrides={"data.customization_fraction": args.customization_fraction}
+                                   if args.customization_fraction else {})
     run_experiment(experiment_config, command=" ".join(["npedit", *sys.argv[1:]]))
     print(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
     return 0
@@ -189,6 +191,10 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                                                      "supervised"])
     e.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="for np_edit and supervised; others use the first")
     e.add_argument("--per-type", type=int, default=25, help="held-out edits per edit type")
+    e.add_argument("--customization", type=int, default=0,
+                   help="also score this many held-out customization cases per run (object kept, scene changed)")
+    e.add_argument("--customization-fraction", type=float, default=0.0,
+                   help="share of NP-Edit's training samples that are customization (data.customization_fraction)")
     e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=experiment)
     r = commands.add_parser("report", help="merge experiment runs split over several --out folders into one report")

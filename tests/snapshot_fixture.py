@@ -8,7 +8,7 @@ from pathlib import Path
 from datasets_builder import lake
 from datasets_builder.images import normalise_image
 from odd_images import SAMPLES
-from schemas import EDIT_INSTRUCTIONS, IMAGES
+from schemas import BACKGROUND_PROMPTS, EDIT_INSTRUCTIONS, IMAGES, OBJECTS
 
 PROVENANCE = dict(model_id="fixture", prompt_version="fixture-1", sampling="{}", backend="transformers")
 EDITS = [
@@ -20,11 +20,19 @@ EDITS = [
     ("brick.jpg", "local_texture", "Make the bricks look like wood", "a wall of wooden planks"),
 ]
 
+# Object-centric judgements and background prompts (written with `objects=True`): two object-centric images with two
+# scenes each, and one image judged not object-centric whose stray prompt must not become a sample.
+OBJECTS_CENTRIC = {"coffee.jpg": "the cup of coffee", "horse.jpg": "the horse"}
+SCENES = ["on a wooden table in a sunny garden", "on a snowy mountain top at dawn"]
+NOT_CENTRIC = "astronaut.jpg"
+
 TARGETS = {"Remove the cup of coffee": "the white coffee cup", "Make the horse bright blue": "the horse"}
 
 
-def write_fixture_snapshot(root: Path | lake.LakeConfig, tag: str = "fixture") -> lake.LakeConfig:
-    """Publish the fixture edits into a lake folder (or any lake) as snapshot `tag`."""
+def write_fixture_snapshot(root: Path | lake.LakeConfig, tag: str = "fixture", *,
+                           objects: bool = False) -> lake.LakeConfig:
+    """Publish the fixture edits (and with `objects`, object judgements and background prompts) into a lake folder
+    (or any lake) as snapshot `tag`."""
     store = root if isinstance(root, lake.LakeConfig) else lake.LakeConfig.local(root)
     images, edits = [], []
     for name, edit_type, instruction, caption in EDITS:
@@ -40,6 +48,18 @@ def write_fixture_snapshot(root: Path | lake.LakeConfig, tag: str = "fixture") -
     files = {"images": [lake.write_staged(store, IMAGES, IMAGES.to_arrow(images), "fixture")],
              "edit_instructions": [lake.write_staged(store, EDIT_INSTRUCTIONS, EDIT_INSTRUCTIONS.to_arrow(edits),
                                                      "fixture")]}
+    if objects:
+        ids = {image["source"]: image["image_id"] for image in images}
+        judged = [dict(**PROVENANCE, image_id=ids[name], is_object_centric=name in OBJECTS_CENTRIC,
+                       object_name=OBJECTS_CENTRIC.get(name), reasoning="fixture")
+                  for name in (*OBJECTS_CENTRIC, NOT_CENTRIC)]
+        prompts = [dict(**PROVENANCE, image_id=ids[name], index=i, object_name=thing, background_caption=f"{thing} {scene}")
+                   for name, thing in OBJECTS_CENTRIC.items() for i, scene in enumerate(SCENES)]
+        prompts.append(dict(**PROVENANCE, image_id=ids[NOT_CENTRIC], index=0, object_name="the astronaut",
+                            background_caption="the astronaut on a beach"))
+        files["objects"] = [lake.write_staged(store, OBJECTS, OBJECTS.to_arrow(judged), "fixture")]
+        files["background_prompts"] = [lake.write_staged(store, BACKGROUND_PROMPTS, BACKGROUND_PROMPTS.to_arrow(prompts),
+                                                         "fixture")]
     lake.publish(store, files, message="fixture", tag=tag)
     return store
 

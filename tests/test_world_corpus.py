@@ -176,6 +176,12 @@ def test_world_corpus_build_publishes_a_snapshot_the_trainer_reads_and_a_rerun_p
         parse_caption(row["edited_caption"])
         assert (row["target_object"] is not None) == (row["edit_type"] in ("replace", "local_texture", "shape_change",
                                                                            "remove", "local_color_change"))
+    mixed = SnapshotEdits(built.store, DataConfig(lake_dir=str(tmp_path), snapshot="world", customization_fraction=0.25))
+    assert mixed.customizations == summary["rows"]["background_prompts"] > 0  # the object stages feed it as they are
+    for i in mixed.members["customization"]:
+        row = mixed.row(i)
+        assert row["instruction"].startswith(("Show a large", "Keep a large", "Put a large"))
+        assert len(parse_caption(row["edited_caption"]).objects) == 1
     image = edits.image_bytes(edits.row(0))
     assert Image.open(io.BytesIO(image)).size == (64, 64) and load_image(image, (64, 64)).shape == (3, 64, 64)
 

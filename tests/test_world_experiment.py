@@ -27,9 +27,10 @@ def smoke_world_models(tmp_path_factory):
 @pytest.mark.slow
 def test_experiment_writes_results_and_report_and_resumes(smoke_world_models, tmp_path):
     lake = tmp_path / "lake"
-    write_fixture_snapshot(lake)
+    write_fixture_snapshot(lake, objects=True)
     experiment = Experiment(out=tmp_path / "exp", models=smoke_world_models, corpus=lake, steps=2, per_type=1,
-                            variants=("teacher", "np_edit", "supervised"), seeds=(0, 1))
+                            variants=("teacher", "np_edit", "supervised"), seeds=(0, 1), customization=2,
+                            overrides={"data.customization_fraction": 0.5})
     logged = []
     results = run_experiment(experiment, command="npedit world experiment --steps 2", log=logged.append)
     runs = {(r["variant"], r["seed"]) for r in results["runs"]}
@@ -38,9 +39,11 @@ def test_experiment_writes_results_and_report_and_resumes(smoke_world_models, tm
         assert set(run["scores"]) == {*EDIT_TYPES, "mean"}
         assert set(run["scores"]["remove"]) >= {"success", "preservation_db", "realism", "n"}
         assert run["steps"] == (0 if run["variant"] == "teacher" else 2)
+        assert run["customization"]["n"] == 2
     assert results["models"]["critic"]["steps"] == 1
     report = (tmp_path / "exp" / "report.md").read_text()
-    assert "| np_edit | 2 | 2 |" in report and (tmp_path / "exp" / "grids" / "supervised_seed1.png").exists()
+    assert "| np_edit | 2 | 2 |" in report and "Customization (the reference's object" in report
+    assert (tmp_path / "exp" / "grids" / "np_edit_seed0_customization.png").exists() and (tmp_path / "exp" / "grids" / "supervised_seed1.png").exists()
     saved = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert len(saved["runs"]) == 5
     logged.clear()

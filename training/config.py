@@ -36,6 +36,9 @@ class DataConfig:
     # Share of each edit type in an epoch; types present but not named split what is left equally ({} = uniform).
     edit_type_weights: dict[str, float] = field(default_factory=dict)
     include_invalid: bool = False
+    # Share of each epoch given to subject customization (object-centric images x their background prompts, see
+    # training.customization); the edit types split the rest by their weights. 0: editing alone.
+    customization_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
          f"may only name edit types ({', '.join(EDIT_TYPES)})"),
         ("data.edit_type_weights", all(0 <= w <= 1 for w in weights.values()) and sum(weights.values()) <= 1 + 1e-9,
          "must be probabilities summing to at most 1"),
+        ("data.customization_fraction", 0 <= d.customization_fraction < 1, "must lie in [0, 1)"),
         *[(f"loss.{name}", getattr(loss, name) >= 0, "must be >= 0")
           for name in ("lambda_vlm", "lambda_dmd", "lambda_reconstruction", "cfg_scale", "strong_cfg_scale",
                        "critic_temperature_ramp_steps")],

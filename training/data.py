@@ -4,6 +4,7 @@ sharded deterministically per rank, resumable exactly (the iterator's state is t
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 import itertools
 import random
@@ -21,6 +22,7 @@ from datasets_builder.lake import (LakeConfig, open_data_file, read_data_file, r
                                    table_files)
 from schemas.errors import Refused
 from training.config import DataConfig
+from training.customization import CUSTOMIZATION, customization_instruction, phrasing_for
 from training.questions import removal_target
 
 
@@ -32,6 +34,7 @@ class EditBatch:
     edited_captions: list[str]
     proposal_ids: list[str]
     target_objects: list[str | None] | None = None  # what a remove/replace/recolour acts on (schema version >= 2)
+    # edit_types[b] == "customization": instructions[b] places target_objects[b] in the scene edited_captions[b]
 
 
 def bucket_sizes(resolution: int, aspect_ratios: tuple[float, ...], multiple: int = 16) -> list[tuple[int, int]]:
@@ -105,6 +108,11 @@ class SnapshotEdits:
             edits = edits.filter(pc.field("is_valid"))
         if edits.num_rows == 0:
             raise Refused(f"snapshot {snapshot.snapshot_id} has no valid edit instructions to train on")
+        self.customizations = 0
+        if config.customization_fraction > 0:
+            samples = customization_samples(lake, snapshot.snapshot_id)
+            self.customizations = samples.num_rows
+            edits = pa.concat_tables([edits, samples.select(edits.column_names).cast(edits.schema)])
         self.store = ImageStore(table_files(lake, "images", snapshot.snapshot_id))
         joined = edits.join(self.store.index(), "image_id", join_type="left outer")
         missing = joined.filter(pc.is_null(pc.field("file")))
@@ -118,7 +126,12 @@ class SnapshotEdits:
         self.members: dict[str, list[int]] = {}  # row indices per edit type
         for i, edit_type in enumerate(self.edit_types):
             self.members.setdefault(edit_type, []).append(i)
-        self.shares = edit_type_shares(Counter(self.edit_types), config.edit_type_weights)
+        counts = Counter(self.edit_types)
+        self.shares = edit_type_shares(Counter({t: n for t, n in counts.items() if t != CUSTOMIZATION}),
+                                       config.edit_type_weights)
+        if self.customizations:
+            self.shares = {**{t: share * (1 - config.customization_fraction) for t, share in self.shares.items()},
+                           CUSTOMIZATION: config.customization_fraction}
 
     def removal_targets(self) -> Counter:
         """How many removal edits take their object from the `target_object` column, from the instruction's
@@ -138,6 +151,28 @@ class SnapshotEdits:
 
     def image_bytes(self, row: dict) -> bytes:
         return self.store.read(row["file"], row["row"])
+
+
+def customization_samples(lake: LakeConfig, snapshot_id: int) -> pa.Table:
+    """One customization sample per background prompt of an object-centric image, in the edit table's columns:
+    the instruction names the object and the scene, `edited_caption` is the scene (the DMD teacher's caption) and
+    `target_object` the object."""
+    objects = read_table(lake, "objects", snapshot_id, ["image_id", "is_object_centric"])
+    prompts = read_table(lake, "background_prompts", snapshot_id,
+                         ["image_id", "index", "object_name", "background_caption"])
+    centric = objects.filter(pc.field("is_object_centric")).select(["image_id"])
+    rows = prompts.join(centric, "image_id", join_type="inner").to_pylist()
+    keys = [hashlib.sha256(f"{CUSTOMIZATION}/{r['image_id']}/{r['index']}".encode()).hexdigest() for r in rows]
+    return pa.table({
+        "proposal_id": keys,
+        "image_id": [r["image_id"] for r in rows],
+        "edit_type": [CUSTOMIZATION] * len(rows),
+        "instruction": [customization_instruction(r["object_name"], r["background_caption"], phrasing_for(k))
+                        for r, k in zip(rows, keys)],
+        "edited_caption": [r["background_caption"] for r in rows],
+        "is_valid": [True] * len(rows),
+        "target_object": [r["object_name"] for r in rows],
+    })
 
 
 def edit_type_shares(counts: Counter, weights: dict[str, float]) -> dict[str, float]:

@@ -87,10 +87,19 @@ def describe_run(trainer: Trainer, world_size: int) -> str:
     """What a run trains on, in a few lines: global batch, edit-type mix, where removal questions get their object."""
     data = trainer.config.data
     mix = ", ".join(f"{t} {share:.1%}" for t, share in trainer.batches.realised_mix().items())
-    sources = trainer.batches.dataset.removal_targets()
+    dataset = trainer.batches.dataset
+    sources = dataset.removal_targets()
+    if data.customization_fraction and dataset.customizations:
+        task = (f"customization: {dataset.customizations} samples (object-centric images x background prompts), "
+                f"{data.customization_fraction:.0%} of each epoch\n")
+    elif data.customization_fraction:
+        task = (f"customization: snapshot {dataset.snapshot_id} has no object-centric images with background prompts; "
+                "training editing alone\n")
+    else:
+        task = ""
     return (f"global batch {data.global_batch_size} = {data.batch_size} per rank x {world_size} ranks x "
             f"{trainer.accumulation} accumulation steps\n"
-            f"edit types per epoch (rank 0): {mix}\n"
+            f"edit types per epoch (rank 0): {mix}\n{task}"
             f"removal objects: {sources['column']} from target_object, {sources['phrasing']} from the instruction's "
             f"phrasing, {sources['none']} not found (asked the general edit question)")
 

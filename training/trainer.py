@@ -24,7 +24,8 @@ from training.critics import Critic
 from training.data import EditBatch, EditBatches
 from training.losses import dmd_loss, flow_matching_loss, reconstruction_loss, vlm_feedback_loss
 from training.monitor import Monitor
-from training.questions import OUTPUT, REFERENCE, questions_for
+from training.customization import CUSTOMIZATION, customization_questions
+from training.questions import OUTPUT, REFERENCE, Question, questions_for
 from training.unroll import phase, plan_unroll, unroll
 
 DO_NOTHING = "do nothing"
@@ -34,6 +35,14 @@ DO_NOTHING = "do nothing"
 class StepOutput:
     metrics: dict[str, float] = field(default_factory=dict)
     samples: torch.Tensor | None = None  # generated latents of the step (detached), for image logging
+
+
+def sample_questions(batch: EditBatch, b: int) -> list[Question]:
+    """The critic's questions about sample `b`: the editing questions of its edit type, or customization's."""
+    target = batch.target_objects[b] if batch.target_objects else None
+    if batch.edit_types[b] == CUSTOMIZATION:
+        return customization_questions(target, batch.edited_captions[b])
+    return questions_for(batch.edit_types[b], batch.instructions[b], target)
 
 
 class Trainer:
@@ -154,9 +163,8 @@ class Trainer:
     def _vlm(self, images: torch.Tensor, batch: EditBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Paper eqn. 4 summed over each sample's questions; returns the per-sample loss and P(correct) per kind."""
         groups, texts, owners, kinds, correct_yes = [], [], [], [], []
-        targets = batch.target_objects or [None] * len(batch.instructions)
-        for b, (edit_type, instruction, target) in enumerate(zip(batch.edit_types, batch.instructions, targets)):
-            for question in questions_for(edit_type, instruction, target):
+        for b in range(len(batch.instructions)):
+            for question in sample_questions(batch, b):
                 if question.kind == "identity" and not self.config.loss.identity_question:
                     continue
                 pick = {REFERENCE: batch.references[b].to(images), OUTPUT: images[b]}

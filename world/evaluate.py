@@ -50,7 +50,7 @@ def run_editor(backbone: Backbone, edits: list[WorldEdit], *, num_steps: int = 4
     return torch.cat(outputs)
 
 
-def _mean(values) -> float | None:
+def mean_of(values) -> float | None:
     """The mean of the values that are numbers (not None or NaN); None when there are none."""
     kept = [float(v) for v in values if v is not None and not np.isnan(v)]
     return float(np.mean(kept)) if kept else None
@@ -61,11 +61,11 @@ def summarise(edits: list[WorldEdit], scores: list[EditScore]) -> dict[str, Type
     table = {}
     for edit_type in dict.fromkeys(e.edit_type for e in edits):
         mine = [s for e, s in zip(edits, scores) if e.edit_type == edit_type]
-        table[edit_type] = TypeScores(_mean(s.success for s in mine), _mean(s.preservation_db for s in mine),
-                                      _mean(s.realism for s in mine), _mean(s.untouched_objects_kept for s in mine),
+        table[edit_type] = TypeScores(mean_of(s.success for s in mine), mean_of(s.preservation_db for s in mine),
+                                      mean_of(s.realism for s in mine), mean_of(s.untouched_objects_kept for s in mine),
                                       len(mine))
     rows = list(table.values())
-    table["mean"] = TypeScores(*(_mean(getattr(r, f) for r in rows)
+    table["mean"] = TypeScores(*(mean_of(getattr(r, f) for r in rows)
                                  for f in ("success", "preservation_db", "realism", "untouched_objects_kept")),
                                sum(r.n for r in rows))
     return table

@@ -18,6 +18,7 @@ from training.backbones import ZImageBackbone
 from training.config import load_config
 from training.monitor import plot_loss_curves
 from training.run import build_trainer, resolved_for
+from world.customization import held_out_customizations, score_customizer
 from world.evaluate import held_out_edits, score_editor
 from world.report import model_quality, write_report
 from world.supervised import train_supervised
@@ -46,6 +47,7 @@ class Experiment:
     edit_types: tuple[str, ...] = EDIT_TYPES  # the types scored (and, when fewer than all, the only ones trained)
     sampling_steps: int = 4
     overrides: dict = field(default_factory=dict)  # extra config overrides for every NP-Edit run
+    customization: int = 0  # held-out customization cases scored per run beside the edits (0: none)
 
     def runs(self) -> list[tuple[str, int]]:
         order = ["np_edit"] + [v for v in self.variants if v != "np_edit"]  # np_edit first: it sets the steps
@@ -94,7 +96,12 @@ def run_one(experiment: Experiment, variant: str, seed: int, steps: int | None) 
     edits = held_out_edits(experiment.per_type, edit_types=experiment.edit_types)
     scores = score_editor(editor, edits, num_steps=experiment.sampling_steps, seed=seed,
                           grid=experiment.out / "grids" / f"{variant}_seed{seed}.png")
-    return {"variant": variant, "seed": seed, **facts, "scores": scores}
+    run = {"variant": variant, "seed": seed, **facts, "scores": scores}
+    if experiment.customization:
+        run["customization"] = score_customizer(
+            editor, held_out_customizations(experiment.customization), num_steps=experiment.sampling_steps, seed=seed,
+            grid=experiment.out / "grids" / f"{variant}_seed{seed}_customization.png")
+    return run
 
 
 def run_experiment(experiment: Experiment, *, command: str = "", log=print) -> dict:

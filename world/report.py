@@ -114,6 +114,22 @@ def plot_success(grouped: dict[str, list[dict]], path: Path) -> Path:
     return path
 
 
+def customization_table(grouped: dict[str, list[dict]]) -> list[str]:
+    """The customization scores of the runs that have them (object-centric references put into new scenes)."""
+    rows = {variant: [r["customization"] for r in runs if r.get("customization")] for variant, runs in grouped.items()}
+    rows = {variant: scores for variant, scores in rows.items() if scores}
+    if not rows:
+        return []
+    names = ("success", "identity", "scene", "copy", "realism")
+    lines = ["", "Customization (the reference's object put into the scene a caption names; copy: the output is the "
+             "reference unchanged):", "", "| variant | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for variant, scores in rows.items():
+        cells = [_cell(float(np.mean([s[n] for s in scores])),
+                       float(np.std([s[n] for s in scores])) if len(scores) > 1 else None, True) for n in names]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(results: dict, out: Path) -> Path:
     """`out/report.md` and `out/success_per_type.png` from `results` (what `results.json` holds)."""
     grouped = _by_variant(results)
@@ -135,6 +151,7 @@ def write_report(results: dict, out: Path) -> Path:
               "|---|" + "---:|" * len(types)]
     for variant, runs in grouped.items():
         lines.append(f"| {variant} | " + " | ".join(_cell(*_stat(runs, t, "success"), True) for t in types) + " |")
+    lines += customization_table(grouped)
     pattern = expected_pattern(grouped)
     if pattern:
         lines += ["", "The paper's pattern, as measured here:", "", *pattern]
