@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from schemas.errors import Refused
+from training.lora import lora_scale, merged_state, save_lora
 
 LATEST = "latest"
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -73,7 +74,11 @@ def save_checkpoint(out_dir: Path, step: int, generator, models: Models, meta: d
     else:
         payload = {"meta": meta, "sharded": False, "optimizers": stepped, **_states(models, FULL, stepped)}
     generator_weights = full_model_state(models["generator"][0])
+    scale = lora_scale(models["generator"][0])
     if rank == 0:
+        if scale is not None:  # LoRA: the adapter in diffusers' format, and the generator with it merged
+            save_lora(generator_weights, models["generator"][0], staging / "lora")
+            generator_weights = merged_state(generator_weights, scale)
         generator.save_pretrained(staging / "generator", transformer_state_dict=generator_weights,
                                   frozen_dir=out_dir / "frozen_components")
         torch.save(payload, staging / "state.pt")

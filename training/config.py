@@ -81,6 +81,16 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """Train LoRA adapters (peft) instead of every weight: rank 0 fine-tunes the whole generator."""
+
+    rank: int = 0
+    alpha: float | None = None  # None: alpha = rank (a scale of 1)
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    fake_score: bool = False  # the fake score trains adapters too (else all its weights)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     out_dir: str = "runs/npedit"
     log_every: int = 10
@@ -96,6 +106,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     log: LogConfig = field(default_factory=LogConfig)
     seed: int = 0
 
@@ -152,6 +163,9 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
         ("optim.weight_decay", o.weight_decay >= 0, "must be >= 0"),
         *[(f"log.{name}", getattr(log, name) >= 1, "must be >= 1")
           for name in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints")],
+        ("lora.rank", c.lora.rank >= 0, "must be >= 0 (0: full fine-tuning)"),
+        ("lora.alpha", c.lora.alpha is None or c.lora.alpha > 0, "must be > 0"),
+        ("lora.target_modules", bool(c.lora.target_modules), "must name at least one module"),
         ("seed", c.seed >= 0, "must be >= 0"),
     ]
 

@@ -22,6 +22,7 @@ from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpo
 from training.config import TrainConfig, accumulation_steps
 from training.critics import Critic
 from training.data import EditBatch, EditBatches
+from training.lora import add_lora
 from training.losses import dmd_loss, flow_matching_loss, reconstruction_loss, vlm_feedback_loss
 from training.monitor import Monitor
 from training.customization import CUSTOMIZATION, customization_questions
@@ -35,6 +36,11 @@ DO_NOTHING = "do nothing"
 class StepOutput:
     metrics: dict[str, float] = field(default_factory=dict)
     samples: torch.Tensor | None = None  # generated latents of the step (detached), for image logging
+
+
+def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters an optimizer updates (all, or only the LoRA adapters')."""
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def sample_questions(batch: EditBatch, b: int) -> list[Question]:
@@ -57,13 +63,17 @@ class Trainer:
         self.teacher = generator.with_transformer(copy.deepcopy(generator.transformer).requires_grad_(False).eval())
         self.fake = generator.with_transformer(copy.deepcopy(generator.transformer).requires_grad_(True).train())
         self.generator.transformer.requires_grad_(True).train()
+        if config.lora.rank:  # adapters after the copies: the teacher (and a fully trained fake score) stay plain
+            add_lora(self.generator.transformer, config.lora)
+            if config.lora.fake_score:
+                add_lora(self.fake.transformer, config.lora)
         for backbone in (self.generator, self.fake, self.teacher):
             if shard is not None:
                 shard(backbone.transformer)
         optim = config.optim
-        self.optimizer = torch.optim.Adam(generator.transformer.parameters(), lr=optim.lr, betas=optim.betas,
+        self.optimizer = torch.optim.Adam(_trainable(generator.transformer), lr=optim.lr, betas=optim.betas,
                                           weight_decay=optim.weight_decay)
-        self.fake_optimizer = torch.optim.Adam(self.fake.transformer.parameters(), lr=optim.fake_lr,
+        self.fake_optimizer = torch.optim.Adam(_trainable(self.fake.transformer), lr=optim.fake_lr,
                                                betas=optim.betas, weight_decay=optim.weight_decay)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
@@ -110,7 +120,7 @@ class Trainer:
             loss = self._fake_score_loss(batch)
             (loss / len(micro_batches)).backward()
             losses.append(loss.item())
-        norm, skipped = self._clip_and_step(self.fake.transformer.parameters(), self.fake_optimizer, "fake")
+        norm, skipped = self._clip_and_step(_trainable(self.fake.transformer), self.fake_optimizer, "fake")
         return {"fake/flow_matching": sum(losses) / len(losses), "fake/grad_norm": norm, "fake/skipped": float(skipped)}
 
     def _fake_score_loss(self, batch: EditBatch) -> torch.Tensor:
@@ -218,7 +228,7 @@ class Trainer:
             parts.append({**metrics, "loss/total": loss.item()})
             self.type_counts.update(batch.edit_types)
         metrics = {key: sum(p[key] for p in parts) / len(parts) for key in parts[0]}
-        norm, skipped = self._clip_and_step(self.generator.transformer.parameters(), self.optimizer, "generator")
+        norm, skipped = self._clip_and_step(_trainable(self.generator.transformer), self.optimizer, "generator")
         seen = sum(self.type_counts.values())
         metrics.update({"generator/grad_norm": norm, "generator/skipped": float(skipped),
                         "generator/skipped_total": float(self.skipped["generator"]),
