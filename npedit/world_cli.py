@@ -159,6 +159,28 @@ def corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def benchmark(args: argparse.Namespace) -> int:
+    """Held-out world edits as an ImgEdit-Bench Basic copy for `npedit eval generate`."""
+    from world.benchmark import export_benchmark
+
+    listing = export_benchmark(args.out, args.per_type)
+    print(f"wrote {listing} ({args.per_type} edits per type); next: npedit eval generate --benchmark imgedit "
+          f"--data {args.out} --checkpoint CKPT --out eval --resolution 64, then npedit world judge --benchmark "
+          f"{args.out} --results eval/npedit")
+    return 0
+
+
+def judge(args: argparse.Namespace) -> int:
+    """The world verifier as the judge of `eval generate`'s outputs on an exported world benchmark."""
+    from world.benchmark import judge_results
+
+    judged = judge_results(args.benchmark, args.results)
+    mean = judged["summary"]["mean"]
+    print(f"scored {judged['scored']} cases ({len(judged['missing'])} outputs missing): success {mean['success']:.0%}, "
+          f"realism {mean['realism']:.0%}; scores.parquet and report.md in {judged['folder']}")
+    return 0
+
+
 def add_world_commands(sub: argparse._SubParsersAction) -> None:
     world = sub.add_parser("world", help="the proof world: procedural scenes with computable truth")
     commands = world.add_subparsers(dest="world_command", required=True)
@@ -197,6 +219,14 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                    help="share of NP-Edit's training samples that are customization (data.customization_fraction)")
     e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=experiment)
+    bm = commands.add_parser("benchmark", help="held-out world edits as an ImgEdit-Bench Basic copy (for npedit eval)")
+    bm.add_argument("--out", type=Path, required=True)
+    bm.add_argument("--per-type", type=int, default=25, help="held-out edits per edit type")
+    bm.set_defaults(func=benchmark)
+    jd = commands.add_parser("judge", help="score npedit eval generate's outputs on a world benchmark with the verifier")
+    jd.add_argument("--benchmark", type=Path, required=True, help="the folder `npedit world benchmark` wrote")
+    jd.add_argument("--results", type=Path, required=True, help="OUT/METHOD of npedit eval generate")
+    jd.set_defaults(func=judge)
     r = commands.add_parser("report", help="merge experiment runs split over several --out folders into one report")
     r.add_argument("parts", nargs="+", type=Path, help="the experiment --out folders (same --steps)")
     r.add_argument("--out", type=Path, required=True)
