@@ -9,14 +9,15 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from model_zoo.flux2_klein import build_tiny_flux2_klein
 from model_zoo.llava_onevision import build_tiny_llava_onevision
 from model_zoo.qwen_vl import build_tiny_qwen25_vl
 from model_zoo.zimage import build_tiny_zimage
 
-ZOO_VERSION = 2
+ZOO_VERSION = 3
 DEFAULT_SEED = 0
 _BUILDERS = {"qwen2_5_vl": build_tiny_qwen25_vl, "zimage": build_tiny_zimage,
-             "llava_onevision": build_tiny_llava_onevision}
+             "llava_onevision": build_tiny_llava_onevision, "flux2_klein": build_tiny_flux2_klein}
 
 
 def default_cache_dir() -> Path:
@@ -33,6 +34,7 @@ class TinyModels:
     vlm: Path
     generator: Path
     llava: Path
+    klein: Path
 
     def as_dict(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -50,7 +52,8 @@ def weights_digest(model_dir: Path) -> str:
 def build_tiny_models(cache_dir: Path | None = None, *, seed: int = DEFAULT_SEED, force: bool = False) -> TinyModels:
     """Build (or reuse) the tiny zoo under `cache_dir/seed-<seed>`; a manifest records versions and weight digests."""
     root = (cache_dir or default_cache_dir()) / f"seed-{seed}"
-    models = TinyModels(root=root, vlm=root / "qwen2_5_vl", generator=root / "zimage", llava=root / "llava_onevision")
+    models = TinyModels(root=root, vlm=root / "qwen2_5_vl", generator=root / "zimage", llava=root / "llava_onevision",
+                        klein=root / "flux2_klein")
     manifest_path = root / "manifest.json"
     if manifest_path.exists() and not force:
         manifest = json.loads(manifest_path.read_text())

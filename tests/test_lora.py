@@ -7,6 +7,7 @@ import torch
 
 from snapshot_fixture import fixture_train_config
 from training.checkpoint import latest_checkpoint
+from training.config import load_config
 from training.lora import LORA_WEIGHTS
 from training.run import build_trainer
 
@@ -51,23 +52,31 @@ def test_a_lora_run_resumes_bit_exactly(lake_dir, tiny_models, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_the_saved_adapter_loads_into_diffusers_and_equals_the_merged_generator(lake_dir, tiny_models, tmp_path):
-    from diffusers import ZImagePipeline
+@pytest.mark.parametrize("backbone", ["generator", "klein"])  # the tiny Z-Image and the tiny FLUX.2 klein
+def test_the_saved_adapter_loads_into_diffusers_and_equals_the_merged_generator(lake_dir, tiny_models, tmp_path,
+                                                                                backbone):
+    import diffusers
 
-    config = fixture_train_config(lake_dir, tiny_models, **LORA, **{"schedule.total_steps": 3})
-    build_trainer(config, tmp_path).train(progress=False)
+    base = getattr(tiny_models, backbone)
+    targets = load_config("klein_paper" if backbone == "klein" else "zimage_paper").lora.target_modules
+    config = fixture_train_config(lake_dir, tiny_models, **LORA, **{"schedule.total_steps": 3,
+                                                                   "model.generator": str(base),
+                                                                   "lora.target_modules": targets})
+    trainer = build_trainer(config, tmp_path)
+    trainer.train(progress=False)
     checkpoint = latest_checkpoint(tmp_path)
     assert (checkpoint / "lora" / LORA_WEIGHTS).exists()
+    pipeline = getattr(diffusers, trainer.generator.pipeline)
 
     def image(pipe) -> torch.Tensor:
-        return pipe("a red circle on a blue background", height=64, width=64, num_inference_steps=2,
+        return pipe(prompt="a red circle on a blue background", height=64, width=64, num_inference_steps=2,
                     guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="pt").images
 
-    pipe = ZImagePipeline.from_pretrained(tiny_models.generator)
+    pipe = pipeline.from_pretrained(base)
     plain = image(pipe)
     pipe.load_lora_weights(checkpoint / "lora")
     adapted = image(pipe)
-    merged = image(ZImagePipeline.from_pretrained(checkpoint / "generator"))
+    merged = image(pipeline.from_pretrained(checkpoint / "generator"))
     assert (adapted - plain).abs().max() > 1e-3  # the adapter changes what the pipeline draws
     assert torch.allclose(adapted, merged, atol=1e-4)  # and the merged checkpoint draws the same
 

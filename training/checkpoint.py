@@ -77,7 +77,7 @@ def save_checkpoint(out_dir: Path, step: int, generator, models: Models, meta: d
     scale = lora_scale(models["generator"][0])
     if rank == 0:
         if scale is not None:  # LoRA: the adapter in diffusers' format, and the generator with it merged
-            save_lora(generator_weights, models["generator"][0], staging / "lora")
+            save_lora(generator_weights, models["generator"][0], staging / "lora", generator.pipeline)
             generator_weights = merged_state(generator_weights, scale)
         generator.save_pretrained(staging / "generator", transformer_state_dict=generator_weights,
                                   frozen_dir=out_dir / "frozen_components")

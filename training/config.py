@@ -86,6 +86,7 @@ class LoraConfig:
 
     rank: int = 0
     alpha: float | None = None  # None: alpha = rank (a scale of 1)
+    # the attention projections (of FLUX.2's double-stream blocks; add "to_qkv_mlp_proj" for its single-stream ones)
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     fake_score: bool = False  # the fake score trains adapters too (else all its weights)
 
@@ -241,6 +242,21 @@ def zimage_reimplementation() -> TrainConfig:
     )
 
 
+def klein_paper() -> TrainConfig:
+    """The paper's settings (as `zimage_paper`) on FLUX.2 klein base 4B (Apache-2.0, undistilled: the variant Black
+    Forest Labs recommends for fine-tuning; its reference image conditions natively), with LoRA adapters of rank 64
+    on the generator, for torchrun on 8+ GPUs. Not run in CI; the hub id resolves on a machine that can reach it."""
+    paper = zimage_paper()
+    return TrainConfig(
+        model=ModelConfig(generator="black-forest-labs/FLUX.2-klein-base-4B", critic=paper.model.critic,
+                          dtype="bfloat16", gradient_checkpointing=True),
+        data=paper.data, loss=paper.loss, schedule=paper.schedule,
+        optim=OptimConfig(lr=1e-4, fake_lr=2e-6),  # adapters take a larger step than full weights
+        lora=LoraConfig(rank=64, target_modules=("to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj")),
+        log=LogConfig(out_dir="runs/klein_paper", log_every=10, image_every=250, checkpoint_every=500),
+    )
+
+
 def world_cpu() -> TrainConfig:
     """The proof world on a CPU (`npedit world build` / `npedit world experiment`): the world's teacher, critic and
     corpus by path, 64 px, batch 8. The paper's loss weights and schedule shape, shortened: 50 identity-warmup steps,
@@ -258,7 +274,7 @@ def world_cpu() -> TrainConfig:
 
 
 RECIPES = {"debug_tiny": debug_tiny, "world_cpu": world_cpu, "zimage_paper": zimage_paper,
-           "zimage_reimplementation": zimage_reimplementation}
+           "zimage_reimplementation": zimage_reimplementation, "klein_paper": klein_paper}
 
 
 def load_config(recipe: str = "debug_tiny", toml: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

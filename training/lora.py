@@ -54,12 +54,13 @@ def adapter_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key.replace(f".{ADAPTER}.", "."): value for key, value in state.items() if ".lora_" in key}
 
 
-def save_lora(state: dict[str, torch.Tensor], transformer: torch.nn.Module, out_dir: Path) -> Path:
-    """Write the adapter of a full state dict in diffusers' LoRA format (with its rank and alpha as metadata)."""
-    from diffusers import ZImagePipeline
+def save_lora(state: dict[str, torch.Tensor], transformer: torch.nn.Module, out_dir: Path, pipeline: str) -> Path:
+    """Write the adapter of a full state dict in diffusers' LoRA format for `pipeline` (a diffusers pipeline class
+    name), with its rank and alpha as metadata."""
+    import diffusers
 
     config = transformer.peft_config[ADAPTER]
     metadata = {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}
-    ZImagePipeline.save_lora_weights(out_dir, transformer_lora_layers=adapter_state(state),
-                                     transformer_lora_adapter_metadata=metadata)
+    getattr(diffusers, pipeline).save_lora_weights(out_dir, transformer_lora_layers=adapter_state(state),
+                                                   transformer_lora_adapter_metadata=metadata)
     return Path(out_dir) / LORA_WEIGHTS

@@ -57,7 +57,8 @@ def transformer_sharder(compute_dtype: torch.dtype):
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
 
     def shard(transformer: torch.nn.Module) -> None:
-        for blocks in ("noise_refiner", "context_refiner", "layers"):
+        for blocks in ("noise_refiner", "context_refiner", "layers",  # Z-Image
+                       "transformer_blocks", "single_transformer_blocks"):  # FLUX.2
             for block in getattr(transformer, blocks, []):
                 fully_shard(block, mp_policy=policy)
         fully_shard(transformer, mp_policy=policy)

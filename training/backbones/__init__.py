@@ -1,9 +1,10 @@
 """Generator families behind one `Backbone` protocol (paper time convention at the boundary)."""
 
 from training.backbones.base import Backbone, TextFeatures, noise_to, x0_from_velocity
+from training.backbones.flux2_klein import Flux2KleinBackbone
 from training.backbones.zimage import ZImageBackbone, omni_prompt_segments
 
-BACKBONES = {"ZImagePipeline": ZImageBackbone}  # diffusers pipeline class name -> adapter
+BACKBONES = {adapter.pipeline: adapter for adapter in (ZImageBackbone, Flux2KleinBackbone)}  # diffusers pipeline -> adapter
 
 
 def backbone_class(path) -> type:
@@ -25,6 +26,7 @@ __all__ = [
     "BACKBONES",
     "Backbone",
     "backbone_class",
+    "Flux2KleinBackbone",
     "TextFeatures",
     "ZImageBackbone",
     "noise_to",

@@ -32,6 +32,8 @@ def omni_prompt_segments(prompt: str, num_references: int) -> list[str]:
 class ZImageBackbone(nn.Module):
     """The Z-Image family behind the `Backbone` protocol (see `training.backbones.base`)."""
 
+    pipeline = "ZImagePipeline"  # the diffusers pipeline its checkpoints (and LoRA adapters) load in
+
 
     def __init__(self, transformer, text_encoder, tokenizer, vae: AutoencoderKL, shift: float,
                  source: str | Path | None = None):
