@@ -110,11 +110,19 @@ def experiment(args: argparse.Namespace) -> int:
             raise SystemExit(f"npedit: error: {needed} does not exist: run `npedit world build` first")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from npedit.train_cli import _parse_override
+    from schemas.edit_types import EDIT_TYPES
+
+    unknown = [t for t in args.edit_types if t not in EDIT_TYPES]
+    if unknown:
+        raise SystemExit(f"npedit: error: unknown edit type {unknown[0]!r}; known: {', '.join(EDIT_TYPES)}")
+    overrides = dict(_parse_override(s) for s in args.set)
+    if args.customization_fraction:
+        overrides["data.customization_fraction"] = args.customization_fraction
     experiment_config = Experiment(out=args.out, models=args.models, corpus=args.corpus, minutes=args.minutes,
                                    steps=args.steps, variants=tuple(args.variants), seeds=tuple(args.seeds),
                                    per_type=args.per_type, customization=args.customization,
-                                   overrides={"data.customization_fraction": args.customization_fraction}
-                                   if args.customization_fraction else {})
+                                   edit_types=tuple(args.edit_types), overrides=overrides)
     run_experiment(experiment_config, command=" ".join(["npedit", *sys.argv[1:]]))
     print(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
     return 0
@@ -182,6 +190,8 @@ def judge(args: argparse.Namespace) -> int:
 
 
 def add_world_commands(sub: argparse._SubParsersAction) -> None:
+    from schemas.edit_types import EDIT_TYPES
+
     world = sub.add_parser("world", help="the proof world: procedural scenes with computable truth")
     commands = world.add_subparsers(dest="world_command", required=True)
     p = commands.add_parser("preview", help="render world edits with the verifier's verdict into a PNG grid")
@@ -217,6 +227,10 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                    help="also score this many held-out customization cases per run (object kept, scene changed)")
     e.add_argument("--customization-fraction", type=float, default=0.0,
                    help="share of NP-Edit's training samples that are customization (data.customization_fraction)")
+    e.add_argument("--edit-types", nargs="+", default=list(EDIT_TYPES),
+                   help="score (and, when fewer than all, train on) only these edit types")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a world_cpu config override for every NP-Edit run, e.g. --set loss.lambda_dmd=2.0")
     e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=experiment)
     bm = commands.add_parser("benchmark", help="held-out world edits as an ImgEdit-Bench Basic copy (for npedit eval)")

@@ -58,6 +58,10 @@ def test_experiment_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
         main(["world", "experiment", "--out", str(tmp_path), "--variants", "nope"])
     with pytest.raises(SystemExit, match="does not exist: run `npedit world build` first"):
         main(["world", "experiment", "--out", str(tmp_path), "--models", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="unknown edit type 'stylez'"):
+        main(["world", "experiment", "--out", str(tmp_path), "--edit-types", "stylez"])
+    with pytest.raises(SystemExit, match="--set expects key=value"):
+        main(["world", "experiment", "--out", str(tmp_path), "--set", "loss.lambda_dmd"])
 
 
 @pytest.mark.slow
