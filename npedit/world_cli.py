@@ -102,23 +102,25 @@ def experiment(args: argparse.Namespace) -> int:
 
     from world.experiment import VARIANTS, Experiment, run_experiment
 
+    from npedit.train_cli import _parse_override
+    from schemas.edit_types import EDIT_TYPES
+    from training.config import load_config
+
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"npedit: error: unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
-    for needed in (args.models / "teacher", args.models / "critic", args.corpus):
-        if not needed.exists():
-            raise SystemExit(f"npedit: error: {needed} does not exist: run `npedit world build` first")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from npedit.train_cli import _parse_override
-    from schemas.edit_types import EDIT_TYPES
-
     unknown = [t for t in args.edit_types if t not in EDIT_TYPES]
     if unknown:
         raise SystemExit(f"npedit: error: unknown edit type {unknown[0]!r}; known: {', '.join(EDIT_TYPES)}")
     overrides = dict(_parse_override(s) for s in args.set)
     if args.customization_fraction:
         overrides["data.customization_fraction"] = args.customization_fraction
+    load_config("world_cpu", overrides=overrides)  # an unknown key or a bad value: one line now, not after a run
+    for needed in (args.models / "teacher", args.models / "critic", args.corpus):
+        if not needed.exists():
+            raise SystemExit(f"npedit: error: {needed} does not exist: run `npedit world build` first")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     experiment_config = Experiment(out=args.out, models=args.models, corpus=args.corpus, minutes=args.minutes,
                                    steps=args.steps, variants=tuple(args.variants), seeds=tuple(args.seeds),
                                    per_type=args.per_type, customization=args.customization,

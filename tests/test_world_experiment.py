@@ -62,6 +62,8 @@ def test_experiment_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
         main(["world", "experiment", "--out", str(tmp_path), "--edit-types", "stylez"])
     with pytest.raises(SystemExit, match="--set expects key=value"):
         main(["world", "experiment", "--out", str(tmp_path), "--set", "loss.lambda_dmd"])
+    assert main(["world", "experiment", "--out", str(tmp_path), "--set", "loss.lambda_dmdd=2"]) == 2
+    assert "no config field 'loss.lambda_dmdd'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
