@@ -42,8 +42,7 @@ def edit(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from training.backbones import ZImageBackbone
-    from training.checkpoint import latest_checkpoint
+    from evaluation.generate import load_backbone
     from schemas.errors import UserError
     from training.customization import customization_instruction
     from training.sampling import edit_images
@@ -57,16 +56,7 @@ def edit(args: argparse.Namespace) -> int:
         raise UserError("--task edit needs --instruction")
     else:
         instruction = args.instruction
-    checkpoint = Path(args.checkpoint)
-    if (checkpoint / "checkpoints").exists():  # a run directory: take its latest checkpoint
-        checkpoint = latest_checkpoint(checkpoint) or checkpoint
-    if (checkpoint / "generator").exists():
-        checkpoint = checkpoint / "generator"
-    if not (checkpoint / "transformer").exists():
-        raise SystemExit(f"{args.checkpoint}: not a generator checkpoint (no transformer/ folder)")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    backbone = ZImageBackbone.from_pretrained(checkpoint, dtype=dtype).to(device)
+    backbone = load_backbone(args.checkpoint, args.device)  # Z-Image or FLUX.2 klein, as model_index.json says
     image = Image.open(args.image).convert("RGB")
     factor = backbone.spatial_factor
     width = args.width or max(factor, round(image.width / factor) * factor)

@@ -113,3 +113,19 @@ def test_same_seed_gives_identical_klein_weights_and_another_seed_differs(tiny_m
     again = build_tiny_flux2_klein(tmp_path / "again", seed=0)
     other = build_tiny_flux2_klein(tmp_path / "other", seed=1)
     assert weights_digest(again) == weights_digest(tiny_models.klein) != weights_digest(other)
+
+
+def test_npedit_edit_on_an_exported_checkpoint_draws_what_the_pipeline_draws(klein, tmp_path, capsys):
+    from cli_run import run_cli
+
+    checkpoint = klein.save_pretrained(tmp_path / "generator", frozen_dir=tmp_path / "frozen")
+    image = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(image)
+    code, _, error = run_cli(capsys, "edit", "--checkpoint", str(checkpoint), "--image", str(image), "--instruction",
+                             "make it blue", "--steps", "3", "--sampler", "euler", "--out", str(tmp_path / "ours.png"))
+    assert code == 0, error
+    pipe = Flux2KleinPipeline.from_pretrained(checkpoint)
+    theirs = pipe(image=Image.open(image), prompt="make it blue", height=SIZE, width=SIZE, num_inference_steps=3,
+                  guidance_scale=1.0, generator=torch.Generator().manual_seed(0)).images[0]
+    ours = np.asarray(Image.open(tmp_path / "ours.png"), np.int16)
+    assert np.abs(ours - np.asarray(theirs, np.int16)).max() <= 1  # PNG rounding only

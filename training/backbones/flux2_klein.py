@@ -70,7 +70,7 @@ class Flux2KleinBackbone(nn.Module):
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         self.vae = vae.requires_grad_(False).eval()
         self.tokenizer = tokenizer
-        self.scheduler = scheduler  # written back unchanged: the pipeline keeps its dynamic shift
+        self.scheduler = scheduler  # as loaded; checkpoints get `sampling_scheduler()`
         self.shift = shift
         self.is_distilled = is_distilled
         self.latent_channels = transformer.config.in_channels
@@ -95,7 +95,9 @@ class Flux2KleinBackbone(nn.Module):
         vae = AutoencoderKLFlux2.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
         is_distilled = bool(DiffusionPipeline.load_config(str(path)).get("is_distilled", False))
-        shift = pipeline_shift(DEFAULT_IMAGE_SEQ_LEN, DEFAULT_NUM_STEPS) if shift is None else shift
+        if shift is None:  # a checkpoint we wrote samples with its static shift; the released model's is dynamic
+            shift = scheduler.config.shift if not scheduler.config.use_dynamic_shifting else \
+                pipeline_shift(DEFAULT_IMAGE_SEQ_LEN, DEFAULT_NUM_STEPS)
         return cls(transformer, text_encoder, tokenizer, vae, scheduler, shift, is_distilled, source=path)
 
     def with_transformer(self, transformer) -> Flux2KleinBackbone:
@@ -128,9 +130,10 @@ class Flux2KleinBackbone(nn.Module):
             "text_encoder": self.text_encoder.save_pretrained,
             "tokenizer": self.tokenizer.save_pretrained,
             "vae": self.vae.save_pretrained,
-            "scheduler": self.scheduler.save_pretrained,
             "model_index.json": self._write_model_index,
         }
+        # Written, never linked: the static shift the generator samples with, so the pipeline samples as it does.
+        self.sampling_scheduler().save_pretrained(out_dir / "scheduler")
         for name, write in writers.items():
             target = out_dir / name
             if target.exists() or target.is_symlink():
@@ -145,6 +148,11 @@ class Flux2KleinBackbone(nn.Module):
             else:
                 write(target)
         return out_dir
+
+    def sampling_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
+        """The scheduler with this backbone's static shift (what `shift_time` applies) instead of a dynamic one."""
+        return FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config, use_dynamic_shifting=False,
+                                                           shift=self.shift)
 
     def _write_model_index(self, path: Path) -> None:
         """The pipeline's model_index.json (the transformer's class by name: FSDP or LoRA may wrap the module)."""
