@@ -2,8 +2,9 @@
 
 Reports, from one run: the step-time share of generator forward, VAE decode, VLM critic, teacher + fake score (DMD),
 backward + optimizer, fake-score updates and data loading; the loader's throughput as a multiple of what the trainer
-consumes; FLOPs per training sample for the tiny run (counted) and for `zimage_paper` shapes (counted on the meta
-device, no weights needed). Run: .venv/bin/python -m benchmarks.bench_train [--steps 10]
+consumes; step time, trainable parameters and peak memory per backbone (Z-Image, FLUX.2 klein), full fine-tuning vs
+LoRA; FLOPs per training sample for the tiny run (counted) and for the real Z-Image and klein base 4B shapes
+(counted on the meta device, no weights needed). Run: .venv/bin/python -m benchmarks.bench_train [--steps 10]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.flops import zimage_forward_flops
+from benchmarks.flops import klein_forward_flops, zimage_forward_flops
 from model_zoo import build_tiny_models
 from training.config import load_config
 from training.run import build_trainer
@@ -102,6 +103,54 @@ def tiny_breakdown(steps: int) -> None:
               f"{counter.get_total_flops() / config.data.batch_size / 1e9:.2f} GFLOP")
 
 
+def _one_setup(backbone: str, lora_rank: int, steps: int, results) -> None:
+    """In its own process (so its peak resident memory is its own): s/step and trainable parameters of one setup."""
+    import resource
+
+    torch.set_num_threads(2)
+    models = build_tiny_models()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_fixture_snapshot(Path(tmp) / "lake")
+        config = load_config("debug_tiny", overrides={
+            "data.lake_dir": str(Path(tmp) / "lake"), "model.generator": str(getattr(models, backbone)),
+            "model.critic": str(models.vlm), "schedule.warmup_steps": 0, "schedule.single_step_steps": 0,
+            "schedule.fake_steps_per_generator_step": 1, "lora.rank": lora_rank})
+        trainer = build_trainer(config, Path(tmp) / "run")
+        trainer.train(until=1, progress=False)  # warm-up
+        started = time.perf_counter()
+        trainer.train(until=1 + steps, progress=False)
+        seconds = (time.perf_counter() - started) / steps
+    trainable = sum(p.numel() for p in trainer.generator.transformer.parameters() if p.requires_grad)
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    results.put((backbone, lora_rank, seconds, trainable, peak))
+
+
+def backbones_and_lora(steps: int) -> None:
+    """Step time, trainable parameters and peak memory per backbone, full fine-tuning vs LoRA (tiny models)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    rows = {}
+    for backbone in ("generator", "klein"):
+        for rank in (0, 8):
+            results = context.Queue()
+            process = context.Process(target=_one_setup, args=(backbone, rank, steps, results))
+            process.start()
+            rows[backbone, rank] = results.get(timeout=1800)[2:]
+            process.join()
+    memory = "peak GPU memory" if torch.cuda.is_available() else "peak resident memory of the process"
+    names = {"generator": "Z-Image", "klein": "FLUX.2 klein"}
+    for (backbone, rank), (seconds, trainable, peak) in rows.items():
+        name = names[backbone]
+        print(f"  {name:13s} {'LoRA rank 8' if rank else 'full':11s} {seconds:.3f} s/step, {trainable:>9,d} trainable "
+              f"parameters, {memory} {peak / 2**20:.0f} MB")
+    for backbone in ("generator", "klein"):
+        (full, lora) = rows[backbone, 0], rows[backbone, 8]
+        print(f"  {names[backbone]}: LoRA / full = {lora[0] / full[0]:.2f}x step time, {lora[1] / full[1]:.3f}x trainable "
+              f"parameters")
+
+
 def real_shapes_flops() -> None:
     """FLOPs of the Z-Image transformer at the real recipe's shapes, counted on the meta device."""
     config = load_config("zimage_paper")
@@ -118,6 +167,13 @@ def real_shapes_flops() -> None:
           f"fake-score updates {fake_updates / 1e12:.0f} = {total / 1e12:.0f} TFLOP (transformer only; VAE and VLM "
           f"not included)")
     print(f"  MFU = samples/s x {total / 1e12:.0f} TFLOP / (GPUs x peak TFLOP/s), e.g. 989 TFLOP/s dense bf16 on H100")
+    t2i, edit, params = klein_forward_flops(config.data.resolution)
+    generator, dmd = 3 * unroll_calls * edit, 3 * t2i
+    fake_updates = s.fake_steps_per_generator_step * (unroll_calls * edit + 3 * t2i)
+    total = generator + dmd + fake_updates
+    print(f"FLUX.2 klein base 4B ({params / 1e9:.2f} B params, {config.data.resolution} px, 512 text tokens): T2I "
+          f"forward {t2i / 1e12:.1f} TFLOP, with a reference {edit / 1e12:.1f} TFLOP; per training sample "
+          f"{total / 1e12:.0f} TFLOP (full fine-tuning; LoRA saves the weight gradients' share of the backward)")
 
 
 def main() -> None:
@@ -125,6 +181,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     tiny_breakdown(args.steps)
+    print("tiny models, full fine-tuning vs LoRA:")
+    backbones_and_lora(args.steps)
     real_shapes_flops()
 
 

@@ -28,3 +28,32 @@ def zimage_forward_flops(resolution: int) -> tuple[float, float, int]:
         t2i = count(x=[latent], cap_feats=caption)
         omni = count(x=[[latent, latent]], cap_feats=[segments], siglip_feats=[None], image_noise_mask=[[0, 1]])
     return t2i, omni, sum(p.numel() for p in transformer.parameters())
+
+
+# FLUX.2 klein base 4B's transformer (its published transformer/config.json)
+KLEIN_4B = dict(patch_size=1, in_channels=128, num_layers=5, num_single_layers=20, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=7680, timestep_guidance_channels=256, mlp_ratio=3.0,
+                axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, guidance_embeds=False)
+
+
+def klein_forward_flops(resolution: int, text_tokens: int = 512) -> tuple[float, float, int]:
+    """(text-to-image forward, forward with one reference image, parameters) of FLUX.2 klein base 4B; prompts are
+    padded to 512 tokens as the pipeline does."""
+    from diffusers import Flux2Transformer2DModel
+
+    side = resolution // 16  # 8x VAE, then 2x2 patches
+    with torch.device("meta"):
+        transformer = Flux2Transformer2DModel(**KLEIN_4B)
+        text = torch.empty(1, text_tokens, KLEIN_4B["joint_attention_dim"])
+        text_ids = torch.zeros(text_tokens, 4)
+
+        def count(images: int) -> float:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                transformer(hidden_states=torch.empty(1, images * side * side, 128), encoder_hidden_states=text,
+                            timestep=torch.empty(1), img_ids=torch.zeros(images * side * side, 4), txt_ids=text_ids,
+                            guidance=None, return_dict=False)
+            return counter.get_total_flops()
+
+        t2i, edit = count(1), count(2)
+    return t2i, edit, sum(p.numel() for p in transformer.parameters())
