@@ -5,7 +5,9 @@ Convention: x_t = (1 - t) * x0 + t * eps, t = 1 is pure noise, velocity v = eps 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -47,6 +49,42 @@ class Backbone(Protocol):
     ) -> torch.Tensor: ...
 
     def shift_time(self, t: torch.Tensor) -> torch.Tensor: ...
+
+
+def save_layout(out_dir: str | Path, transformer, transformer_state_dict: dict | None, *,
+                source: str | Path | None, frozen_dir: str | Path | None,
+                frozen: dict[str, Callable[[Path], object] | None]) -> Path:
+    """A diffusers-layout checkpoint folder: the transformer is written (from `transformer_state_dict` when given, e.g.
+    gathered from FSDP shards); each frozen component (name -> its writer, None: only ever linked) is linked, not
+    copied: to the source when it is a local folder holding it, else to `frozen_dir`, where it is written once (a hub
+    id as the base costs one copy per run), else written in place."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if transformer_state_dict is None:
+        transformer.save_pretrained(out_dir / "transformer")
+    else:
+        from safetensors.torch import save_file
+
+        (out_dir / "transformer").mkdir(exist_ok=True)
+        transformer.save_config(out_dir / "transformer")
+        tensors = {k: v.detach().contiguous() for k, v in transformer_state_dict.items()}
+        save_file(tensors, out_dir / "transformer" / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    source = Path(source) if source is not None and Path(source).is_dir() else None
+    holder = Path(frozen_dir) if frozen_dir is not None else None
+    for name, write in frozen.items():
+        target = out_dir / name
+        if target.exists() or target.is_symlink():
+            continue
+        if source is not None and (source / name).exists():
+            target.symlink_to((source / name).resolve())
+        elif write is not None and holder is not None:
+            if not (holder / name).exists():
+                holder.mkdir(parents=True, exist_ok=True)
+                write(holder / name)
+            target.symlink_to((holder / name).resolve())
+        elif write is not None:
+            write(target)
+    return out_dir
 
 
 def x0_from_velocity(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

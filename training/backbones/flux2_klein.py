@@ -20,7 +20,7 @@ from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.backbones.base import TextFeatures
+from training.backbones.base import TextFeatures, save_layout
 
 TEXT_HIDDEN_LAYERS = (9, 18, 27)  # Qwen3 hidden states the pipeline stacks into one token feature
 TEXT_MAX_LENGTH = 512  # prompts are padded to this many tokens, pads included, as the pipeline does
@@ -114,40 +114,12 @@ class Flux2KleinBackbone(nn.Module):
         copied: to the source when it is a local folder, else to `frozen_dir`, where they are written once."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        if transformer_state_dict is None:
-            self.transformer.save_pretrained(out_dir / "transformer")
-        else:
-            from safetensors.torch import save_file
-
-            (out_dir / "transformer").mkdir(exist_ok=True)
-            self.transformer.save_config(out_dir / "transformer")
-            tensors = {k: v.detach().contiguous() for k, v in transformer_state_dict.items()}
-            weights = out_dir / "transformer" / "diffusion_pytorch_model.safetensors"
-            save_file(tensors, weights, metadata={"format": "pt"})
-        source = Path(self.source) if self.source is not None and Path(self.source).is_dir() else None
-        holder = Path(frozen_dir) if frozen_dir is not None else None
-        writers = {
-            "text_encoder": self.text_encoder.save_pretrained,
-            "tokenizer": self.tokenizer.save_pretrained,
-            "vae": self.vae.save_pretrained,
-            "model_index.json": self._write_model_index,
-        }
         # Written, never linked: the static shift the generator samples with, so the pipeline samples as it does.
         self.sampling_scheduler().save_pretrained(out_dir / "scheduler")
-        for name, write in writers.items():
-            target = out_dir / name
-            if target.exists() or target.is_symlink():
-                continue
-            if source is not None and (source / name).exists():
-                target.symlink_to((source / name).resolve())
-            elif holder is not None:
-                if not (holder / name).exists():
-                    holder.mkdir(parents=True, exist_ok=True)
-                    write(holder / name)
-                target.symlink_to((holder / name).resolve())
-            else:
-                write(target)
-        return out_dir
+        return save_layout(out_dir, self.transformer, transformer_state_dict, source=self.source, frozen_dir=frozen_dir,
+                           frozen={"text_encoder": self.text_encoder.save_pretrained,
+                                   "tokenizer": self.tokenizer.save_pretrained, "vae": self.vae.save_pretrained,
+                                   "model_index.json": self._write_model_index})
 
     def sampling_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
         """The scheduler with this backbone's static shift (what `shift_time` applies) instead of a dynamic one."""

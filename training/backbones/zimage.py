@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTran
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from training.backbones.base import TextFeatures
+from training.backbones.base import TextFeatures, save_layout
 
 
 def omni_prompt_segments(prompt: str, num_references: int) -> list[str]:
@@ -75,38 +75,11 @@ class ZImageBackbone(nn.Module):
         """A diffusers-layout checkpoint: the transformer is written (from `transformer_state_dict` when given, e.g.
         gathered from FSDP shards); frozen components are linked, not copied: to the source when it is a local
         folder, else to `frozen_dir`, where they are written once (a hub id as the base costs one copy per run)."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if transformer_state_dict is None:
-            self.transformer.save_pretrained(out_dir / "transformer")
-        else:
-            from safetensors.torch import save_file
-
-            (out_dir / "transformer").mkdir(exist_ok=True)
-            self.transformer.save_config(out_dir / "transformer")
-            tensors = {k: v.detach().contiguous() for k, v in transformer_state_dict.items()}
-            save_file(tensors, out_dir / "transformer" / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
-        source = Path(self.source) if self.source is not None and Path(self.source).is_dir() else None
-        holder = Path(frozen_dir) if frozen_dir is not None else None
-        writers = {
-            "text_encoder": self.text_encoder.save_pretrained,
-            "tokenizer": self.tokenizer.save_pretrained,
-            "vae": self.vae.save_pretrained,
-            "scheduler": FlowMatchEulerDiscreteScheduler(shift=self.shift, use_dynamic_shifting=False).save_pretrained,
-        }
-        for name in ("text_encoder", "tokenizer", "vae", "scheduler", "model_index.json"):
-            target = out_dir / name
-            if target.exists() or target.is_symlink():
-                continue
-            if source is not None and (source / name).exists():
-                target.symlink_to((source / name).resolve())
-            elif name in writers and holder is not None:
-                if not (holder / name).exists():
-                    writers[name](holder / name)
-                target.symlink_to((holder / name).resolve())
-            elif name in writers:
-                writers[name](target)
-        return out_dir
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=self.shift, use_dynamic_shifting=False)
+        return save_layout(out_dir, self.transformer, transformer_state_dict, source=self.source, frozen_dir=frozen_dir,
+                           frozen={"text_encoder": self.text_encoder.save_pretrained,
+                                   "tokenizer": self.tokenizer.save_pretrained, "vae": self.vae.save_pretrained,
+                                   "scheduler": scheduler.save_pretrained, "model_index.json": None})
 
     @property
     def device(self) -> torch.device:
