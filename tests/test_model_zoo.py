@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText
 
+from backbone_checks import check_forwards
 from model_zoo import build_tiny_models, weights_digest
 from model_zoo.qwen_vl import ImageOnlyQwen2VLProcessor
 from model_zoo.tokenizer import QWEN_SPECIAL_TOKENS
@@ -44,20 +45,9 @@ def test_vlm_answers_yes_no_with_single_tokens(vlm):
 
 
 def test_generator_backbone_loads_by_path_and_runs_t2i_and_edit_forward(zimage):
-    images = torch.rand(2, 3, 64, 64) * 2 - 1
-    latents = zimage.encode_images(images)
+    latents = check_forwards(zimage, 64)
     assert latents.shape == (2, 16, 8, 8)
-    noise = torch.randn_like(latents)
-    t = torch.tensor([0.25, 0.9])
-    v_t2i = zimage.predict_velocity(noise, t, zimage.encode_text(["a cat", "a red car"]))
-    edit_text = zimage.encode_text(["add a hat", "make it blue"], num_references=1)
-    v_edit = zimage.predict_velocity(noise, t, edit_text, reference=latents)
-    assert v_t2i.shape == v_edit.shape == latents.shape
-    assert torch.isfinite(v_edit).all()
-    v_other_ref = zimage.predict_velocity(noise, t, edit_text, reference=latents.flip(0))
-    assert not torch.allclose(v_edit, v_other_ref)  # the reference really conditions the output
-    decoded = zimage.decode_latents(latents)
-    assert decoded.shape == images.shape
+    assert zimage.decode_latents(latents).shape == (2, 3, 64, 64)
 
 
 def test_same_seed_gives_identical_weights_and_another_seed_differs(tmp_path, tiny_models):

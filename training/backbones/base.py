@@ -51,6 +51,14 @@ class Backbone(Protocol):
     def shift_time(self, t: torch.Tensor) -> torch.Tensor: ...
 
 
+def check_conditioning(x_t: torch.Tensor, text: TextFeatures, reference: torch.Tensor | None) -> None:
+    """One prompt per latent, encoded for a reference exactly when one is given."""
+    if len(text) != x_t.shape[0]:
+        raise ValueError(f"{len(text)} prompts for a batch of {x_t.shape[0]} latents")
+    if (reference is not None) != (text.num_references > 0):
+        raise ValueError("text must be encoded with num_references=1 exactly when a reference is given")
+
+
 def save_layout(out_dir: str | Path, transformer, transformer_state_dict: dict | None, *,
                 source: str | Path | None, frozen_dir: str | Path | None,
                 frozen: dict[str, Callable[[Path], object] | None]) -> Path:

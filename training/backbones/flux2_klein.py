@@ -20,7 +20,7 @@ from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.backbones.base import TextFeatures, save_layout
+from training.backbones.base import TextFeatures, check_conditioning, save_layout
 
 TEXT_HIDDEN_LAYERS = (9, 18, 27)  # Qwen3 hidden states the pipeline stacks into one token feature
 TEXT_MAX_LENGTH = 512  # prompts are padded to this many tokens, pads included, as the pipeline does
@@ -190,11 +190,8 @@ class Flux2KleinBackbone(nn.Module):
         self, x_t: torch.Tensor, t: torch.Tensor, text: TextFeatures, reference: torch.Tensor | None = None
     ) -> torch.Tensor:
         """v = eps - x0 for x_t at noise level t (paper convention, t=1 noise); `reference` is a clean latent."""
-        if len(text) != x_t.shape[0]:
-            raise ValueError(f"{len(text)} prompts for a batch of {x_t.shape[0]} latents")
+        check_conditioning(x_t, text, reference)
         wants_reference = reference is not None
-        if wants_reference != (text.num_references > 0):
-            raise ValueError("text must be encoded with num_references=1 exactly when a reference is given")
         dtype, device = self.compute_dtype, self.device
         batch, channels, height, width = x_t.shape
         tokens = x_t.to(device=device, dtype=dtype).flatten(2).transpose(1, 2)  # (B, H*W, C), row-major

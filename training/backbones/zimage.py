@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTran
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from training.backbones.base import TextFeatures, save_layout
+from training.backbones.base import TextFeatures, check_conditioning, save_layout
 
 
 def omni_prompt_segments(prompt: str, num_references: int) -> list[str]:
@@ -124,11 +124,8 @@ class ZImageBackbone(nn.Module):
         self, x_t: torch.Tensor, t: torch.Tensor, text: TextFeatures, reference: torch.Tensor | None = None
     ) -> torch.Tensor:
         """v = eps - x0 for x_t at noise level t (paper convention, t=1 noise); `reference` is a clean latent."""
-        if len(text) != x_t.shape[0]:
-            raise ValueError(f"{len(text)} prompts for a batch of {x_t.shape[0]} latents")
+        check_conditioning(x_t, text, reference)
         wants_reference = reference is not None
-        if wants_reference != (text.num_references > 0):
-            raise ValueError("text must be encoded with num_references=1 exactly when a reference is given")
         dtype = self.compute_dtype
         t_model = (1 - t).to(device=self.device, dtype=torch.float32).reshape(-1)  # t*1000 in bf16 would round
         targets = [x.unsqueeze(1).to(dtype) for x in x_t]
