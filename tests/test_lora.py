@@ -72,7 +72,9 @@ def test_the_saved_adapter_loads_into_diffusers_and_equals_the_merged_generator(
         return pipe(prompt="a red circle on a blue background", height=64, width=64, num_inference_steps=2,
                     guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="pt").images
 
-    pipe = pipeline.from_pretrained(base)
+    # the checkpoint's own scheduler on both sides (a klein checkpoint carries the static shift it samples with)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(checkpoint / "generator", subfolder="scheduler")
+    pipe = pipeline.from_pretrained(base, scheduler=scheduler)
     plain = image(pipe)
     pipe.load_lora_weights(checkpoint / "lora")
     adapted = image(pipe)
