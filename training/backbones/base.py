@@ -51,6 +51,25 @@ class Backbone(Protocol):
     def shift_time(self, t: torch.Tensor) -> torch.Tensor: ...
 
 
+class FrozenPartsBackbone(torch.nn.Module):
+    """What every adapter holds: a trainable transformer beside a frozen text encoder and VAE, the static time shift
+    its sampler uses, and where the frozen parts came from (checkpoints link to it)."""
+
+    def __init__(self, transformer, text_encoder, tokenizer, vae, shift: float, source: str | Path | None = None):
+        super().__init__()
+        self.source = source
+        self.compute_dtype = next(transformer.parameters()).dtype  # FSDP2 mixed precision sets it lower
+        self.transformer = transformer
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.vae = vae.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+        self.shift = shift
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+
 def check_conditioning(x_t: torch.Tensor, text: TextFeatures, reference: torch.Tensor | None) -> None:
     """One prompt per latent, encoded for a reference exactly when one is given."""
     if len(text) != x_t.shape[0]:

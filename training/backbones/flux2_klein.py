@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
 from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
-from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.backbones.base import TextFeatures, check_conditioning, save_layout
+from training.backbones.base import FrozenPartsBackbone, TextFeatures, check_conditioning, save_layout
 
 TEXT_HIDDEN_LAYERS = (9, 18, 27)  # Qwen3 hidden states the pipeline stacks into one token feature
 TEXT_MAX_LENGTH = 512  # prompts are padded to this many tokens, pads included, as the pipeline does
@@ -55,7 +54,7 @@ def position_ids(time_id: int, height: int, width: int, length: int, device: tor
     return torch.cartesian_prod(*axes).to(device)
 
 
-class Flux2KleinBackbone(nn.Module):
+class Flux2KleinBackbone(FrozenPartsBackbone):
     """The FLUX.2 klein family behind the `Backbone` protocol (see `training.backbones.base`)."""
 
     pipeline = "Flux2KleinPipeline"  # the diffusers pipeline its checkpoints (and LoRA adapters) load in
@@ -63,15 +62,8 @@ class Flux2KleinBackbone(nn.Module):
     def __init__(self, transformer, text_encoder, tokenizer, vae: AutoencoderKLFlux2,
                  scheduler: FlowMatchEulerDiscreteScheduler, shift: float, is_distilled: bool = False,
                  source: str | Path | None = None):
-        super().__init__()
-        self.source = source  # where the frozen components came from (checkpoints link to it)
-        self.compute_dtype = next(transformer.parameters()).dtype  # FSDP2 mixed precision sets it lower
-        self.transformer = transformer
-        self.text_encoder = text_encoder.requires_grad_(False).eval()
-        self.vae = vae.requires_grad_(False).eval()
-        self.tokenizer = tokenizer
+        super().__init__(transformer, text_encoder, tokenizer, vae, shift, source)
         self.scheduler = scheduler  # as loaded; checkpoints get `sampling_scheduler()`
-        self.shift = shift
         self.is_distilled = is_distilled
         self.latent_channels = transformer.config.in_channels
         # pixels per latent cell: VAE downsampling (x8 for klein) times the 2x2 patchification
@@ -138,10 +130,6 @@ class Flux2KleinBackbone(nn.Module):
                  "text_encoder": library_and_class(self.text_encoder), "tokenizer": library_and_class(self.tokenizer),
                  "transformer": ["diffusers", "Flux2Transformer2DModel"], "vae": library_and_class(self.vae)}
         path.write_text(json.dumps(index, indent=2) + "\n")
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
 
     def shift_time(self, t: torch.Tensor) -> torch.Tensor:
         """The static time shift t' = s / (s + 1/t - 1) (= s t / (1 + (s - 1) t)), in the scheduler's exponential form

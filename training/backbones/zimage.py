@@ -11,10 +11,9 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
-from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from training.backbones.base import TextFeatures, check_conditioning, save_layout
+from training.backbones.base import FrozenPartsBackbone, TextFeatures, check_conditioning, save_layout
 
 
 def omni_prompt_segments(prompt: str, num_references: int) -> list[str]:
@@ -29,7 +28,7 @@ def omni_prompt_segments(prompt: str, num_references: int) -> list[str]:
     ]
 
 
-class ZImageBackbone(nn.Module):
+class ZImageBackbone(FrozenPartsBackbone):
     """The Z-Image family behind the `Backbone` protocol (see `training.backbones.base`)."""
 
     pipeline = "ZImagePipeline"  # the diffusers pipeline its checkpoints (and LoRA adapters) load in
@@ -37,14 +36,7 @@ class ZImageBackbone(nn.Module):
 
     def __init__(self, transformer, text_encoder, tokenizer, vae: AutoencoderKL, shift: float,
                  source: str | Path | None = None):
-        super().__init__()
-        self.source = source  # where the frozen components came from (checkpoints link to it)
-        self.compute_dtype = next(transformer.parameters()).dtype  # FSDP2 mixed precision sets it lower
-        self.transformer = transformer
-        self.text_encoder = text_encoder.requires_grad_(False).eval()
-        self.vae = vae.requires_grad_(False).eval()
-        self.tokenizer = tokenizer
-        self.shift = shift
+        super().__init__(transformer, text_encoder, tokenizer, vae, shift, source)
         self.latent_channels = vae.config.latent_channels
         # pixels per latent-patch side: VAE downsampling (x8 for Z-Image) times the patch size (2): multiples of 16
         self.spatial_factor = 2 ** (len(vae.config.block_out_channels) - 1) * transformer.config.all_patch_size[0]
@@ -80,10 +72,6 @@ class ZImageBackbone(nn.Module):
                            frozen={"text_encoder": self.text_encoder.save_pretrained,
                                    "tokenizer": self.tokenizer.save_pretrained, "vae": self.vae.save_pretrained,
                                    "scheduler": scheduler.save_pretrained, "model_index.json": None})
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
 
     def shift_time(self, t: torch.Tensor) -> torch.Tensor:
         """The scheduler's static time shift: t' = s t / (1 + (s - 1) t)."""
