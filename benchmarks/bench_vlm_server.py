@@ -11,6 +11,7 @@ one: `VlmRunner` + `OpenAICompatibleBackend`, with the answer cache.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import io
 import json
@@ -19,7 +20,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,10 +37,32 @@ from schemas import VlmStage
 REQUESTS_PER_IMAGE = 7.5  # measured on the builder's stages (caption, propose, 4 validations, object, background)
 
 
-class LoadTestServer:
-    """Chat completions after a fixed latency with bounded concurrency; counts what it saw."""
+def schema_answer(schema: dict[str, Any], index: int = 0) -> Any:
+    """A valid value of one of the builder's answer schemas: booleans true, enums taken by position (four proposals
+    get four edit types), texts naming their position (three background captions differ)."""
+    kind = schema.get("type")
+    if kind == "object":
+        return {key: schema_answer(value, index) for key, value in schema["properties"].items()}
+    if kind == "array":
+        return [schema_answer(schema["items"], i) for i in range(schema.get("minItems", 1))]
+    if kind == "boolean":
+        return True
+    if "enum" in schema:
+        return schema["enum"][index % len(schema["enum"])]
+    return f"a red cup on a wooden table, scene {index}"[: schema.get("maxLength", 60)]
 
-    def __init__(self, latency_s: float, capacity: int, answer: str, fail_first: int = 0, status: int = 503):
+
+def stage_answer(body: dict[str, Any]) -> str:
+    """What the load-test server answers to any stage's request: a valid instance of its response_format schema."""
+    return json.dumps(schema_answer(body["response_format"]["json_schema"]["schema"]))
+
+
+class LoadTestServer:
+    """Chat completions after a fixed latency with bounded concurrency; counts what it saw. `answer` is a fixed text
+    or a function of the request's JSON body."""
+
+    def __init__(self, latency_s: float, capacity: int, answer: str | Callable[[dict], str], fail_first: int = 0,
+                 status: int = 503):
         self.latency_s, self.answer = latency_s, answer
         self.slots = threading.Semaphore(capacity)
         self.lock = threading.Lock()
@@ -54,11 +79,13 @@ class LoadTestServer:
                 pass
 
             def do_GET(self):  # the counters, for a client in another process
-                stats = {"peak": server.peak, "served": server.served, "refused": server.failed}
+                stats = {"peak": server.peak, "served": server.served, "refused": server.failed,
+                         "cpu_s": time.process_time()}
                 self._send(200, json.dumps(stats).encode(), {"Content-Type": "application/json"})
 
             def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                answer = server.answer if isinstance(server.answer, str) else server.answer(json.loads(body))
                 with server.lock:
                     server.open += 1
                     server.peak = max(server.peak, server.open)
@@ -70,7 +97,7 @@ class LoadTestServer:
                         return
                     with server.slots:
                         time.sleep(server.latency_s)
-                    payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": server.answer}}]}
+                    payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
                     self._send(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
                     with server.lock:
                         server.served += 1
@@ -141,8 +168,70 @@ def run(requests: int, latency_s: float, capacity: int, max_in_flight: int, max_
     return {"requests": requests, "seconds": wall, "requests_per_s": rate, "capacity_per_s": capacity / latency_s,
             "share_of_capacity": rate / (capacity / latency_s), "peak_in_flight": seen["peak"],
             "builder_cpu_ms_per_request": 1000 * cpu / requests,
+            "server_cpu_ms_per_request": 1000 * seen["cpu_s"] / requests,
             "hours_for_3M_images": 3e6 * REQUESTS_PER_IMAGE / rate / 3600,
             "stored_kb": len(originals[0]) / 1024, "sent_kb": len(sent[0]) / 1024, "max_image_side": max_image_side}
+
+
+@contextlib.contextmanager
+def load_test_server(latency_s: float, capacity: int, answer: str | Callable[[dict], str]):
+    """The load-test server in another process; yields (its URL, a function returning its counters)."""
+    ports = multiprocessing.Queue()
+    process = multiprocessing.Process(target=_serve, args=(latency_s, capacity, answer, ports), daemon=True)
+    process.start()
+    url = ports.get(timeout=60)
+
+    def counters() -> dict:
+        with urllib.request.urlopen(url) as response:
+            return json.loads(response.read())
+
+    try:
+        yield url, counters
+    finally:
+        process.terminate()
+
+
+def build(images: int, shard_size: int, latency_s: float, capacity: int, max_in_flight: int) -> dict:
+    """The VLM stages of a whole build (every stage's prompt, answered validly) over `images` photos in shards of
+    `shard_size`: stage after stage and shard after shard as the builder ran them before (`sequential`), then on the
+    local engine as `npedit corpus build` runs them (`pipelined`: independent stages at once, shards in flight). Fetch and images are built first
+    and not timed; each run has its own answer cache, so every request reaches the server."""
+    from datasets_builder.config import CorpusConfig, SourceConfig, VlmConfig
+    from datasets_builder.corpus import STAGE_OUTPUT, Corpus
+    from datasets_builder.engines import LocalEngine
+    from datasets_builder.fetch import FetchConfig
+
+    results = {}
+    with load_test_server(latency_s, capacity, stage_answer) as (url, counters), \
+            tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        originals = [photo(i) for i in range(16)]
+        for i in range(images):
+            (folder / f"{i:06d}.jpg").write_bytes(originals[i % 16] + i.to_bytes(4, "big"))
+        for mode in ("sequential", "pipelined"):
+            config = CorpusConfig(
+                source=SourceConfig(folder=str(folder)), work_dir=f"{tmp}/{mode}/work", lake_dir=f"{tmp}/{mode}/lake",
+                fetched_dir=f"{tmp}/fetched", fetch=FetchConfig(shard_size=shard_size),
+                vlm=VlmConfig(backend="openai", model="load-test", base_url=f"{url}/v1", max_in_flight=max_in_flight))
+            corpus = Corpus(config)
+            shards = corpus.fetch()
+            for shard in shards:
+                corpus.build_images(shard)
+            served, cpu, wall = counters()["served"], time.process_time(), time.perf_counter()
+            if mode == "sequential":
+                for shard in shards:
+                    for stage in STAGE_OUTPUT:
+                        corpus.run_stage(stage, shard)
+            else:
+                list(LocalEngine().run(config, shards))
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            requests = counters()["served"] - served
+            results[mode] = {"requests": requests, "seconds": wall, "requests_per_s": requests / wall,
+                             "share_of_capacity": requests / wall / (capacity / latency_s),
+                             "builder_cpu_ms_per_request": 1000 * cpu / requests, "shards": len(shards),
+                             "hours_for_3M_images": 3e6 * requests / images / (requests / wall) / 3600}
+    return results
 
 
 def main() -> None:
@@ -152,7 +241,19 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=256)
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--max-image-side", type=int, default=512, help="the builder's vlm.max_image_side")
+    parser.add_argument("--build-images", type=int, default=1200,
+                        help="photos for the whole-build comparison (0 skips it)")
+    parser.add_argument("--shard-size", type=int, default=100)
     args = parser.parse_args()
+    if args.build_images:
+        runs = build(args.build_images, args.shard_size, args.latency, args.capacity, args.in_flight)
+        for mode, r in runs.items():
+            print(f"whole build, {mode}: {r['requests']} requests over {r['shards']} shards in {r['seconds']:.1f} s: "
+                  f"{r['requests_per_s']:.0f} requests/s ({r['share_of_capacity']:.0%} of the server); builder CPU "
+                  f"{r['builder_cpu_ms_per_request']:.2f} ms/request; 3M images would take "
+                  f"{r['hours_for_3M_images']:.1f} h")
+        print(f"ratio: the pipelined build runs {runs['pipelined']['requests_per_s'] / runs['sequential']['requests_per_s']:.2f}x "
+              "the requests/s of stage-after-stage")
     results = [run(args.requests, args.latency, args.capacity, args.in_flight, side)
                for side in (0, args.max_image_side)]
     for result in results:

@@ -14,6 +14,7 @@ from dagster_project.definitions import ALL_ASSETS
 from dagster_project.checks import SNAPSHOT_CHECKS
 from dagster_project.resources import resources_from
 from datasets_builder.config import CorpusConfig
+from datasets_builder.engines import Counts, make_engine
 from schemas.errors import UserError
 
 
@@ -27,7 +28,9 @@ def build_corpus(
     on_event: Callable[[str], None] = print,
     log_level: str = "WARNING",
 ) -> dict:
-    """Run fetch, then each shard's assets, then the snapshot with its checks; returns the snapshot metadata."""
+    """Run fetch (a Dagster run), then every shard on the configured engine (`build.engine`: threads here or a Ray
+    cluster; each shard recorded as materializations of its assets), then the snapshot with its checks (a Dagster
+    run); returns the snapshot metadata."""
     instance = instance or dg.DagsterInstance.ephemeral()
     resources = resources_from(config)
     logs = {"loggers": {"console": {"config": {"log_level": log_level}}}}
@@ -35,10 +38,12 @@ def build_corpus(
                            resources=resources, run_config=logs, raise_on_error=False)
     _raise_failure(first, "fetching the source and hashing the benchmarks")
     keys = instance.get_dynamic_partitions(shards.name)
-    for i, key in enumerate(keys, 1):
-        dg.materialize(ALL_ASSETS, selection=SHARD_ASSET_KEYS, partition_key=key, instance=instance,
-                       resources=resources, run_config=logs)
-        on_event(f"shard {key} done ({i}/{len(keys)})")
+    engine = make_engine(config)
+    for i, (key, counts) in enumerate(engine.run(config, keys), 1):
+        record_shard(instance, key, counts)
+        rejects = sum(c.get("rejects", 0) for c in counts.values())
+        on_event(f"shard {key} done ({i}/{len(keys)}): {counts['images']['images']} images, "
+                 f"{counts['edit_instructions']['rows']} judged edits, {rejects} VLM answers rejected")
     # The console stays quiet during the publish run and its log is replayed after it: a refusal (a taken tag,
     # another configuration's files) is one line, not Dagster's step-failure traceback; a bug keeps its traceback.
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -56,6 +61,14 @@ def build_corpus(
     for evaluation in result.get_asset_check_evaluations():
         metadata[f"check_{evaluation.check_name}"] = "passed" if evaluation.passed else "FAILED"
     return metadata
+
+
+def record_shard(instance: dg.DagsterInstance, shard: str, counts: Counts) -> None:
+    """A shard built by an engine, recorded in Dagster as a materialization of each of its assets (the UI shows the
+    partition done, with its counts), as if Dagster had run the steps."""
+    for asset in SHARD_ASSET_KEYS:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, partition=shard,
+                                                                    metadata=counts[asset]))
 
 
 class BuildRefused(UserError, RuntimeError):

@@ -59,6 +59,31 @@ class VlmConfig:
             raise ConfigError("vlm.max_image_side must be 0 (as stored) or a side in pixels")
 
 
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Where shard work runs (`datasets_builder.engines`): in this process, or as tasks on a Ray cluster.
+
+    Shards' images are normalised one after another in shard order (cross-shard duplicate claims then go to the same
+    shard on every run); their VLM stages overlap. `shards_in_flight` 0 means 3 when the VLM is a server (one
+    shard's tail and the next ones' starts keep it full) and 1 when the model is loaded in this process."""
+
+    engine: str = "local"
+    ray_address: str = "auto"  # engine = "ray": the head's address (host:port), or "auto" (RAY_ADDRESS, a local head)
+    shards_in_flight: int = 0
+    max_retries: int = 3  # engine = "ray": a task whose worker or machine died is run again elsewhere
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ConfigError(f"build.engine must be local or ray, not {self.engine!r}")
+        if self.shards_in_flight < 0:
+            raise ConfigError("build.shards_in_flight must be 0 (automatic) or a number of shards")
+        if self.max_retries < 0:
+            raise ConfigError("build.max_retries must be 0 or more")
+
+
 BENCHMARKS = ("gedit", "imgedit", "dreambooth")  # the copies decontamination can read (evaluation.benchmarks)
 
 
@@ -94,6 +119,7 @@ class CorpusConfig:
     limits: ImageLimits = field(default_factory=ImageLimits)
     vlm: VlmConfig = field(default_factory=VlmConfig)
     decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
 
 
 def load_corpus_config(path: Path, overrides: dict[str, Any] | None = None) -> CorpusConfig:

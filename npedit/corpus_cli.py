@@ -10,18 +10,25 @@ from rich.table import Table
 
 
 def _config(args: argparse.Namespace):
+    import dataclasses
+
     from datasets_builder.config import CorpusConfig, SourceConfig, load_corpus_config
     from datasets_builder.fetch import FetchConfig
 
     if args.config:
-        return load_corpus_config(args.config)
-    if not (args.url_list or args.folder):
+        config = load_corpus_config(args.config)
+    elif not (args.url_list or args.folder):
         raise SystemExit("npedit corpus build: give --config, --url-list or --folder")
-    return CorpusConfig(
-        source=SourceConfig(url_list=args.url_list and str(args.url_list), folder=args.folder and str(args.folder)),
-        work_dir=str(args.work_dir), lake_dir=str(args.lake_dir), catalog=args.catalog, data_path=args.data_path,
-        fetch=FetchConfig(shard_size=args.shard_size),
-    )
+    else:
+        config = CorpusConfig(
+            source=SourceConfig(url_list=args.url_list and str(args.url_list), folder=args.folder and str(args.folder)),
+            work_dir=str(args.work_dir), lake_dir=str(args.lake_dir), catalog=args.catalog, data_path=args.data_path,
+            fetch=FetchConfig(shard_size=args.shard_size),
+        )
+    if args.ray is not None:  # shard work as tasks on a Ray cluster (the rest of [build] stays as configured)
+        config = dataclasses.replace(config, build=dataclasses.replace(config.build, engine="ray",
+                                                                       ray_address=args.ray))
+    return config
 
 
 def _lake(args: argparse.Namespace):
@@ -101,6 +108,9 @@ def add_corpus_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--replace", action="store_true",
                    help="the new snapshot holds only this configuration's outputs (another model, prompt, sampling "
                         "or image limits); earlier snapshots keep theirs")
+    b.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run shard work as tasks on a Ray cluster: its head's host:port, or auto (see README, "
+                        "'Building on several machines')")
     b.set_defaults(func=build)
 
     for name, func, text in (("stats", stats, "print the users' questions answered at a snapshot"),

@@ -7,10 +7,12 @@ vLLM itself uses), structured outputs for vLLM and for a `vllm serve` endpoint.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
-import contextlib
 import io
 import json
+import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -165,16 +167,18 @@ class VllmBackend:
 
 
 RETRYABLE_STATUS = (408, 429, 500, 502, 503, 504)
-POOL_CONNECTIONS = 16  # per HTTP client of the OpenAI-compatible backend
 
 
 class OpenAICompatibleBackend:
     """A `vllm serve` (or any OpenAI-compatible) chat endpoint, with the JSON schema as response_format.
 
-    Requests stream through one pooled async HTTP client with up to `max_in_flight` of them open at any moment (a
-    server batches what it is given: 8 at a time left a 256-wide server idle). Overload answers (429, 503, ...) and
-    dropped connections are retried with exponential backoff, honouring `Retry-After`; a request that still fails
-    raises, and the runner retries its batch."""
+    Requests stream through one pooled aiohttp session on an event loop of the backend's own (a thread), with up to
+    `max_in_flight` of them open at any moment across every caller: stages and shards that call `generate` from
+    several threads at once share the window and the connections (a server batches what it is given: 8 at a time
+    left a 256-wide server idle). aiohttp spends ~0.6 ms of CPU per request where httpx spent ~2 ms, which is what
+    lets two cores keep a 256-wide server busy (`benchmarks/bench_vlm_server.py`). Overload answers (429, 503, ...)
+    and dropped connections are retried with exponential backoff, honouring `Retry-After`; a request that still
+    fails raises, and the runner retries its batch."""
 
     name = "openai"
 
@@ -189,6 +193,11 @@ class OpenAICompatibleBackend:
         self.max_in_flight = max_in_flight
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._owner_pid = 0
+        self._session = None
+        self._gate: asyncio.Semaphore | None = None
 
     def _body(self, request: VlmRequest, sampling: SamplingParams, image_url: str) -> dict[str, Any]:
         return {
@@ -209,50 +218,78 @@ class OpenAICompatibleBackend:
         except ValueError:  # an HTTP date: back off as usual
             return self.backoff_s * 2 ** (attempt - 1)
 
-    async def _one(self, client, gate: asyncio.Semaphore, request: VlmRequest, sampling: SamplingParams,
-                   image_urls: dict[bytes, str]) -> str:
-        import httpx
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The backend's loop, started on first use (and again in a forked child, which has no copy of the thread)."""
+        with self._lock:
+            if self._loop is None or self._owner_pid != os.getpid():
+                self._loop = asyncio.new_event_loop()
+                self._owner_pid, self._session, self._gate = os.getpid(), None, None
+                threading.Thread(target=self._loop.run_forever, name="openai-backend", daemon=True).start()
+                atexit.register(self.close)
+            return self._loop
 
-        async with gate:
+    def close(self) -> None:
+        """Close the connections and stop the loop (at exit at the latest); a later `generate` opens them again."""
+        with self._lock:
+            loop, session, self._loop = self._loop, self._session, None
+        if loop is None or self._owner_pid != os.getpid():
+            return
+        if session is not None:
+            asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+
+    async def _open(self):
+        import aiohttp
+
+        if self._session is None:
+            self._gate = asyncio.Semaphore(self.max_in_flight)
+            self._session = aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {self.api_key}"},
+                connector=aiohttp.TCPConnector(limit=self.max_in_flight),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        return self._session
+
+    async def _one(self, request: VlmRequest, sampling: SamplingParams, image_urls: dict[bytes, str]) -> str:
+        import aiohttp
+
+        session = await self._open()
+        async with self._gate:
             if request.image not in image_urls:  # an image asked several questions is encoded once per call
                 image_urls[request.image] = _data_url(request.image)
             body = self._body(request, sampling, image_urls[request.image])
             for attempt in range(1, self.max_attempts + 1):
                 last = attempt == self.max_attempts
                 try:
-                    response = await client.post("/chat/completions", json=body)
-                except httpx.TransportError as exc:  # refused, reset, timed out
-                    if last:
+                    async with session.post(f"{self.base_url}/chat/completions", json=body) as response:
+                        if response.status in RETRYABLE_STATUS and not last:
+                            retry_after = response.headers.get("Retry-After")
+                        elif response.status != 200:
+                            text = await response.text()
+                            raise RuntimeError(f"{self.base_url}: HTTP {response.status}: {text[:200]}")
+                        else:
+                            return (await response.json(content_type=None))["choices"][0]["message"]["content"]
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
+                    if last:  # refused, reset, timed out
                         raise OSError(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
-                    await asyncio.sleep(self._delay(attempt, None))
-                    continue
-                if response.status_code in RETRYABLE_STATUS and not last:
-                    await asyncio.sleep(self._delay(attempt, response.headers.get("Retry-After")))
-                    continue
-                if response.status_code != 200:
-                    raise RuntimeError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:200]}")
-                return response.json()["choices"][0]["message"]["content"]
+                    retry_after = None
+                await asyncio.sleep(self._delay(attempt, retry_after))
         raise AssertionError("unreachable")
 
     async def _all(self, requests: list[VlmRequest], sampling: SamplingParams) -> list[str]:
-        import httpx
-
-        # Several small connection pools: httpcore's pool does work per open connection on every request event, so one
-        # pool of 256 connections spent ~20 ms of CPU per request; pools of 16 keep it near 1 ms.
-        size = min(POOL_CONNECTIONS, self.max_in_flight)
-        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-        headers = {"Authorization": f"Bearer {self.api_key}"}
-        async with contextlib.AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(httpx.AsyncClient(
-                base_url=self.base_url, headers=headers, timeout=self.timeout_s, limits=limits))
-                for _ in range(-(-self.max_in_flight // size))]
-            gate = asyncio.Semaphore(self.max_in_flight)
-            image_urls: dict[bytes, str] = {}
-            return list(await asyncio.gather(*(self._one(clients[i % len(clients)], gate, r, sampling, image_urls)
-                                               for i, r in enumerate(requests))))
+        image_urls: dict[bytes, str] = {}
+        tasks = [asyncio.ensure_future(self._one(r, sampling, image_urls)) for r in requests]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:  # one request failed for good: the others give their slots back
+            for task in tasks:
+                task.cancel()
+            raise
 
     def generate(self, requests: list[VlmRequest], sampling: SamplingParams) -> list[str]:
-        return asyncio.run(self._all(requests, sampling)) if requests else []
+        """Answers in request order; safe to call from several threads at once (they share the window)."""
+        if not requests:
+            return []
+        return asyncio.run_coroutine_threadsafe(self._all(requests, sampling), self._event_loop()).result()
 
 
 def make_backend(kind: str, model: str | Path, **options: Any) -> VlmBackend:
