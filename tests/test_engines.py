@@ -1,4 +1,4 @@
-"""Shard work on a real Ray cluster on loopback: a head and worker nodes started as separate `ray start` processes,
+"""Where shard work runs. Locally, a shard's independent VLM stages overlap. On a real Ray cluster on loopback: a head and worker nodes started as separate `ray start` processes,
 each with its own temp dir, the build driven by `build_corpus` (Dagster records the shards).
 
 The VLM is the load-test server answering every stage's prompt validly after a delay (its answers do not depend on
@@ -72,10 +72,11 @@ def _wait_for_nodes(address: str, count: int, timeout_s: float = 90) -> None:
     raise TimeoutError(f"{count} Ray nodes did not join {address}")
 
 
-def _config(root: Path, source: Path, url: str, **build) -> CorpusConfig:
+def _config(root: Path, source: Path, url: str, max_in_flight: int = 8, **build) -> CorpusConfig:
     return CorpusConfig(source=SourceConfig(folder=str(source)), work_dir=str(root / "work"),
                         lake_dir=str(root / "lake"), fetch=FetchConfig(shard_size=4),
-                        vlm=VlmConfig(backend="openai", model="load-test", base_url=f"{url}/v1", max_in_flight=8),
+                        vlm=VlmConfig(backend="openai", model="load-test", base_url=f"{url}/v1",
+                                      max_in_flight=max_in_flight),
                         build=BuildConfig(**build))
 
 
@@ -129,6 +130,24 @@ def test_a_worker_killed_mid_shard_is_retried_and_the_snapshot_equals_a_one_mach
         k: v for k, v in local.items() if k.startswith("rows_")}
     ray_lake = lake.LakeConfig.of(str(tmp_path / "ray" / "lake"))
     assert lake.verify_content_hash(ray_lake, "v1")
+
+
+def test_a_server_gets_the_independent_stages_of_a_shard_at_once(source, tmp_path):
+    arrivals: list[tuple[float, str]] = []
+
+    def answer(body: dict) -> str:
+        arrivals.append((time.monotonic(), next(iter(body["response_format"]["json_schema"]["schema"]["properties"]))))
+        return stage_answer(body)
+
+    server = LoadTestServer(latency_s=0.5, capacity=64, answer=answer)
+    with serving(server.handler()) as url:
+        metadata = build_corpus(_config(tmp_path, source, url, max_in_flight=64, shards_in_flight=1), on_event=lambda m: None)
+    first = {kind: min(t for t, k in arrivals if k == kind) for _, kind in arrivals}
+    # caption, propose and object of the first shard went out together, before any of them was answered
+    assert max(first["caption"], first["edits"], first["is_object_centric"]) - min(first.values()) < 0.4, first
+    assert first["is_valid"] > first["caption"] + 0.4 and first["background_captions"] > first["is_object_centric"]
+    # per image: caption, propose, object and (every image is object-centric here) background; per proposal: validate
+    assert len(arrivals) == server.served == 4 * metadata["rows_captions"] + metadata["rows_edit_proposals"]
 
 
 def test_no_ray_cluster_is_a_one_line_error(source, tmp_path):
