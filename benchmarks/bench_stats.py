@@ -1,6 +1,7 @@
-"""Median time of every `npedit corpus stats` query on a synthetic 3M-row snapshot (goal: < 0.1 s each).
+"""Median time of every `npedit corpus stats` query on a synthetic paper-scale snapshot: 12M proposals and 12M
+instructions (3M images x 4). Goal: < 0.1 s each on 2 cores.
 
-Run: .venv/bin/python -m benchmarks.bench_stats [--rows 3000000]
+Run: .venv/bin/python -m benchmarks.bench_stats [--rows 12000000]
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def synthesize(store: lake.LakeConfig, rows: int, files: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=3_000_000)
-    parser.add_argument("--files", type=int, default=30)
+    parser.add_argument("--rows", type=int, default=12_000_000)
+    parser.add_argument("--files", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,6 +11,7 @@ one: `VlmRunner` + `OpenAICompatibleBackend`, with the answer cache.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.server
 import io
@@ -191,6 +192,27 @@ def load_test_server(latency_s: float, capacity: int, answer: str | Callable[[di
         process.terminate()
 
 
+def bare_client(requests: int, latency_s: float, capacity: int, max_in_flight: int) -> float:
+    """Requests/s of a bare aiohttp client (the builder's transport, nothing else: no runner, cache or image
+    preparation) against the same server: the ceiling this machine and the stand-in server leave the builder."""
+    import aiohttp
+
+    body = json.dumps({"messages": [{"role": "user", "content": "x" * 80_000}]})  # a 59 KB image in base64
+
+    async def send_all() -> None:
+        gate = asyncio.Semaphore(max_in_flight)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_in_flight)) as session:
+            async def one() -> None:
+                async with gate, session.post(f"{url}/v1/chat/completions", data=body) as response:
+                    await response.read()
+            await asyncio.gather(*(one() for _ in range(requests)))
+
+    with load_test_server(latency_s, capacity, json.dumps({"caption": "x"})) as (url, _):
+        started = time.perf_counter()
+        asyncio.run(send_all())
+        return requests / (time.perf_counter() - started)
+
+
 def build(images: int, shard_size: int, latency_s: float, capacity: int, max_in_flight: int) -> dict:
     """The VLM stages of a whole build (every stage's prompt, answered validly) over `images` photos in shards of
     `shard_size`: stage after stage and shard after shard as the builder ran them before (`sequential`), then on the
@@ -252,6 +274,10 @@ def main() -> None:
                   f"{r['requests_per_s']:.0f} requests/s ({r['share_of_capacity']:.0%} of the server); builder CPU "
                   f"{r['builder_cpu_ms_per_request']:.2f} ms/request; 3M images would take "
                   f"{r['hours_for_3M_images']:.1f} h")
+        ceiling = bare_client(runs["pipelined"]["requests"], args.latency, args.capacity, args.in_flight)
+        print(f"ceiling: a bare aiohttp client sends {ceiling:.0f} requests/s to the same server "
+              f"({ceiling / (args.capacity / args.latency):.0%}); the pipelined build reaches "
+              f"{runs['pipelined']['requests_per_s'] / ceiling:.0%} of it")
         print(f"ratio: the pipelined build runs {runs['pipelined']['requests_per_s'] / runs['sequential']['requests_per_s']:.2f}x "
               "the requests/s of stage-after-stage")
     results = [run(args.requests, args.latency, args.capacity, args.in_flight, side)
