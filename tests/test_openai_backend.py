@@ -18,6 +18,7 @@ from datasets_builder.vlm import PROMPTS, PromptInput, ResponseCache, SamplingPa
 from datasets_builder.vlm.backends import OpenAICompatibleBackend, TransformersBackend, VlmRequest
 from odd_images import SAMPLES
 from schemas import VlmStage
+from schemas.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,7 @@ def test_openai_backend_retries_overload_and_reports_what_is_not_retryable():
     with serving(refusing.handler()) as url:
         with pytest.raises(RuntimeError, match="HTTP 400"):
             OpenAICompatibleBackend("m", f"{url}/v1", backoff_s=0.01).generate(_requests(1), SamplingParams())
-    with pytest.raises(OSError, match="127.0.0.1:9"):  # nothing listens on the discard port
+    with pytest.raises(OSError, match="127.0.0.1:9") as unreachable:  # nothing listens on the discard port
         OpenAICompatibleBackend("m", "http://127.0.0.1:9/v1", max_attempts=2, backoff_s=0.01).generate(
             _requests(1), SamplingParams())
+    assert isinstance(unreachable.value, UserError)  # `npedit corpus build` prints it as one line

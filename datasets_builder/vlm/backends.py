@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from schemas.errors import UserError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -169,6 +171,14 @@ class VllmBackend:
 RETRYABLE_STATUS = (408, 429, 500, 502, 503, 504)
 
 
+class VlmUnavailable(UserError, ConnectionError):
+    """The VLM server could not be reached (refused, reset, timed out) after every retry."""
+
+
+class VlmRefused(UserError, RuntimeError):
+    """The VLM server answered with an error that retrying does not fix (a wrong model name, a bad request)."""
+
+
 class OpenAICompatibleBackend:
     """A `vllm serve` (or any OpenAI-compatible) chat endpoint, with the JSON schema as response_format.
 
@@ -265,12 +275,13 @@ class OpenAICompatibleBackend:
                             retry_after = response.headers.get("Retry-After")
                         elif response.status != 200:
                             text = await response.text()
-                            raise RuntimeError(f"{self.base_url}: HTTP {response.status}: {text[:200]}")
+                            raise VlmRefused(f"{self.base_url}: HTTP {response.status}: {text[:200]}")
                         else:
                             return (await response.json(content_type=None))["choices"][0]["message"]["content"]
                 except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
                     if last:  # refused, reset, timed out
-                        raise OSError(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
+                        raise VlmUnavailable(f"cannot reach the VLM server at {self.base_url}: "
+                                             f"{type(exc).__name__}: {exc}") from None
                     retry_after = None
                 await asyncio.sleep(self._delay(attempt, retry_after))
         raise AssertionError("unreachable")
