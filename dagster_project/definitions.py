@@ -12,6 +12,7 @@ import dagster as dg
 
 from dagster_project.assets import benchmark_hashes, fetched_shards, images, snapshot, stage_assets, vlm_pool
 from dagster_project.checks import SNAPSHOT_CHECKS
+from dagster_project.engine_job import shards_on_engine_job
 from dagster_project.resources import resources_from
 from datasets_builder.config import CorpusConfig, SourceConfig, load_corpus_config
 
@@ -26,4 +27,5 @@ def default_config() -> CorpusConfig:
 
 CONFIG = default_config()
 ALL_ASSETS = [fetched_shards, benchmark_hashes, images, *stage_assets(vlm_pool(CONFIG.vlm.backend)), snapshot]
-defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=SNAPSHOT_CHECKS, resources=resources_from(CONFIG))
+defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=SNAPSHOT_CHECKS, jobs=[shards_on_engine_job(CONFIG.build)],
+                      resources=resources_from(CONFIG))

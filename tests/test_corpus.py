@@ -198,6 +198,7 @@ def test_definitions_load_with_every_asset_and_check():
     assert keys == {"fetched_shards", "benchmark_hashes", "images", "captions", "edit_proposals", "edit_instructions",
                     "objects", "background_prompts", "snapshot"}
     assert len(list(graph.asset_check_keys)) == 5
+    assert defs.get_job_def("shards_on_engine") is not None
 
 
 def test_ui_settings_bound_runs_and_model_holding_steps(tmp_path):

@@ -150,6 +150,27 @@ def test_a_server_gets_the_independent_stages_of_a_shard_at_once(source, tmp_pat
     assert len(arrivals) == server.served == 4 * metadata["rows_captions"] + metadata["rows_edit_proposals"]
 
 
+def test_the_ui_job_builds_every_shard_on_the_engine_and_records_its_partitions(source, tmp_path):
+    import dagster as dg
+
+    from dagster_project.definitions import ALL_ASSETS
+    from dagster_project.engine_job import shards_on_engine_job
+    from dagster_project.resources import resources_from
+
+    server = LoadTestServer(latency_s=0.05, capacity=64, answer=stage_answer)
+    config = _config(tmp_path, source, "unused")
+    instance = dg.DagsterInstance.ephemeral()
+    with serving(server.handler()) as url:
+        config = dataclasses.replace(config, vlm=dataclasses.replace(config.vlm, base_url=f"{url}/v1"))
+        resources = resources_from(config)
+        dg.materialize(ALL_ASSETS, selection=["fetched_shards"], instance=instance, resources=resources)
+        result = shards_on_engine_job(config.build).execute_in_process(instance=instance, resources=resources)
+    keys = set(instance.get_dynamic_partitions("shards"))
+    assert result.success and len(keys) == 2
+    for asset in ("images", "captions", "edit_proposals", "edit_instructions", "objects", "background_prompts"):
+        assert instance.get_materialized_partitions(dg.AssetKey(asset)) == keys, asset
+
+
 def test_no_ray_cluster_is_a_one_line_error(source, tmp_path):
     config = dataclasses.replace(_config(tmp_path, source, "http://127.0.0.1:9"),
                                  build=BuildConfig(engine="ray", ray_address=f"127.0.0.1:{_free_port()}"))
