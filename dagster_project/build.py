@@ -1,5 +1,5 @@
-"""Materialize the whole graph in process (what `npedit corpus build` runs): fetch and benchmark hashes, every shard,
-snapshot, checks."""
+"""What `npedit corpus build` runs: fetch and benchmark hashes (a Dagster run), every shard on the build's engine
+(recorded in Dagster), the snapshot and its checks (a Dagster run)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from dagster_project.assets import SHARD_ASSET_KEYS, shards
+from dagster_project.assets import shards
 from dagster_project.definitions import ALL_ASSETS
 from dagster_project.checks import SNAPSHOT_CHECKS
+from dagster_project.engine_job import shard_done, shard_materializations
 from dagster_project.resources import resources_from
 from datasets_builder.config import CorpusConfig
-from datasets_builder.engines import Counts, make_engine
+from datasets_builder.engines import make_engine
 from schemas.errors import UserError
 
 
@@ -38,12 +39,10 @@ def build_corpus(
                            resources=resources, run_config=logs, raise_on_error=False)
     _raise_failure(first, "fetching the source and hashing the benchmarks")
     keys = instance.get_dynamic_partitions(shards.name)
-    engine = make_engine(config)
-    for i, (key, counts) in enumerate(engine.run(config, keys), 1):
-        record_shard(instance, key, counts)
-        rejects = sum(c.get("rejects", 0) for c in counts.values())
-        on_event(f"shard {key} done ({i}/{len(keys)}): {counts['images']['images']} images, "
-                 f"{counts['edit_instructions']['rows']} judged edits, {rejects} VLM answers rejected")
+    for i, (key, counts) in enumerate(make_engine(config).run(config, keys), 1):
+        for materialization in shard_materializations(key, counts):  # as if Dagster had run the shard's steps
+            instance.report_runless_asset_event(materialization)
+        on_event(shard_done(key, i, len(keys), counts))
     # The console stays quiet during the publish run and its log is replayed after it: a refusal (a taken tag,
     # another configuration's files) is one line, not Dagster's step-failure traceback; a bug keeps its traceback.
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -61,14 +60,6 @@ def build_corpus(
     for evaluation in result.get_asset_check_evaluations():
         metadata[f"check_{evaluation.check_name}"] = "passed" if evaluation.passed else "FAILED"
     return metadata
-
-
-def record_shard(instance: dg.DagsterInstance, shard: str, counts: Counts) -> None:
-    """A shard built by an engine, recorded in Dagster as a materialization of each of its assets (the UI shows the
-    partition done, with its counts), as if Dagster had run the steps."""
-    for asset in SHARD_ASSET_KEYS:
-        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, partition=shard,
-                                                                    metadata=counts[asset]))
 
 
 class BuildRefused(UserError, RuntimeError):

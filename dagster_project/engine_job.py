@@ -9,7 +9,20 @@ import dagster as dg
 from dagster_project.assets import SHARD_ASSET_KEYS, shards
 from dagster_project.resources import DecontaminationResource, LakeResource, SourceResource, VlmResource, corpus_from
 from datasets_builder.config import BuildConfig
-from datasets_builder.engines import make_engine
+from datasets_builder.engines import Counts, make_engine
+
+
+def shard_materializations(shard: str, counts: Counts) -> list[dg.AssetMaterialization]:
+    """A shard an engine built, as a materialization of its partition of every shard asset, with its counts."""
+    return [dg.AssetMaterialization(asset_key=asset, partition=shard, metadata=counts[asset])
+            for asset in SHARD_ASSET_KEYS]
+
+
+def shard_done(shard: str, position: int, total: int, counts: Counts) -> str:
+    """The progress line of a finished shard."""
+    rejects = sum(c.get("rejects", 0) for c in counts.values())
+    return (f"shard {shard} done ({position}/{total}): {counts['images']['images']} images, "
+            f"{counts['edit_instructions']['rows']} judged edits, {rejects} VLM answers rejected")
 
 
 class EngineConfig(dg.Config):
@@ -29,9 +42,9 @@ def build_shards(context: dg.OpExecutionContext, config: EngineConfig, source: S
     corpus_config = dataclasses.replace(corpus.config, build=BuildConfig(**config.model_dump()))
     keys = context.instance.get_dynamic_partitions(shards.name)
     for i, (shard, counts) in enumerate(make_engine(corpus_config).run(corpus_config, keys), 1):
-        for asset in SHARD_ASSET_KEYS:
-            context.log_event(dg.AssetMaterialization(asset_key=asset, partition=shard, metadata=counts[asset]))
-        context.log.info(f"shard {shard} done ({i}/{len(keys)})")
+        for materialization in shard_materializations(shard, counts):
+            context.log_event(materialization)
+        context.log.info(shard_done(shard, i, len(keys), counts))
 
 
 def shards_on_engine_job(build: BuildConfig) -> dg.JobDefinition:
