@@ -68,7 +68,7 @@ def test_openai_backend_runs_every_stage_prompt_through_the_endpoint(endpoint, t
 
 def test_unreachable_endpoint_fails_after_retries(tmp_path, monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
-    backend = OpenAICompatibleBackend("m", "http://127.0.0.1:9/v1", timeout_s=2)
+    backend = OpenAICompatibleBackend("m", "http://127.0.0.1:9/v1", timeout_s=2, backoff_s=0.01)
     runner = VlmRunner(backend, ResponseCache(tmp_path / "c.sqlite"), max_attempts=2)
     with pytest.raises(OSError):
         runner.run(PROMPTS[VlmStage.CAPTION], [PromptInput("a", (SAMPLES / "coffee.jpg").read_bytes())])
