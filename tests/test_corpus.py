@@ -313,6 +313,12 @@ def test_bad_configs_are_clear_errors(tmp_path):
     bad.write_text('[source]\nfolder = "x"\n[vlm]\nmax_image_side = -1\n')
     with pytest.raises(ConfigError, match="vlm.max_image_side must be 0"):
         load_corpus_config(bad)
+    bad.write_text('[source]\nfolder = "x"\n[build]\nengine = "spark"\n')
+    with pytest.raises(ConfigError, match="build.engine must be local or ray, not 'spark'"):
+        load_corpus_config(bad)
+    bad.write_text('[source]\nfolder = "x"\n[build]\nshards_in_flight = -2\n')
+    with pytest.raises(ConfigError, match="build.shards_in_flight must be 0"):
+        load_corpus_config(bad)
     _ = dg  # dagster is imported by the graph under test
 
 
