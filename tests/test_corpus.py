@@ -288,37 +288,30 @@ def test_a_second_source_publishes_v2_and_v1_never_changes(built, tmp_path):
     assert diff["images_rejected"][1] == diff["images_rejected"][0] + 2
 
 
+BAD_CONFIGS = [  # (TOML, the error, its message)
+    ('[source]\nfolder = "x"\nurl_list = "y"\n', ValueError, "exactly one of url_list or folder"),
+    ('[source]\nfolder = "x"\n[vlm]\nbackend = "magic"\n', ValueError, "vlm.backend must be"),
+    ('[source]\nfolder = "x"\n[fetch]\nshards = 3\n', ValueError, "unknown key 'shards'"),
+    ('[source\nfolder = "x"\n', ConfigError, "not valid TOML"),
+    ('work_dir = "w"\n', ValueError, r"a \[source\] table"),
+    ('[source]\nfolder = "x"\n[vlm]\nmax_image_side = -1\n', ConfigError, "vlm.max_image_side must be 0"),
+    ('[source]\nfolder = "x"\n[build]\nengine = "spark"\n', ConfigError,
+     "build.engine must be local or ray, not 'spark'"),
+    ('[source]\nfolder = "x"\n[build]\nshards_in_flight = -2\n', ConfigError, "build.shards_in_flight must be 0"),
+]
+
+
 def test_bad_configs_are_clear_errors(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[source]\nfolder = "x"\nurl_list = "y"\n')
-    with pytest.raises(ValueError, match="exactly one of url_list or folder"):
-        load_corpus_config(bad)
-    bad.write_text('[source]\nfolder = "x"\n[vlm]\nbackend = "magic"\n')
-    with pytest.raises(ValueError, match="vlm.backend must be"):
-        load_corpus_config(bad)
-    bad.write_text('[source]\nfolder = "x"\n[fetch]\nshards = 3\n')
-    with pytest.raises(ValueError, match="unknown key 'shards'"):
-        load_corpus_config(bad)
-    bad.write_text('[source\nfolder = "x"\n')
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load_corpus_config(bad)
+    for text, error, message in BAD_CONFIGS:
+        bad.write_text(text)
+        with pytest.raises(error, match=message):
+            load_corpus_config(bad)
     bad.write_text('fetched_dir = "gs://bucket/x"\n[source]\nfolder = "x"\n')
     with pytest.raises(ConfigError, match="object storage must be one of s3://"):
         Corpus(load_corpus_config(bad)).shards()
-    bad.write_text('work_dir = "w"\n')
-    with pytest.raises(ValueError, match=r"a \[source\] table"):
-        load_corpus_config(bad)
     with pytest.raises(ValueError):
         VlmConfig(batch_size=0)
-    bad.write_text('[source]\nfolder = "x"\n[vlm]\nmax_image_side = -1\n')
-    with pytest.raises(ConfigError, match="vlm.max_image_side must be 0"):
-        load_corpus_config(bad)
-    bad.write_text('[source]\nfolder = "x"\n[build]\nengine = "spark"\n')
-    with pytest.raises(ConfigError, match="build.engine must be local or ray, not 'spark'"):
-        load_corpus_config(bad)
-    bad.write_text('[source]\nfolder = "x"\n[build]\nshards_in_flight = -2\n')
-    with pytest.raises(ConfigError, match="build.shards_in_flight must be 0"):
-        load_corpus_config(bad)
     _ = dg  # dagster is imported by the graph under test
 
 
