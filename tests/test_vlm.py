@@ -310,3 +310,25 @@ def test_each_backend_gets_the_batch_that_keeps_it_busy():
     assert runner_batch_size(config(backend="transformers", batch_size=8)) == 8
     assert runner_batch_size(config(backend="openai", batch_size=8, max_in_flight=256)) == 256
     assert runner_batch_size(config(backend="vllm", batch_size=8)) == 500 * 4  # a whole shard's validation stage
+
+
+def test_answer_caches_opened_together_on_a_new_file_all_open(tmp_path):
+    """Stages and shards of a build open the same new cache at once; SQLite refuses the WAL switch to all but one
+    without waiting, which once failed a build with 'database is locked'."""
+    import threading
+
+    errors = []
+    for trial in range(100):
+        def open_and_write(i: int, path=tmp_path / f"cache{trial}.sqlite") -> None:
+            try:
+                ResponseCache(path).put_many({f"request{i}": "answer"})
+            except Exception as error:  # noqa: BLE001 - collected for the assertion
+                errors.append(error)
+
+        threads = [threading.Thread(target=open_and_write, args=(i,)) for i in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(ResponseCache(tmp_path / f"cache{trial}.sqlite")) == 12
+    assert not errors, errors[:3]

@@ -28,8 +28,21 @@ class ResponseCache:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (request_hash TEXT PRIMARY KEY, raw TEXT NOT NULL)")
+
+    def _use_wal(self, attempts: int = 600) -> None:
+        """Switch the file to WAL once (it stays so). SQLite refuses the switch at once, without waiting, while
+        another connection opens the same new file (stages and shards of a build start together), so retry."""
+        for attempt in range(attempts):
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1)
 
     def get_many(self, hashes: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
