@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from itertools import islice
 from typing import Protocol
 
 from datasets_builder.config import CorpusConfig
@@ -82,7 +83,7 @@ class LocalEngine:
             previous = images_done
 
         with ThreadPoolExecutor(width, thread_name_prefix="shard") as pool:
-            for shard in [s for _, s in zip(range(width), queue)]:
+            for shard in list(islice(queue, width)):
                 submit(shard)
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -143,15 +144,11 @@ def _connect(address: str):
     except ImportError:
         raise RayUnavailable("build.engine = \"ray\" needs Ray: pip install 'ray==2.60.0'") from None
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if host and port.isdigit():  # ray.init itself waits minutes for an address where nothing listens
-        try:
-            socket.create_connection((host, int(port)), timeout=5).close()
-        except OSError as error:
-            raise RayUnavailable(f"no Ray cluster at {address!r} (start one with `ray start --head`): "
-                                 f"{error}") from None
     try:
+        if host and port.isdigit():  # ray.init itself waits minutes for an address where nothing listens
+            socket.create_connection((host, int(port)), timeout=5).close()
         ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False)
-    except ConnectionError as error:
+    except OSError as error:  # ConnectionError from ray.init is one too
         raise RayUnavailable(f"no Ray cluster at {address!r} (start one with `ray start --head`): {error}") from None
     return ray
 

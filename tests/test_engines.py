@@ -171,6 +171,12 @@ def test_the_ui_job_builds_every_shard_on_the_engine_and_records_its_partitions(
         assert instance.get_materialized_partitions(dg.AssetKey(asset)) == keys, asset
 
 
+def test_the_ui_job_config_has_every_build_field():
+    from dagster_project.engine_job import EngineConfig
+
+    assert set(EngineConfig.model_fields) == {f.name for f in dataclasses.fields(BuildConfig)}
+
+
 def test_no_ray_cluster_is_a_one_line_error(source, tmp_path):
     config = dataclasses.replace(_config(tmp_path, source, "http://127.0.0.1:9"),
                                  build=BuildConfig(engine="ray", ray_address=f"127.0.0.1:{_free_port()}"))
