@@ -12,12 +12,13 @@ from pathlib import Path
 from model_zoo.flux2_klein import build_tiny_flux2_klein
 from model_zoo.llava_onevision import build_tiny_llava_onevision
 from model_zoo.qwen_vl import build_tiny_qwen25_vl
-from model_zoo.zimage import build_tiny_zimage
+from model_zoo.zimage import build_tiny_zimage, build_tiny_zimage_omni
 
-ZOO_VERSION = 3
+ZOO_VERSION = 4
 DEFAULT_SEED = 0
 _BUILDERS = {"qwen2_5_vl": build_tiny_qwen25_vl, "zimage": build_tiny_zimage,
-             "llava_onevision": build_tiny_llava_onevision, "flux2_klein": build_tiny_flux2_klein}
+             "llava_onevision": build_tiny_llava_onevision, "flux2_klein": build_tiny_flux2_klein,
+             "zimage_omni": build_tiny_zimage_omni}
 
 
 def default_cache_dir() -> Path:
@@ -35,6 +36,7 @@ class TinyModels:
     generator: Path
     llava: Path
     klein: Path
+    omni: Path  # Z-Image in ZImageOmniPipeline's layout (with SigLIP2)
 
     def as_dict(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -53,7 +55,7 @@ def build_tiny_models(cache_dir: Path | None = None, *, seed: int = DEFAULT_SEED
     """Build (or reuse) the tiny zoo under `cache_dir/seed-<seed>`; a manifest records versions and weight digests."""
     root = (cache_dir or default_cache_dir()) / f"seed-{seed}"
     models = TinyModels(root=root, vlm=root / "qwen2_5_vl", generator=root / "zimage", llava=root / "llava_onevision",
-                        klein=root / "flux2_klein")
+                        klein=root / "flux2_klein", omni=root / "zimage_omni")
     manifest_path = root / "manifest.json"
     if manifest_path.exists() and not force:
         manifest = json.loads(manifest_path.read_text())

@@ -15,7 +15,7 @@ def check_forwards(backbone, size: int) -> torch.Tensor:
     noise = torch.randn_like(latents)
     t = torch.tensor([0.25, 0.9])
     v_t2i = backbone.predict_velocity(noise, t, backbone.encode_text(["a cat", "a red car"]))
-    edit_text = backbone.encode_text(["add a hat", "make it blue"], num_references=1)
+    edit_text = backbone.encode_text(["add a hat", "make it blue"], num_references=1, reference_images=images)
     v_edit = backbone.predict_velocity(noise, t, edit_text, reference=latents)
     assert v_t2i.shape == v_edit.shape == latents.shape
     assert torch.isfinite(v_edit).all()

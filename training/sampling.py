@@ -38,7 +38,7 @@ def edit_images(
     if height % factor or width % factor:
         raise ValueError(f"image size {height}x{width} must be a multiple of {factor}")
     reference_latents = backbone.encode_images(references)
-    text = backbone.encode_text(instructions, num_references=1)
+    text = backbone.encode_text(instructions, num_references=1, reference_images=references)
 
     x = draw_noise(reference_latents, generator)
     times = sampling_times(backbone, num_steps).to(x.device)

@@ -126,7 +126,7 @@ class Trainer:
     def _fake_score_loss(self, batch: EditBatch) -> torch.Tensor:
         with torch.no_grad():
             references = self.generator.encode_images(batch.references)
-            text = self.generator.encode_text(batch.instructions, num_references=1)
+            text = self.generator.encode_text(batch.instructions, num_references=1, reference_images=batch.references)
             plan = plan_unroll(self.step, self.config.schedule, self.generator, self.config.seed)
             x0 = unroll(self.generator, self._noise(references), text, references, plan, self.rng)
             caption = self.generator.encode_text(batch.edited_captions)
@@ -139,9 +139,11 @@ class Trainer:
         the two-step times are (under Z-Image's shift 6, 40 % of samples lie above t = 0.9)."""
         return self.generator.shift_time(self._uniform(n))
 
-    def _warmup_loss(self, references: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    def _warmup_loss(self, references: torch.Tensor, pixels: torch.Tensor
+                     ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """Identity reconstruction: flow matching towards the reference itself, instruction 'do nothing'."""
-        text = self.generator.encode_text([DO_NOTHING] * references.shape[0], num_references=1)
+        text = self.generator.encode_text([DO_NOTHING] * references.shape[0], num_references=1,
+                                          reference_images=pixels)
         t, eps = self.warmup_times(references.shape[0]), self._noise(references)
         x_t = noise_to(references, eps, t)
         v = self.generator.predict_velocity(x_t, t, text, reference=references)
@@ -201,10 +203,10 @@ class Trainer:
         with torch.no_grad():
             references = self.generator.encode_images(batch.references)
         if phase(self.step, self.config.schedule) == "warmup":
-            return self._warmup_loss(references)
+            return self._warmup_loss(references, batch.references)
         do_nothing = (self._uniform(references.shape[0]) < loss_config.do_nothing_prob).cpu()
         instructions = [DO_NOTHING if d else s for d, s in zip(do_nothing.tolist(), batch.instructions)]
-        text = self.generator.encode_text(instructions, num_references=1)
+        text = self.generator.encode_text(instructions, num_references=1, reference_images=batch.references)
         plan = plan_unroll(self.step, self.config.schedule, self.generator, self.config.seed)
         x0 = unroll(self.generator, self._noise(references), text, references, plan, self.rng)
         edit = (~do_nothing).float().to(references.device)

@@ -29,9 +29,10 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
     for step in tqdm(range(steps), desc="supervised editor", disable=not progress):
         edits = [random_edit(rng, EDIT_TYPES[(step * batch_size + i) % len(EDIT_TYPES)]) for i in range(batch_size)]
         with torch.no_grad():
-            reference = backbone.encode_images(renders([e.source for e in edits]))
+            sources = renders([e.source for e in edits])
+            reference = backbone.encode_images(sources)
             x0 = backbone.encode_images(renders([e.target for e in edits]))
-            text = backbone.encode_text([e.instruction for e in edits], num_references=1)
+            text = backbone.encode_text([e.instruction for e in edits], num_references=1, reference_images=sources)
         t = backbone.shift_time(torch.rand(batch_size))  # the sampler's grid goes through the same shift
         eps = torch.randn_like(x0)
         v = backbone.predict_velocity(noise_to(x0, eps, t), t, text, reference=reference)

@@ -4,7 +4,8 @@ from training.backbones.base import Backbone, TextFeatures, noise_to, x0_from_ve
 from training.backbones.flux2_klein import Flux2KleinBackbone
 from training.backbones.zimage import ZImageBackbone, omni_prompt_segments
 
-BACKBONES = {adapter.pipeline: adapter for adapter in (ZImageBackbone, Flux2KleinBackbone)}  # diffusers pipeline -> adapter
+BACKBONES = {pipeline: adapter for adapter in (ZImageBackbone, Flux2KleinBackbone)
+             for pipeline in adapter.pipelines}  # diffusers pipeline -> adapter
 
 
 def backbone_class(path) -> type:

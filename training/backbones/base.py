@@ -15,21 +15,27 @@ import torch
 
 @dataclass(frozen=True)
 class TextFeatures:
-    """Encoded prompts: per sample, the list of caption segments the transformer consumes."""
+    """Encoded prompts: per sample, the list of caption segments the transformer consumes, and, for a backbone that
+    also reads its references through an image encoder (Z-Image omni's SigLIP), each reference's tokens."""
 
     segments: list[list[torch.Tensor]]
     num_references: int
+    reference_tokens: list[list[torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.segments)
 
     def repeat(self, times: int) -> TextFeatures:
-        return TextFeatures([s for _ in range(times) for s in self.segments], self.num_references)
+        tokens = None if self.reference_tokens is None else [r for _ in range(times) for r in self.reference_tokens]
+        return TextFeatures([s for _ in range(times) for s in self.segments], self.num_references, tokens)
 
     def concat(self, other: TextFeatures) -> TextFeatures:
         if other.num_references != self.num_references:
             raise ValueError("cannot concatenate text features encoded for different numbers of references")
-        return TextFeatures(self.segments + other.segments, self.num_references)
+        if (other.reference_tokens is None) != (self.reference_tokens is None):
+            raise ValueError("cannot concatenate text features encoded with and without reference images")
+        tokens = None if self.reference_tokens is None else self.reference_tokens + other.reference_tokens
+        return TextFeatures(self.segments + other.segments, self.num_references, tokens)
 
 
 class Backbone(Protocol):
@@ -38,7 +44,11 @@ class Backbone(Protocol):
     latent_channels: int
     spatial_factor: int
 
-    def encode_text(self, prompts: list[str], *, num_references: int = 0) -> TextFeatures: ...
+    def encode_text(self, prompts: list[str], *, num_references: int = 0,
+                    reference_images: torch.Tensor | None = None) -> TextFeatures:
+        """Prompts for text-to-image (0) or editing (1 reference); `reference_images` (B,3,H,W) in [-1, 1] are the
+        references' pixels, read by backbones that encode references beyond their latent (ignored by the others)."""
+        ...
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor: ...
 

@@ -58,6 +58,7 @@ class Flux2KleinBackbone(FrozenPartsBackbone):
     """The FLUX.2 klein family behind the `Backbone` protocol (see `training.backbones.base`)."""
 
     pipeline = "Flux2KleinPipeline"  # the diffusers pipeline its checkpoints (and LoRA adapters) load in
+    pipelines = (pipeline,)  # the pipelines whose checkpoints it loads
 
     def __init__(self, transformer, text_encoder, tokenizer, vae: AutoencoderKLFlux2,
                  scheduler: FlowMatchEulerDiscreteScheduler, shift: float, is_distilled: bool = False,
@@ -137,8 +138,10 @@ class Flux2KleinBackbone(FrozenPartsBackbone):
         return self.shift / (self.shift + (1 / t - 1))
 
     @torch.no_grad()
-    def encode_text(self, prompts: list[str], *, num_references: int = 0) -> TextFeatures:
-        """Qwen3 hidden states 9, 18 and 27 of the chat-formatted prompt, concatenated per token, padded to 512."""
+    def encode_text(self, prompts: list[str], *, num_references: int = 0,
+                    reference_images: torch.Tensor | None = None) -> TextFeatures:
+        """Qwen3 hidden states 9, 18 and 27 of the chat-formatted prompt, concatenated per token, padded to 512.
+        klein reads a reference through its latent alone, so `reference_images` is not needed."""
         return self.text_features(prompts, num_references=num_references)
 
     def text_features(self, prompts: list[str], *, num_references: int = 0) -> TextFeatures:
