@@ -52,7 +52,7 @@ def test_a_lora_run_resumes_bit_exactly(lake_dir, tiny_models, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
-@pytest.mark.parametrize("backbone", ["generator", "klein"])  # the tiny Z-Image and the tiny FLUX.2 klein
+@pytest.mark.parametrize("backbone", ["generator", "omni", "klein"])  # tiny Z-Image (plain, omni), FLUX.2 klein
 def test_the_saved_adapter_loads_into_diffusers_and_equals_the_merged_generator(lake_dir, tiny_models, tmp_path,
                                                                                 backbone):
     import diffusers
