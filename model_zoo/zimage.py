@@ -6,13 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    FlowMatchEulerDiscreteScheduler,
-    ZImageOmniPipeline,
-    ZImagePipeline,
-    ZImageTransformer2DModel,
-)
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
 from transformers import Qwen3Config, Qwen3Model, Siglip2ImageProcessorPil, Siglip2VisionConfig, Siglip2VisionModel
 
 from model_zoo.tokenizer import build_qwen_tokenizer
@@ -102,6 +96,8 @@ def tiny_siglip2() -> tuple[Siglip2VisionModel, Siglip2ImageProcessorPil]:
 
 def build_tiny_zimage_omni(out_dir: Path, seed: int) -> Path:
     """The Z-Image build with a SigLIP2 encoder beside it, saved in `ZImageOmniPipeline`'s layout."""
+    from diffusers import ZImageOmniPipeline  # imported here: importing it warns that torchvision is missing
+
     tokenizer = build_qwen_tokenizer()
     torch.manual_seed(seed)
     transformer = tiny_zimage_transformer(siglip_feat_dim=TINY_SIGLIP_DIM)

@@ -21,7 +21,7 @@ from schemas.edit_types import EDIT_TYPES
 def _table(results: dict) -> Table:
     runs = {run["variant"]: run["scores"] for run in results["runs"]}
     table = Table(title="verifier scores on held-out world edits (before -> after NP-Edit training)")
-    for column in ("edit type", "success", "preservation dB", "realism"):
+    for column in ("edit type", "edit made", "success", "preservation dB", "realism"):
         table.add_column(column)
 
     def cell(scores: dict, edit_type: str, metric: str, percent: bool) -> str:
@@ -32,7 +32,8 @@ def _table(results: dict) -> Table:
         if edit_type not in runs["teacher"]:
             continue
         table.add_row(edit_type, *(f"{cell(runs['teacher'], edit_type, m, p)} -> {cell(runs['np_edit'], edit_type, m, p)}"
-                                   for m, p in (("success", True), ("preservation_db", False), ("realism", True))))
+                                   for m, p in (("applied", True), ("success", True), ("preservation_db", False),
+                                               ("realism", True))))
     return table
 
 

@@ -48,11 +48,13 @@ def test_the_parser_reads_rendered_scenes_back():
 def test_the_verifier_passes_targets_fails_references_and_noise():
     rng = random.Random(2)
     noise = np.random.default_rng(0)
-    counts = {"target": 0, "reference": 0, "noise": 0, "blank": 0, "preserved": 0}
+    counts = {"target": 0, "reference": 0, "noise": 0, "blank": 0, "preserved": 0, "applied": 0, "applied_ref": 0}
     edits = [random_edit(rng, t) for t in EDIT_TYPES for _ in range(25)]
     for edit in edits:
         on_target = score_edit(edit, render(edit.target))
         counts["target"] += on_target.success
+        counts["applied"] += on_target.applied
+        counts["applied_ref"] += score_edit(edit, render(edit.source)).applied
         undefined = edit.edit_type == "style"  # its mask is the whole image
         assert np.isnan(on_target.preservation_db) == undefined
         counts["preserved"] += (undefined or on_target.preservation_db >= 99) and on_target.untouched_objects_kept
@@ -61,8 +63,14 @@ def test_the_verifier_passes_targets_fails_references_and_noise():
         counts["blank"] += score_edit(edit, np.full((64, 64, 3), 128)).success
     n = len(edits)
     assert counts["target"] >= 0.99 * n and counts["preserved"] >= 0.99 * n, counts
+    assert counts["applied"] >= 0.99 * n and counts["applied_ref"] <= 0.01 * n, counts
     assert counts["reference"] <= 0.01 * n and counts["noise"] == 0 and counts["blank"] == 0, counts
     assert not score_edit(edits[0], noise.integers(0, 256, (64, 64, 3))).realism
+    background = next(e for e in edits if e.edit_type == "background")
+    smudged = np.array(render(background.target))
+    smudged[16:40, 16:40] = noise.integers(0, 256, (24, 24, 3))  # the new background, with pixels no scene explains
+    verdict = score_edit(background, smudged)
+    assert verdict.applied and not verdict.realism and not verdict.success  # edit made, but no world scene
 
 
 def test_invalid_edits_change_nothing_and_say_why():

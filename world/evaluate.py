@@ -29,6 +29,7 @@ class TypeScores:
     preservation_db: float | None  # None where no edit of the type leaves pixels outside its mask (style)
     realism: float
     untouched_objects_kept: float
+    applied: float
     n: int
 
 
@@ -63,10 +64,10 @@ def summarise(edits: list[WorldEdit], scores: list[EditScore]) -> dict[str, Type
         mine = [s for e, s in zip(edits, scores) if e.edit_type == edit_type]
         table[edit_type] = TypeScores(mean_of(s.success for s in mine), mean_of(s.preservation_db for s in mine),
                                       mean_of(s.realism for s in mine), mean_of(s.untouched_objects_kept for s in mine),
-                                      len(mine))
+                                      mean_of(s.applied for s in mine), len(mine))
     rows = list(table.values())
     table["mean"] = TypeScores(*(mean_of(getattr(r, f) for r in rows)
-                                 for f in ("success", "preservation_db", "realism", "untouched_objects_kept")),
+                                 for f in ("success", "preservation_db", "realism", "untouched_objects_kept", "applied")),
                                sum(r.n for r in rows))
     return table
 
@@ -83,7 +84,7 @@ def score_editor(backbone: Backbone, edits: list[WorldEdit], *, num_steps: int =
 
 def verdict_text(edit: WorldEdit, score: EditScore) -> str:
     """A grid row's text: the edit, the verdict, preservation outside the mask (none for a style edit), realism."""
-    verdict = "OK" if score.success else "FAIL"
+    verdict = "OK" if score.success else "FAIL (edit made)" if score.applied else "FAIL"
     kept = "edits the whole image" if np.isnan(score.preservation_db) else \
         f"{score.preservation_db:.0f} dB outside the mask"
     realism = "" if score.realism else f"; not a world scene ({score.problems[0]})"

@@ -122,7 +122,8 @@ def run_experiment(experiment: Experiment, *, command: str = "", log=print) -> d
         run = run_one(experiment, variant, seed, steps)
         steps = steps or run["steps"]  # the first NP-Edit run, on the time budget, sets every run's steps
         mean = run["scores"]["mean"]
-        log(f"{variant} seed {seed}: {run['steps']} steps, success {mean['success']:.1%}, realism {mean['realism']:.1%}")
+        log(f"{variant} seed {seed}: {run['steps']} steps, success {mean['success']:.1%}, "
+            f"applied {mean['applied']:.1%}, realism {mean['realism']:.1%}")
         results["runs"].append(run)
         path.write_text(json.dumps(results, indent=2))
     write_report(results, experiment.out)

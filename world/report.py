@@ -52,8 +52,8 @@ def _by_variant(results: dict) -> dict[str, list[dict]]:
 
 
 def _stat(runs: list[dict], edit_type: str, metric: str) -> tuple[float | None, float | None]:
-    values = [r["scores"][edit_type][metric] for r in runs if edit_type in r["scores"]
-              and r["scores"][edit_type][metric] is not None]
+    values = [r["scores"][edit_type].get(metric) for r in runs if edit_type in r["scores"]
+              and r["scores"][edit_type].get(metric) is not None]  # runs scored before a metric existed lack it
     if not values:
         return None, None
     return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else None
@@ -136,14 +136,16 @@ def write_report(results: dict, out: Path) -> Path:
     lines = ["# NP-Edit in the proof world", "",
              f"Regenerate: `{results.get('command') or 'npedit world experiment'}`", "",
              "Scores are the classical verifier's on held-out world edits: success (what the instruction names now "
-             "holds), preservation (PSNR outside the edit mask; n/a for style), realism (the output parses as a world "
+             "holds and the output parses as a world scene), edit made (what the instruction names holds, realism "
+             "aside), preservation (PSNR outside the edit mask; n/a for style), realism (the output parses as a world "
              f"scene). Goal: success >= {GOAL['success']:.0%}, preservation >= {GOAL['preservation_db']:.0f} dB, "
              f"realism >= {GOAL['realism']:.0%}.", "",
-             "| variant | seeds | generator steps | train min | success | preservation (dB) | realism |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| variant | seeds | generator steps | train min | success | edit made | preservation (dB) | realism |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for variant, runs in grouped.items():
         lines.append(f"| {variant} | {len(runs)} | {runs[0]['steps']} | {np.mean([r['train_minutes'] for r in runs]):.1f} | "
                      f"{_cell(*_stat(runs, 'mean', 'success'), True)} | "
+                     f"{_cell(*_stat(runs, 'mean', 'applied'), True)} | "
                      f"{_cell(*_stat(runs, 'mean', 'preservation_db'), False)} | "
                      f"{_cell(*_stat(runs, 'mean', 'realism'), True)} |")
     types = [t for t in EDIT_TYPES if any(t in r["scores"] for r in results["runs"])]
@@ -151,6 +153,10 @@ def write_report(results: dict, out: Path) -> Path:
               "|---|" + "---:|" * len(types)]
     for variant, runs in grouped.items():
         lines.append(f"| {variant} | " + " | ".join(_cell(*_stat(runs, t, "success"), True) for t in types) + " |")
+    lines += ["", "Edit made per edit type (success without the realism condition):", "",
+              "| variant | " + " | ".join(types) + " |", "|---|" + "---:|" * len(types)]
+    for variant, runs in grouped.items():
+        lines.append(f"| {variant} | " + " | ".join(_cell(*_stat(runs, t, "applied"), True) for t in types) + " |")
     lines += customization_table(grouped)
     pattern = expected_pattern(grouped)
     if pattern:

@@ -4,7 +4,9 @@
   a recoloured one has its new colour at its place, ...);
 - preservation: PSNR to the source render outside the edit's mask (NaN for a style edit, whose mask is the whole
   image), and whether every object the edit does not touch parses unchanged;
-- realism: the output parses as a world scene (no fragments, no pixels that no world colour explains).
+- realism: the output parses as a world scene (no fragments, no pixels that no world colour explains);
+- applied: what the instruction names holds in the parse, realism aside. It separates "the editor made the edit" from
+  "the editor drew it crisply": success is applied and realistic.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class EditScore:
     preservation_db: float
     untouched_objects_kept: bool
     realism: bool
+    applied: bool = False
     problems: tuple[str, ...] = ()
 
 
@@ -57,6 +60,8 @@ def score_edit(edit: WorldEdit, output) -> EditScore:
     else:
         kept = all(parsed.object_at(o.cell) is not None and parsed.object_at(o.cell).key() == o.key()
                    for o in untouched)
-    return EditScore(success=parsed.realistic and claim_holds(edit, parsed),
+    applied = claim_holds(edit, parsed)
+    return EditScore(success=parsed.realistic and applied,
                      preservation_db=psnr(pixels, render(edit.source), where=~mask) if (~mask).any() else float("nan"),
-                     untouched_objects_kept=kept, realism=parsed.realistic, problems=tuple(parsed.problems))
+                     untouched_objects_kept=kept, realism=parsed.realistic, applied=applied,
+                     problems=tuple(parsed.problems))

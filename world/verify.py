@@ -21,6 +21,7 @@ NAMES = list(COLOURS)
 UNEXPLAINED_DISTANCE = 40.0  # RGB distance beyond which no palette tone explains a pixel
 MAX_UNEXPLAINED = 0.02  # share of such pixels (off region borders) a world scene may hold
 SOFT_EDGE_MARGIN = 8.0  # how much closer to a blend of its neighbours than to its own colour an edge pixel is
+MAX_EDGE_DENSITY = 0.5  # share of label edges in a 5x5 window above which pixels are speckle, not a region's border
 
 
 def _palette(style: str) -> np.ndarray:
@@ -201,7 +202,10 @@ def parse_image(image) -> ParsedScene:
     edges = np.zeros((height, width), bool)
     edges[:, 1:] |= family[:, 1:] != family[:, :-1]
     edges[1:, :] |= family[1:, :] != family[:-1, :]
-    border = ndimage.binary_dilation(edges, iterations=1)
+    # A border excuses the anti-aliased pixels between two regions; where labels change nearly everywhere (noise,
+    # speckle) there are no regions to lie between, so nothing is excused.
+    speckle = ndimage.uniform_filter(edges.astype(np.float32), size=5) > MAX_EDGE_DENSITY
+    border = ndimage.binary_dilation(edges, iterations=1) & ~speckle
     far = nearest.reshape(height, width) > UNEXPLAINED_DISTANCE
     parsed.unexplained = float((far & ~border).mean())
     if parsed.unexplained > MAX_UNEXPLAINED:
