@@ -28,7 +28,7 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         from npedit.world_demo import run_world_demo
 
-        run_world_demo(args.out, steps=args.steps)
+        run_world_demo(args.out, steps=args.steps, edit_types=tuple(args.edit_types))
     return 0
 
 
@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo_output"))
     demo.add_argument("--photos", action="store_true", help="the sample photos and tiny random models instead")
     demo.add_argument("--steps", type=int, default=150, help="world: NP-Edit generator steps")
+    from npedit.world_demo import DEMO_EDIT_TYPES
+    from schemas.edit_types import EDIT_TYPES
+
+    demo.add_argument("--edit-types", nargs="+", choices=EDIT_TYPES, default=list(DEMO_EDIT_TYPES), metavar="TYPE",
+                      help=f"world: the edit types trained and scored (default: {' '.join(DEMO_EDIT_TYPES)}; "
+                           f"any of {', '.join(EDIT_TYPES)})")
     demo.add_argument("--cache-dir", type=Path, default=None, help="--photos: where the tiny models are built")
     demo.set_defaults(func=_demo)
     from npedit.corpus_cli import add_corpus_commands

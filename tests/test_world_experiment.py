@@ -70,12 +70,13 @@ def test_experiment_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
 def test_world_demo_runs_from_the_committed_models_through_the_builder(tmp_path):
     from npedit.world_demo import run_world_demo
 
-    grid = run_world_demo(tmp_path / "demo", images=24, steps=2, per_type=1)
+    grid = run_world_demo(tmp_path / "demo", images=24, steps=2, per_type=1, edit_types=EDIT_TYPES)
     assert grid.exists()
     results = json.loads((tmp_path / "demo" / "experiment" / "results.json").read_text())
     assert [(r["variant"], r["steps"]) for r in results["runs"]] == [("np_edit", 2), ("teacher", 0)]
     assert set(results["models"]) >= {"vae", "teacher", "critic"}
     assert all(set(r["scores"]) == {*EDIT_TYPES, "mean"} for r in results["runs"])
+    assert all(r["scores"]["mean"]["applied"] is not None for r in results["runs"])
 
 
 def _part(folder, runs):

@@ -44,7 +44,7 @@ class Experiment:
     seeds: tuple[int, ...] = (0, 1)
     seeds_for: tuple[str, ...] = ("np_edit", "supervised")  # the others run the first seed only
     per_type: int = 25  # held-out edits per type
-    edit_types: tuple[str, ...] = EDIT_TYPES  # the types scored (and, when fewer than all, the only ones trained)
+    edit_types: tuple[str, ...] = EDIT_TYPES  # the types scored and trained (NP-Edit and the supervised editor)
     sampling_steps: int = 4
     overrides: dict = field(default_factory=dict)  # extra config overrides for every NP-Edit run
     customization: int = 0  # held-out customization cases scored per run beside the edits (0: none)
@@ -88,7 +88,7 @@ def run_one(experiment: Experiment, variant: str, seed: int, steps: int | None) 
     elif variant == "supervised":
         start = time.monotonic()
         editor, history = train_supervised(experiment.models / "teacher", out_dir, steps=steps, seed=seed,
-                                           progress=False)
+                                           edit_types=experiment.edit_types, progress=False)
         plot_loss_curves(history, out_dir / "loss_curves.png")
         facts = {"steps": steps, "train_minutes": round((time.monotonic() - start) / 60, 2)}
     else:

@@ -18,8 +18,10 @@ from world.vae import renders
 
 
 def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_size: int = 8, lr: float = 1e-4,
-                     seed: int = 0, progress: bool = True) -> tuple[ZImageBackbone, list[dict[str, float]]]:
-    """Fine-tune the teacher into an editor on rendered pairs (edit types in turn); returns it and its loss curve."""
+                     seed: int = 0, edit_types: tuple[str, ...] = EDIT_TYPES, progress: bool = True
+                     ) -> tuple[ZImageBackbone, list[dict[str, float]]]:
+    """Fine-tune the teacher into an editor on rendered pairs (`edit_types` in turn); returns it and its loss
+    curve."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     backbone = ZImageBackbone.from_pretrained(teacher)
@@ -27,7 +29,7 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
     optimizer = torch.optim.AdamW(backbone.transformer.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     history = []
     for step in tqdm(range(steps), desc="supervised editor", disable=not progress):
-        edits = [random_edit(rng, EDIT_TYPES[(step * batch_size + i) % len(EDIT_TYPES)]) for i in range(batch_size)]
+        edits = [random_edit(rng, edit_types[(step * batch_size + i) % len(edit_types)]) for i in range(batch_size)]
         with torch.no_grad():
             sources = renders([e.source for e in edits])
             reference = backbone.encode_images(sources)
