@@ -2,8 +2,8 @@
 
 Reports, from one run: the step-time share of generator forward, VAE decode, VLM critic, teacher + fake score (DMD),
 backward + optimizer, fake-score updates and data loading; the loader's throughput as a multiple of what the trainer
-consumes; step time, trainable parameters and peak memory per backbone (Z-Image, FLUX.2 klein), full fine-tuning vs
-LoRA; FLOPs per training sample for the tiny run (counted) and for the real Z-Image and klein base 4B shapes
+consumes; step time, trainable parameters and peak memory per backbone (Z-Image, Z-Image omni with SigLIP2,
+FLUX.2 klein), full fine-tuning vs LoRA; FLOPs per training sample for the tiny run (counted) and for the real Z-Image and klein base 4B shapes
 (counted on the meta device, no weights needed). Run: .venv/bin/python -m benchmarks.bench_train [--steps 10]
 """
 
@@ -126,13 +126,16 @@ def _one_setup(backbone: str, lora_rank: int, steps: int, results) -> None:
     results.put((backbone, lora_rank, seconds, trainable, peak))
 
 
+BACKBONES = {"generator": "Z-Image", "omni": "Z-Image omni", "klein": "FLUX.2 klein"}  # tiny zoo model -> name
+
+
 def backbones_and_lora(steps: int) -> None:
     """Step time, trainable parameters and peak memory per backbone, full fine-tuning vs LoRA (tiny models)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     rows = {}
-    for backbone in ("generator", "klein"):
+    for backbone in BACKBONES:
         for rank in (0, 8):
             results = context.Queue()
             process = context.Process(target=_one_setup, args=(backbone, rank, steps, results))
@@ -140,14 +143,13 @@ def backbones_and_lora(steps: int) -> None:
             rows[backbone, rank] = results.get(timeout=1800)[2:]
             process.join()
     memory = "peak GPU memory" if torch.cuda.is_available() else "peak resident memory of the process"
-    names = {"generator": "Z-Image", "klein": "FLUX.2 klein"}
     for (backbone, rank), (seconds, trainable, peak) in rows.items():
-        name = names[backbone]
+        name = BACKBONES[backbone]
         print(f"  {name:13s} {'LoRA rank 8' if rank else 'full':11s} {seconds:.3f} s/step, {trainable:>9,d} trainable "
               f"parameters, {memory} {peak / 2**20:.0f} MB")
-    for backbone in ("generator", "klein"):
+    for backbone in BACKBONES:
         (full, lora) = rows[backbone, 0], rows[backbone, 8]
-        print(f"  {names[backbone]}: LoRA / full = {lora[0] / full[0]:.2f}x step time, {lora[1] / full[1]:.3f}x trainable "
+        print(f"  {BACKBONES[backbone]}: LoRA / full = {lora[0] / full[0]:.2f}x step time, {lora[1] / full[1]:.3f}x trainable "
               f"parameters")
 
 
