@@ -88,6 +88,11 @@ def check_conditioning(x_t: torch.Tensor, text: TextFeatures, reference: torch.T
         raise ValueError("text must be encoded with num_references=1 exactly when a reference is given")
 
 
+def library_and_class(component) -> list[str]:
+    """A component's entry in a diffusers model_index.json: its library and class name."""
+    return [type(component).__module__.split(".")[0], type(component).__name__]
+
+
 def save_layout(out_dir: str | Path, transformer, transformer_state_dict: dict | None, *,
                 source: str | Path | None, frozen_dir: str | Path | None,
                 frozen: dict[str, Callable[[Path], object] | None]) -> Path:

@@ -19,7 +19,13 @@ from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2
 from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.backbones.base import FrozenPartsBackbone, TextFeatures, check_conditioning, save_layout
+from training.backbones.base import (
+    FrozenPartsBackbone,
+    TextFeatures,
+    check_conditioning,
+    library_and_class,
+    save_layout,
+)
 
 TEXT_HIDDEN_LAYERS = (9, 18, 27)  # Qwen3 hidden states the pipeline stacks into one token feature
 TEXT_MAX_LENGTH = 512  # prompts are padded to this many tokens, pads included, as the pipeline does
@@ -122,9 +128,6 @@ class Flux2KleinBackbone(FrozenPartsBackbone):
     def _write_model_index(self, path: Path) -> None:
         """The pipeline's model_index.json (the transformer's class by name: FSDP or LoRA may wrap the module)."""
         import diffusers
-
-        def library_and_class(component) -> list[str]:
-            return [type(component).__module__.split(".")[0], type(component).__name__]
 
         index = {"_class_name": "Flux2KleinPipeline", "_diffusers_version": diffusers.__version__,
                  "is_distilled": self.is_distilled, "scheduler": library_and_class(self.scheduler),

@@ -9,15 +9,20 @@ Z-Image's own convention (t_model = 1 - sigma, output = x0 - eps) is converted t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
 from transformers import AutoModel, AutoTokenizer
 
-from training.backbones.base import FrozenPartsBackbone, TextFeatures, check_conditioning, save_layout
+from training.backbones.base import (
+    FrozenPartsBackbone,
+    TextFeatures,
+    check_conditioning,
+    library_and_class,
+    save_layout,
+)
 
 
 def omni_prompt_segments(prompt: str, num_references: int) -> list[str]:
@@ -101,9 +106,6 @@ class ZImageBackbone(FrozenPartsBackbone):
     def _write_model_index(self, path: Path) -> None:
         """The pipeline's model_index.json (the transformer's class by name: FSDP or LoRA may wrap the module)."""
         import diffusers
-
-        def library_and_class(component) -> list[str]:
-            return [type(component).__module__.split(".")[0], type(component).__name__]
 
         index = {"_class_name": self.pipeline, "_diffusers_version": diffusers.__version__,
                  "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
