@@ -130,6 +130,14 @@ def customization_table(grouped: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def per_type_table(grouped: dict[str, list[dict]], types: list[str], metric: str, title: str) -> list[str]:
+    """A markdown table of one metric (a share) per variant and edit type, mean over seeds with the spread."""
+    lines = ["", title, "", "| variant | " + " | ".join(types) + " |", "|---|" + "---:|" * len(types)]
+    for variant, runs in grouped.items():
+        lines.append(f"| {variant} | " + " | ".join(_cell(*_stat(runs, t, metric), True) for t in types) + " |")
+    return lines
+
+
 def write_report(results: dict, out: Path) -> Path:
     """`out/report.md` and `out/success_per_type.png` from `results` (what `results.json` holds)."""
     grouped = _by_variant(results)
@@ -149,14 +157,8 @@ def write_report(results: dict, out: Path) -> Path:
                      f"{_cell(*_stat(runs, 'mean', 'preservation_db'), False)} | "
                      f"{_cell(*_stat(runs, 'mean', 'realism'), True)} |")
     types = [t for t in EDIT_TYPES if any(t in r["scores"] for r in results["runs"])]
-    lines += ["", "Success per edit type:", "", "| variant | " + " | ".join(types) + " |",
-              "|---|" + "---:|" * len(types)]
-    for variant, runs in grouped.items():
-        lines.append(f"| {variant} | " + " | ".join(_cell(*_stat(runs, t, "success"), True) for t in types) + " |")
-    lines += ["", "Edit made per edit type (success without the realism condition):", "",
-              "| variant | " + " | ".join(types) + " |", "|---|" + "---:|" * len(types)]
-    for variant, runs in grouped.items():
-        lines.append(f"| {variant} | " + " | ".join(_cell(*_stat(runs, t, "applied"), True) for t in types) + " |")
+    lines += per_type_table(grouped, types, "success", "Success per edit type:")
+    lines += per_type_table(grouped, types, "applied", "Edit made per edit type (success without the realism condition):")
     lines += customization_table(grouped)
     pattern = expected_pattern(grouped)
     if pattern:

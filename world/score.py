@@ -24,7 +24,7 @@ class EditScore:
     preservation_db: float
     untouched_objects_kept: bool
     realism: bool
-    applied: bool = False
+    applied: bool
     problems: tuple[str, ...] = ()
 
 
