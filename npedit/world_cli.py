@@ -35,11 +35,15 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
+# a stage that continues a model -> its phase's entry in the model's manifest
+CONTINUED = {"vae_decoder": "decoder_finetune", "teacher_anneal": "anneal", "critic_customization": "finetune"}
+
+
 def _summaries() -> dict[str, tuple]:
     """Per world model: how to train it (out_dir, minutes, seed) and the one line that states its quality."""
     from world.builder_vlm import train_builder
-    from world.critic import train_critic
-    from world.teacher import train_teacher
+    from world.critic import finetune_critic, train_critic
+    from world.teacher import anneal_teacher, train_teacher
     from world.vae import finetune_decoder, train_vae
 
     def teacher(out: Path, minutes: float, seed: int) -> dict:
@@ -47,16 +51,29 @@ def _summaries() -> dict[str, tuple]:
             raise SystemExit(f"npedit: error: the teacher needs a world VAE in {out / 'vae'}: build it first")
         return train_teacher(out, out / "vae", minutes=minutes, seed=seed)
 
+    def continued(name: str, stage: str, run):
+        def train(out: Path, minutes: float, seed: int) -> dict:
+            if not (out / name).exists():
+                raise SystemExit(f"npedit: error: {stage} continues the {name} in {out / name}: build it first")
+            return run(out, minutes=minutes, seed=seed)
+        return train
+
+    def teacher_line(q: dict) -> str:
+        return f"samples match their caption {q['caption_match']:.1%} (layout {q['layout_match']:.1%})"
+
+    def critic_line(q: dict) -> str:
+        return f"held-out accuracy {q['accuracy']:.1%} (weakest question kind {q['weakest']:.1%})"
+
     def vae_line(q: dict) -> str:
         return f"held-out PSNR {q['psnr_db']:.1f} dB, the verifier parses {q['parse_rate']:.1%} of reconstructions"
 
     return {
         "vae": (lambda out, minutes, seed: train_vae(out, minutes=minutes, seed=seed), vae_line),
         "vae_decoder": (lambda out, minutes, seed: finetune_decoder(out, minutes=minutes, seed=seed), vae_line),
-        "teacher": (teacher, lambda q: f"samples match their caption {q['caption_match']:.1%} "
-                                       f"(layout {q['layout_match']:.1%})"),
-        "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed),
-                   lambda q: f"held-out accuracy {q['accuracy']:.1%} (weakest question kind {q['weakest']:.1%})"),
+        "teacher": (teacher, teacher_line),
+        "teacher_anneal": (continued("teacher", "teacher_anneal", anneal_teacher), teacher_line),
+        "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed), critic_line),
+        "critic_customization": (continued("critic", "critic_customization", finetune_critic), critic_line),
         "builder": (lambda out, minutes, seed: train_builder(out, minutes=minutes, seed=seed),
                     lambda q: f"caption match {q['caption_match']:.1%}, valid proposals {q['proposals_valid']:.1%}, "
                               f"validity agreement {q['validity_agreement']:.1%}, edited caption match "
@@ -75,7 +92,8 @@ def build(args: argparse.Namespace) -> int:
     for name in args.models:
         train, summary = summaries[name]
         manifest = train(args.out, args.minutes, args.seed)
-        print(f"{name}: {manifest['steps']} steps, {manifest['train_minutes']} min; {summary(manifest['quality'])}")
+        phase = manifest.get(CONTINUED.get(name), manifest)
+        print(f"{name}: {phase['steps']} steps, {phase['train_minutes']} min; {summary(manifest['quality'])}")
     print(f"models in {args.out}")
     return 0
 
@@ -203,9 +221,11 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=preview)
     b = commands.add_parser("build", help="train the world's models from seeds (resumes a killed run)")
-    b.add_argument("--models", nargs="+", choices=["vae", "vae_decoder", "teacher", "critic", "builder"],
-                   default=["vae", "vae_decoder", "teacher", "critic", "builder"],
-                   help="which models, in this order (vae_decoder sharpens the VAE's decoder, its encoder frozen)")
+    stages = ["vae", "vae_decoder", "teacher", "teacher_anneal", "critic", "critic_customization", "builder"]
+    b.add_argument("--models", nargs="+", choices=stages, default=stages,
+                   help="which models, in this order (vae_decoder sharpens the VAE's decoder, its encoder frozen; "
+                        "teacher_anneal continues the teacher with its learning rate annealed to zero; "
+                        "critic_customization continues the critic on the customization questions too)")
     b.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per model; a rerun continues")
     b.add_argument("--out", type=Path, default=Path("world_models"))
     b.add_argument("--seed", type=int, default=0)

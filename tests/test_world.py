@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from schemas.edit_types import EDIT_TYPES
 from world.edits import make_invalid_edit, random_edit
@@ -123,7 +124,7 @@ def test_the_world_vae_trains_resumes_and_loads(tmp_path):
 
 def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
     from training.backbones import ZImageBackbone
-    from world.teacher import train_teacher
+    from world.teacher import anneal_teacher, train_teacher
     from world.vae import train_vae
 
     train_vae(tmp_path, minutes=10, max_steps=2, batch_size=4, eval_scenes=4, progress=False)
@@ -134,6 +135,19 @@ def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
     assert (teacher.latent_channels, teacher.spatial_factor) == (16, 8)  # the world VAE: 4x down, 16 channels
     assert teacher.tokenizer.tokenize("a large red striped circle") == ["a", "Ġlarge", "Ġred", "Ġstriped", "Ġcircle"]
     assert set(manifest["quality"]) >= {"caption_match", "layout_match"}
+    before = teacher.transformer.state_dict()
+    annealed = anneal_teacher(tmp_path, minutes=10, max_steps=4, batch_size=4, eval_samples=2, progress=False)
+    assert annealed["steps"] == 30 and annealed["anneal"]["steps"] == 4  # the first phase's record stays
+    after = ZImageBackbone.from_pretrained(tmp_path / "teacher").transformer.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_continuing_a_model_that_was_never_built_is_a_one_line_error(tmp_path):
+    from npedit.cli import main
+
+    for stage, name in (("teacher_anneal", "teacher"), ("critic_customization", "critic")):
+        with pytest.raises(SystemExit, match=f"{stage} continues the {name} in .*: build it first"):
+            main(["world", "build", "--out", str(tmp_path), "--models", stage, "--minutes", "1"])
 
 
 

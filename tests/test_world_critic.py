@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from training.critics import load_critic
+from training.customization import customization_questions
 from training.questions import questions_for
-from world.critic import new_critic, train_critic, yes_no_loss
+from world.critic import finetune_critic, new_critic, train_critic, yes_no_loss
 from world.critic_objectives import AuxiliaryObjectives, attribute_labels, change_map, dense_labels, target_map
-from world.questions import KINDS, labelled_question, question_set
-from world.scene import COLOURS, random_scene, render
+from world.customization import CustomizationCase, score_customization
+from world.questions import CUSTOMIZATION_KINDS, KINDS, labelled_question, question_set
+from world.scene import COLOURS, caption, random_scene, render
 from world.verify import parse_image
 
 
@@ -48,6 +50,29 @@ def test_answers_agree_with_the_verifier():
                 assert not (output.realistic and output.key() in {target, source})
             checked += 1
     assert checked == 160
+
+
+def test_customization_kinds_are_the_trainers_questions_with_balanced_answers():
+    questions = question_set(seed=3, per_kind=6, kinds=CUSTOMIZATION_KINDS)
+    assert Counter(q.kind for q in questions) == {kind: 6 for kind in CUSTOMIZATION_KINDS}
+    assert Counter(q.answer for q in questions) == {"Yes": 9, "No": 9}
+    for q in questions:
+        asked = {x.text: x for phrasing in range(3)
+                 for x in customization_questions(q.edit.target_object, caption(q.edit.target, phrasing))}
+        assert q.text in asked and asked[q.text].kind == q.kind.split("/")[1]
+        assert len(q.images) == len(asked[q.text].images) and q.edit.source.objects[0].cell == 4  # the reference
+
+
+def test_customization_answers_agree_with_the_verifier():
+    rng = random.Random(11)
+    for kind in CUSTOMIZATION_KINDS:
+        for answer in ("Yes", "No") * 8:
+            q = labelled_question(rng, kind, augment=False, answer=answer)
+            case = CustomizationCase(q.edit.source, q.edit.target, q.edit.target_object, "")
+            score = score_customization(case, q.images[-1])
+            said = {"customization/identity": score.identity and score.realism,
+                    "customization/edit": score.success, "customization/copy": score.copy}[kind]
+            assert said == (answer == "Yes"), (kind, answer, score)
 
 
 def test_dense_labels_read_colours_and_background():
@@ -121,3 +146,7 @@ def test_trained_critic_saves_and_loads_by_path(tmp_path):
     yes, no = critic.answer_logits([[torch.from_numpy(p / 127.5 - 1).permute(2, 0, 1).float() for p in q.images]],
                                    [q.text])
     assert torch.isfinite(yes).all() and torch.isfinite(no).all()
+    tuned = finetune_critic(tmp_path, minutes=5, max_steps=2, eval_per_kind=1, progress=False)
+    assert tuned["steps"] == 3 and tuned["finetune"]["steps"] == 2  # the first phase's record stays
+    assert set(tuned["quality"]["per_kind"]) == set(KINDS + CUSTOMIZATION_KINDS)
+    assert not torch.equal(load_critic(tmp_path / "critic").model.lm_head.weight, critic.model.lm_head.weight)

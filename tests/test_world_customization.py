@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from world import PRETRAINED
@@ -17,6 +19,10 @@ def test_rendered_targets_succeed_and_copies_or_noise_fail():
     assert all(s.success and s.identity and s.scene and not s.copy for s in on_target)
     copies = [score_customization(c, render(c.reference)) for c in cases]
     assert all(s.copy and s.identity and not s.scene and not s.success for s in copies)
+    other = [replace(c.target, objects=(replace(c.target.objects[0], shape=next(
+        s for s in ("circle", "square") if s != c.target.objects[0].shape)),)) for c in cases]
+    wrong_object = [score_customization(c, render(o)) for c, o in zip(cases, other)]
+    assert all(s.scene and not s.identity and not s.success for s in wrong_object)  # the new scene, another object
     rng = np.random.default_rng(0)
     noise = [score_customization(c, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for c in cases]
     assert not any(s.success or s.copy for s in noise)

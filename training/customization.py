@@ -36,8 +36,8 @@ def customization_questions(object_name: str, scene: str) -> list[Question]:
     return [
         # The task's point: the output must show the reference's own object, not just any object of its class.
         Question((REFERENCE, OUTPUT),
-                 f"The first image shows {object_name}. Does the second image show the very same {object_name}, with "
-                 "the same shape, colours, patterns and details? Answer Yes or No.", "Yes", "identity"),
+                 f"The first image shows {object_name}. Does the second image show the very same object, with the "
+                 "same shape, colours, patterns and details? Answer Yes or No.", "Yes", "identity"),
         # The other half: the object must stand in the scene asked for, not in the reference's surroundings.
         Question((OUTPUT,), f"Does this image show {object_name} in this scene: {scene.strip().rstrip('.')}? "
                             "Answer Yes or No.", "Yes", "edit"),

@@ -24,7 +24,7 @@ from model_zoo.tokenizer import QWEN_SPECIAL_TOKENS, build_qwen_tokenizer
 from training.critics.qwen import QwenVLCritic
 from world.budget import BudgetedRun
 from world.critic_objectives import AuxiliaryObjectives
-from world.questions import KINDS, LabelledQuestion, labelled_question, question_set
+from world.questions import ALL_KINDS, KINDS, LabelledQuestion, labelled_question, question_set
 from world.teacher import world_vocabulary
 from world.vae import invocation
 
@@ -96,31 +96,60 @@ def evaluate_critic(critic: QwenVLCritic, questions: list[LabelledQuestion], bat
 
 def train_critic(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0, batch_size: int = 32,
                  lr: float = 1e-3, aux_weight: float = 0.5, eval_every_s: float = 600, eval_per_kind: int = 24,
-                 progress: bool = True) -> dict:
-    """Train (or continue) the critic under `out_dir`; writes `out_dir/critic/` (a Qwen2.5-VL checkpoint the
-    trainer loads by path) and its manifest with held-out accuracy per question kind."""
-    out_dir = Path(out_dir)
+                 kinds: tuple[str, ...] = KINDS, progress: bool = True) -> dict:
+    """Train (or continue) the critic under `out_dir` on the question `kinds`; writes `out_dir/critic/` (a Qwen2.5-VL
+    checkpoint the trainer loads by path) and its manifest with held-out accuracy per question kind."""
     critic = new_critic(seed)
+    facts, quality = _fit(critic, Path(out_dir) / "critic_train_state.pt", minutes=minutes, max_steps=max_steps,
+                          seed=seed, batch_size=batch_size, lr=lr, aux_weight=aux_weight, eval_every_s=eval_every_s,
+                          eval_per_kind=eval_per_kind, kinds=kinds, desc="world critic", progress=progress)
+    manifest = {"model": "critic", "architecture": "transformers Qwen2_5_VLForConditionalGeneration",
+                "text": TEXT, "vision": VISION, "seed": seed, "batch_size": batch_size, "lr": lr,
+                "aux_weight": aux_weight, "kinds": list(kinds), **facts, "command": invocation(), "quality": quality}
+    return _save(critic, Path(out_dir) / "critic", manifest)
+
+
+def finetune_critic(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
+                    batch_size: int = 32, lr: float = 5e-4, aux_weight: float = 0.5, eval_every_s: float = 600,
+                    eval_per_kind: int = 24, kinds: tuple[str, ...] = ALL_KINDS, progress: bool = True) -> dict:
+    """Continue the critic in `out_dir/critic/` on `kinds` (by default the editing questions and the customization
+    ones, so it learns the new without forgetting the old); rewrites it and adds this phase to its manifest. A killed
+    run resumes from `critic_finetune_state.pt`."""
+    out_dir = Path(out_dir)
+    critic = QwenVLCritic.from_pretrained(out_dir / "critic", dtype=torch.float32)
+    manifest = json.loads((out_dir / "critic" / "manifest.json").read_text())
+    facts, quality = _fit(critic, out_dir / "critic_finetune_state.pt", minutes=minutes, max_steps=max_steps,
+                          seed=seed + 1, batch_size=batch_size, lr=lr, aux_weight=aux_weight,
+                          eval_every_s=eval_every_s, eval_per_kind=eval_per_kind, kinds=kinds,
+                          desc="world critic fine-tune", progress=progress)
+    manifest.update(quality=quality, finetune={"kinds": list(kinds), "seed": seed, "batch_size": batch_size, "lr": lr,
+                                               "aux_weight": aux_weight, **facts, "command": invocation()})
+    return _save(critic, out_dir / "critic", manifest)
+
+
+def _fit(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
+         batch_size: int, lr: float, aux_weight: float, eval_every_s: float, eval_per_kind: int,
+         kinds: tuple[str, ...], desc: str, progress: bool) -> tuple[dict, dict]:
+    """Train `critic` on Yes/No questions of `kinds` plus the auxiliary objectives under a resumable time budget;
+    returns the run's facts and the final held-out quality."""
     critic.model.requires_grad_(True).train()
     heads = AuxiliaryObjectives(critic)
     params = list(critic.model.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     rng = random.Random(seed)
-    run = BudgetedRun(out_dir / "critic_train_state.pt", {"critic": critic.model, "heads": heads}, optimizer, rng,
-                      minutes=minutes, max_steps=max_steps, eval_every_s=eval_every_s, desc="world critic",
-                      progress=progress)
-    held_out = question_set(HELD_OUT_SEED, eval_per_kind)
+    run = BudgetedRun(state_path, {"critic": critic.model, "heads": heads}, optimizer, rng, minutes=minutes,
+                      max_steps=max_steps, eval_every_s=eval_every_s, desc=desc, progress=progress)
+    held_out = question_set(HELD_OUT_SEED, eval_per_kind, kinds=kinds)
 
     def kind_weights() -> list[float]:
         """Sample a kind in proportion to its last held-out error (uniform until the first evaluation)."""
         last = run.history[-1]["per_kind"] if run.history else {}
-        return [1.0 - last.get(kind, 0.0) + 0.05 for kind in KINDS]
+        return [1.0 - last.get(kind, 0.0) + 0.05 for kind in kinds]
 
     while run.running():
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (run.step + 1) / 100)
-        kinds = rng.choices(KINDS, weights=kind_weights(), k=batch_size)
-        questions = [labelled_question(rng, kind) for kind in kinds]
+        questions = [labelled_question(rng, kind) for kind in rng.choices(kinds, weights=kind_weights(), k=batch_size)]
         answer_loss, _ = yes_no_loss(critic, questions)
         auxiliary = heads.loss(questions)
         loss = answer_loss + aux_weight * sum(auxiliary.values())
@@ -131,12 +160,12 @@ def train_critic(out_dir: Path, *, minutes: float, max_steps: int | None = None,
         run.after_step(answer_loss.item(), lambda: evaluate_critic(critic, held_out))
     heads.remove_hooks()
     facts = run.finish()
-    quality = evaluate_critic(critic, question_set(HELD_OUT_SEED + 1, eval_per_kind * 2))
-    save_critic(critic, out_dir / "critic")
-    manifest = {"model": "critic", "architecture": "transformers Qwen2_5_VLForConditionalGeneration",
-                "text": TEXT, "vision": VISION, "seed": seed, "batch_size": batch_size, "lr": lr,
-                "aux_weight": aux_weight, **facts, "command": invocation(), "quality": quality}
-    (out_dir / "critic" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return facts, evaluate_critic(critic, question_set(HELD_OUT_SEED + 1, eval_per_kind * 2, kinds=kinds))
+
+
+def _save(critic: QwenVLCritic, path: Path, manifest: dict) -> dict:
+    save_critic(critic, path)
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -3,8 +3,8 @@ parse. A case is what the corpus builder's object stages produce for a world ima
 background captions), so the trainer's customization samples and these cases ask for the same thing.
 
 - identity: the output holds an object of the reference's shape, colour and texture (wherever it stands);
-- scene: the background colour and pattern are the new scene's, and the object stands in the cell it names;
-- success: the output parses as a world scene, with identity and scene both right;
+- scene: the background colour and pattern are the new scene's, and an object (any) stands in the cell it names;
+- success: the output parses as a world scene, with the new background and the reference's object in the named cell;
 - copy: the output parses as the reference scene itself (the collapse the critic's copy question guards against).
 """
 
@@ -52,13 +52,14 @@ class CustomizationScore:
 def held_out_customizations(n: int, *, seed: int = CUSTOMIZATION_SEED, size: int = 64) -> list[CustomizationCase]:
     """`n` cases on fresh object-centric scenes, the same list for the same arguments."""
     rng = random.Random(seed)
-    cases = []
-    for _ in range(n):
-        reference = object_centric_scene(rng, size=size)
-        target = background_scenes(reference, rng, count=1)[0]
-        cases.append(CustomizationCase(reference, target, object_name(reference.objects[0]),
-                                       caption(target, rng.randrange(3))))
-    return cases
+    return [random_customization(rng, size=size) for _ in range(n)]
+
+
+def random_customization(rng: random.Random, *, size: int = 64) -> CustomizationCase:
+    """A fresh object-centric reference and one new scene for its object, as the corpus's object stages write them."""
+    reference = object_centric_scene(rng, size=size)
+    target = background_scenes(reference, rng, count=1)[0]
+    return CustomizationCase(reference, target, object_name(reference.objects[0]), caption(target, rng.randrange(3)))
 
 
 def score_customization(case: CustomizationCase, output) -> CustomizationScore:
@@ -66,11 +67,11 @@ def score_customization(case: CustomizationCase, output) -> CustomizationScore:
     parsed = parse_image(as_array(output))
     wanted = case.target.objects[0]
     same = [o for o in parsed.objects if (o.shape, o.colour, o.texture) == (wanted.shape, wanted.colour, wanted.texture)]
-    identity = bool(same)
-    scene = (parsed.background, parsed.pattern) == (case.target.background, case.target.pattern) and \
-        any(o.cell == wanted.cell for o in same)
+    background = (parsed.background, parsed.pattern) == (case.target.background, case.target.pattern)
+    scene = background and any(o.cell == wanted.cell for o in parsed.objects)
+    placed = background and any(o.cell == wanted.cell for o in same)
     copy = parsed.realistic and parsed.key() == case.reference.key()
-    return CustomizationScore(parsed.realistic and identity and scene, identity, scene, copy, parsed.realistic)
+    return CustomizationScore(parsed.realistic and placed, bool(same), scene, copy, parsed.realistic)
 
 
 def score_customizer(backbone: Backbone, cases: list[CustomizationCase], *, num_steps: int = 4,

@@ -3,23 +3,31 @@ about world edits whose answers the world knows, with Yes and No equally likely 
 
 A kind is `<edit type>/<edit|identity>`, one per question the trainer asks. The "No" cases are the ways an editor
 fails: nothing changed, the wrong change, the right change plus another one, an unrelated or ruined image.
+Customization has its own kinds, `customization/<identity|edit|copy>` (`CUSTOMIZATION_KINDS`), on an object-centric
+reference and the object put into a new scene; the "No" cases there are the object changed, the scene wrong in one
+respect, and the reference returned as it is.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from schemas.edit_types import EDIT_TYPES
+from training.customization import CUSTOMIZATION, customization_questions
 from training.questions import OUTPUT, REFERENCE, questions_for
+from world.builder_answers import background_scenes
+from world.customization import CustomizationCase, random_customization
 from world.edits import WorldEdit, make_edit, random_edit
-from world.scene import Scene, random_scene, render
+from world.scene import COLOURS, POSITIONS, SHAPES, TEXTURES, Scene, random_scene, render
 
 KINDS = tuple(f"{edit_type}/{kind}" for edit_type in EDIT_TYPES for kind in ("edit", "identity"))
+CUSTOMIZATION_KINDS = tuple(f"{CUSTOMIZATION}/{kind}" for kind in ("identity", "edit", "copy"))
+ALL_KINDS = KINDS + CUSTOMIZATION_KINDS
 
 
 @dataclass(frozen=True)
@@ -106,21 +114,95 @@ def degrade(rng: random.Random, image) -> np.ndarray:
     return pixels.clip(0, 255)
 
 
+def _altered_object(rng: random.Random, scene: Scene) -> Scene:
+    """`scene` with its one object changed in colour, shape or texture: another object in the same place."""
+    obj = scene.objects[0]
+    attribute = rng.choice(("colour", "shape", "texture"))
+    if attribute == "colour":
+        changed = replace(obj, colour=rng.choice([c for c in COLOURS if c not in (obj.colour, scene.background)]))
+    elif attribute == "shape":
+        changed = replace(obj, shape=rng.choice([s for s in SHAPES if s != obj.shape]))
+    else:
+        changed = replace(obj, texture=next(t for t in TEXTURES if t != obj.texture))
+    return replace(scene, objects=(changed,))
+
+
+def _near_scene(rng: random.Random, case: CustomizationCase) -> Scene:
+    """The case's target scene wrong in exactly one respect: its background colour, its pattern or the object's cell."""
+    target, obj = case.target, case.target.objects[0]
+    attribute = rng.choice(("background", "pattern", "cell"))
+    if attribute == "background":
+        return replace(target, background=rng.choice([c for c in COLOURS if c not in (target.background, obj.colour)]))
+    if attribute == "pattern":
+        return replace(target, pattern=next(t for t in TEXTURES if t != target.pattern))
+    cell = rng.choice([c for c in range(len(POSITIONS)) if c != obj.cell])
+    return replace(target, objects=(replace(obj, cell=cell),))
+
+
+def _elsewhere(rng: random.Random, case: CustomizationCase) -> Scene:
+    """The reference's object in a new scene other than the case's target."""
+    return next(s for s in background_scenes(case.reference, rng, count=2) if s.key() != case.target.key())
+
+
+def _unrelated(rng: random.Random, case: CustomizationCase) -> Scene:
+    """A random world scene without the reference's object (no object of its shape, colour and texture)."""
+    wanted = case.reference.objects[0]
+    while True:
+        scene = random_scene(rng, size=case.reference.size)
+        if all((o.shape, o.colour, o.texture) != (wanted.shape, wanted.colour, wanted.texture) for o in scene.objects):
+            return scene
+
+
+def _customization_output(rng: random.Random, case: CustomizationCase, kind: str, right: bool):
+    """An output for which the customization question `kind` has its correct answer (`right`) or the other one."""
+    if kind == "copy":  # correct: No, the output is not the reference
+        if not right:
+            return case.reference
+        return rng.choice((case.target, case.target, _elsewhere(rng, case), _near_scene(rng, case),
+                           _unrelated(rng, case)))
+    if right:
+        if kind == "edit":
+            return case.target
+        return rng.choices((case.target, _elsewhere(rng, case), case.reference), weights=(0.6, 0.25, 0.15))[0]
+    roll = rng.random()
+    if roll < 0.1:
+        return _ruined(rng, case.target)
+    if roll < 0.2:
+        return _unrelated(rng, case)
+    if kind == "identity":
+        return _altered_object(rng, case.target if roll < 0.7 else _elsewhere(rng, case))
+    if roll < 0.4:
+        return case.reference  # the copy: the right object in the reference's own scene
+    return _near_scene(rng, case) if roll < 0.75 else _altered_object(rng, case.target)
+
+
+def _customization_case(rng: random.Random, question_kind: str, answer: str, size: int):
+    """The edit record, question and shown images of one customization question with the given answer."""
+    case = random_customization(rng, size=size)
+    edit = WorldEdit(CUSTOMIZATION, case.instruction, case.reference, case.target, case.object_name)
+    question = next(q for q in customization_questions(case.object_name, case.scene_caption)
+                    if q.kind == question_kind)
+    output = _customization_output(rng, case, question_kind, answer == question.correct)
+    return edit, question, tuple(case.reference if role == REFERENCE else output for role in question.images)
+
+
 def labelled_question(rng: random.Random, kind: str, *, size: int = 64, augment: bool = True,
                       answer: str | None = None) -> LabelledQuestion:
     """One question of `kind` on a fresh world edit with the given answer (Yes or No with probability 1/2 if None)."""
     edit_type, question_kind = kind.split("/")
-    edit = random_edit(rng, edit_type, size=size)
-    question = next(q for q in questions_for(edit.edit_type, edit.instruction, edit.target_object)
-                    if q.kind == question_kind)
     answer = answer or rng.choice(("Yes", "No"))
-    if question.images == (OUTPUT,):
-        output = _contains_case(rng, edit, answer)
-        shown = (output,)
+    if edit_type == CUSTOMIZATION:
+        edit, question, shown = _customization_case(rng, question_kind, answer, size)
     else:
-        right = answer == question.correct
-        output = _yes_output(rng, edit, question_kind) if right else _no_output(rng, edit, question_kind)
-        shown = tuple(edit.source if role == REFERENCE else output for role in question.images)
+        edit = random_edit(rng, edit_type, size=size)
+        question = next(q for q in questions_for(edit.edit_type, edit.instruction, edit.target_object)
+                        if q.kind == question_kind)
+        if question.images == (OUTPUT,):
+            shown = (_contains_case(rng, edit, answer),)
+        else:
+            right = answer == question.correct
+            output = _yes_output(rng, edit, question_kind) if right else _no_output(rng, edit, question_kind)
+            shown = tuple(edit.source if role == REFERENCE else output for role in question.images)
     look = (lambda x: degrade(rng, x)) if augment else (lambda x: np.asarray(render(x) if isinstance(x, Scene)
                                                                              else x, np.float32))
     scenes = tuple(x if isinstance(x, Scene) else None for x in shown)
@@ -134,4 +216,4 @@ def question_set(seed: int, per_kind: int, *, size: int = 64, kinds=KINDS) -> li
             for kind in kinds for i in range(per_kind)]
 
 
-__all__ = ["KINDS", "LabelledQuestion", "degrade", "labelled_question", "question_set"]
+__all__ = ["ALL_KINDS", "CUSTOMIZATION_KINDS", "KINDS", "LabelledQuestion", "degrade", "labelled_question", "question_set"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.edit_types import EDIT_TYPES
+from training.customization import CUSTOMIZATION
 
 GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
 READABLE_SUCCESS = 0.2  # below this mean success for every variant, the paper's pattern cannot be read
@@ -35,12 +36,18 @@ def quality_line(name: str, facts: dict) -> str:
 
 
 def critic_table(quality: dict) -> list[str]:
-    """The critic's held-out accuracy per question kind as a markdown table (edit types x edit/identity)."""
+    """The critic's held-out accuracy per question kind as a markdown table (edit types x edit/identity), with the
+    customization questions (scene, identity, copy) below when it was measured on them."""
     per_kind = quality.get("per_kind") or {}
+    percent = lambda c: "n/a" if c is None else f"{c:.0%}"  # noqa: E731
     rows = ["| edit type | edit question | identity question |", "|---|---:|---:|"]
     for edit_type in EDIT_TYPES:
         cells = [per_kind.get(f"{edit_type}/{kind}") for kind in ("edit", "identity")]
-        rows.append(f"| {edit_type} | " + " | ".join("n/a" if c is None else f"{c:.0%}" for c in cells) + " |")
+        rows.append(f"| {edit_type} | " + " | ".join(percent(c) for c in cells) + " |")
+    if any(kind.startswith(f"{CUSTOMIZATION}/") for kind in per_kind):
+        cells = [per_kind.get(f"{CUSTOMIZATION}/{kind}") for kind in ("edit", "identity", "copy")]
+        rows += ["", "| customization | scene question | identity question | copy question |", "|---|---:|---:|---:|",
+                 f"| {CUSTOMIZATION} | " + " | ".join(percent(c) for c in cells) + " |"]
     return rows
 
 

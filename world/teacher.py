@@ -7,6 +7,7 @@ Saved as a diffusers `ZImagePipeline` (fp16 safetensors) that `ZImageBackbone.fr
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -90,14 +91,50 @@ def train_teacher(out_dir: Path, vae_dir: Path, *, minutes: float, max_steps: in
     """Train (or continue) the teacher under `out_dir`; writes `out_dir/teacher/` and its `manifest.json`."""
     out_dir = Path(out_dir)
     backbone = new_teacher(vae_dir, seed)
+    facts, quality = _fit(backbone, out_dir / "teacher_train_state.pt", minutes=minutes, max_steps=max_steps,
+                          seed=seed, batch_size=batch_size, lr=lr, anneal=False, caption_dropout=caption_dropout,
+                          eval_every_s=eval_every_s, eval_samples=eval_samples, desc="world teacher",
+                          progress=progress)
+    save_teacher(backbone, out_dir / "teacher")
+    manifest = {"model": "teacher", "architecture": "diffusers ZImageTransformer2DModel + transformers Qwen3Model",
+                "transformer": TRANSFORMER, "seed": seed, "batch_size": batch_size, "lr": lr, **facts,
+                "command": invocation(), "quality": quality}
+    (out_dir / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def anneal_teacher(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
+                   batch_size: int = 32, lr: float = 4e-4, caption_dropout: float = 0.1, eval_every_s: float = 600,
+                   eval_samples: int = 64, progress: bool = True) -> dict:
+    """Continue the teacher in `out_dir/teacher/` with its learning rate annealed from `lr` to zero over the budget
+    (a constant rate leaves the weights noisy); rewrites it and adds this phase to its manifest. A killed run resumes
+    from `teacher_anneal_state.pt`."""
+    out_dir = Path(out_dir)
+    backbone = ZImageBackbone.from_pretrained(out_dir / "teacher")
+    manifest = json.loads((out_dir / "teacher" / "manifest.json").read_text())
+    facts, quality = _fit(backbone, out_dir / "teacher_anneal_state.pt", minutes=minutes, max_steps=max_steps,
+                          seed=seed + 1, batch_size=batch_size, lr=lr, anneal=True, caption_dropout=caption_dropout,
+                          eval_every_s=eval_every_s, eval_samples=eval_samples, desc="world teacher anneal",
+                          progress=progress)
+    save_teacher(backbone, out_dir / "teacher")
+    manifest.update(quality=quality, anneal={"seed": seed, "batch_size": batch_size, "lr": lr, **facts,
+                                             "command": invocation()})
+    (out_dir / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _fit(backbone: ZImageBackbone, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
+         batch_size: int, lr: float, anneal: bool, caption_dropout: float, eval_every_s: float, eval_samples: int,
+         desc: str, progress: bool) -> tuple[dict, dict]:
+    """Flow matching on world images and their captions under a resumable time budget (the rate warmed up over 100
+    steps, then constant or, with `anneal`, cosine to zero at the budget's end); the run's facts and final quality."""
     backbone.text_encoder.requires_grad_(True).train()
-    backbone.transformer.train()
+    backbone.transformer.requires_grad_(True).train()
     params = list(backbone.transformer.parameters()) + list(backbone.text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     rng = random.Random(seed)
-    run = BudgetedRun(out_dir / "teacher_train_state.pt",
-                      {"transformer": backbone.transformer, "text_encoder": backbone.text_encoder}, optimizer, rng,
-                      minutes=minutes, max_steps=max_steps, eval_every_s=eval_every_s, desc="world teacher",
+    run = BudgetedRun(state_path, {"transformer": backbone.transformer, "text_encoder": backbone.text_encoder},
+                      optimizer, rng, minutes=minutes, max_steps=max_steps, eval_every_s=eval_every_s, desc=desc,
                       progress=progress)
 
     def evaluate() -> dict:
@@ -107,9 +144,13 @@ def train_teacher(out_dir: Path, vae_dir: Path, *, minutes: float, max_steps: in
         backbone.text_encoder.train()
         return result
 
+    def rate() -> float:
+        done = max(run.total_minutes() / minutes, (run.step / max_steps) if max_steps else 0.0)
+        return lr * min(1.0, (run.step + 1) / 100) * (0.5 * (1 + math.cos(math.pi * min(done, 1.0))) if anneal else 1)
+
     while run.running():
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (run.step + 1) / 100)
+            group["lr"] = rate()
         scenes = [random_scene(rng) for _ in range(batch_size)]
         pixels = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
         with torch.no_grad():
@@ -127,10 +168,4 @@ def train_teacher(out_dir: Path, vae_dir: Path, *, minutes: float, max_steps: in
         optimizer.step()
         run.after_step(loss.item(), evaluate)
     facts = run.finish()
-    quality = evaluate()
-    save_teacher(backbone, out_dir / "teacher")
-    manifest = {"model": "teacher", "architecture": "diffusers ZImageTransformer2DModel + transformers Qwen3Model",
-                "transformer": TRANSFORMER, "seed": seed, "batch_size": batch_size, "lr": lr, **facts,
-                "command": invocation(), "quality": quality}
-    (out_dir / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    return facts, evaluate()
