@@ -100,10 +100,11 @@ def _save_grid(cases, outputs, scores, path: Path, rows: int) -> Path:
     from training.visualize import save_edit_grid
 
     def verdict(case: CustomizationCase, score: CustomizationScore) -> str:
+        """The verdict first: the grid's text cell cuts a long instruction off."""
         parts = [f"object {'kept' if score.identity else 'lost'}", f"scene {'right' if score.scene else 'wrong'}"]
         if score.copy:
             parts.append("a copy of the reference")
-        return f"[customize] {case.instruction}\n-> {'OK' if score.success else 'FAIL'}, {', '.join(parts)}"
+        return f"{'OK' if score.success else 'FAIL'}, {', '.join(parts)}\n[customize] {case.instruction}"
 
     as_image = lambda t: Image.fromarray(((t.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)  # noqa: E731
                                          .astype(np.uint8))

@@ -158,8 +158,9 @@ def _customization_output(rng: random.Random, case: CustomizationCase, kind: str
     if kind == "copy":  # correct: No, the output is not the reference
         if not right:
             return case.reference
-        return rng.choice((case.target, case.target, _elsewhere(rng, case), _near_scene(rng, case),
-                           _unrelated(rng, case)))
+        near = _near_scene(rng, case)  # rarely, moving the object back to the centre remakes the reference
+        return rng.choice((case.target, case.target, _elsewhere(rng, case),
+                           case.target if near.key() == case.reference.key() else near, _unrelated(rng, case)))
     if right:
         if kind == "edit":
             return case.target
