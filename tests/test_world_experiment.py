@@ -133,5 +133,6 @@ def test_world_models_prints_the_committed_models_and_refuses_a_folder_without_a
     assert main(["world", "models"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("vae: ") and "teacher: " in printed and "| background |" in printed
+    assert "min (then anneal); caption_match" in printed  # steps and minutes count every phase of its training
     with pytest.raises(SystemExit, match="no world model manifests in"):
         main(["world", "models", "--models", str(tmp_path)])

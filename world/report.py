@@ -15,15 +15,20 @@ GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
 READABLE_SUCCESS = 0.2  # below this mean success for every variant, the paper's pattern cannot be read
 
 
+PHASES = ("decoder_finetune", "anneal", "finetune")  # a manifest's records of training that continued a model
+
+
 def model_quality(models: Path) -> dict:
-    """Each world model's measured quality, from its manifest."""
+    """Each world model's measured quality, from its manifest, with its steps and minutes over all its phases."""
     found = {}
     for name in ("vae", "teacher", "critic", "builder"):
         path = Path(models) / name / "manifest.json"
         if path.exists():
             manifest = json.loads(path.read_text())
-            found[name] = {"quality": manifest.get("quality"), "steps": manifest.get("steps"),
-                           "train_minutes": manifest.get("train_minutes")}
+            phases = [manifest] + [manifest[p] for p in PHASES if p in manifest]
+            found[name] = {"quality": manifest.get("quality"), "steps": sum(p.get("steps") or 0 for p in phases),
+                           "train_minutes": round(sum(p.get("train_minutes") or 0 for p in phases), 2),
+                           "phases": [p for p in PHASES if p in manifest]}
     return found
 
 
@@ -31,7 +36,8 @@ def quality_line(name: str, facts: dict) -> str:
     """One line per model: its steps, minutes and headline figures (the critic's per-kind table left out)."""
     quality = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in (facts.get("quality") or {}).items()
                if k != "per_kind"}
-    return f"{name}: {facts['steps']} steps, {facts['train_minutes']} min; " + ", ".join(
+    continued = f" (then {' and '.join(facts['phases'])})" if facts.get("phases") else ""
+    return f"{name}: {facts['steps']} steps, {facts['train_minutes']} min{continued}; " + ", ".join(
         f"{k} {v}" for k, v in quality.items())
 
 
