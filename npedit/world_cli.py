@@ -35,10 +35,6 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
-# a stage that continues a model -> its phase's entry in the model's manifest
-CONTINUED = {"vae_decoder": "decoder_finetune", "teacher_anneal": "anneal", "critic_customization": "finetune"}
-
-
 def _summaries() -> dict[str, tuple]:
     """Per world model: how to train it (out_dir, minutes, seed) and the one line that states its quality."""
     from world.builder_vlm import train_builder
@@ -85,6 +81,8 @@ def _summaries() -> dict[str, tuple]:
 def build(args: argparse.Namespace) -> int:
     """Train the world's models from seeds, each under a time budget (resumable), each with a manifest of its quality."""
     import torch
+
+    from world.report import CONTINUED
 
     if args.threads:
         torch.set_num_threads(args.threads)

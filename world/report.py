@@ -15,7 +15,9 @@ GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
 READABLE_SUCCESS = 0.2  # below this mean success for every variant, the paper's pattern cannot be read
 
 
-PHASES = ("decoder_finetune", "anneal", "finetune")  # a manifest's records of training that continued a model
+# a `world build` stage that continues a model -> the entry recording that phase in the model's manifest
+CONTINUED = {"vae_decoder": "decoder_finetune", "teacher_anneal": "anneal", "critic_customization": "finetune"}
+PHASES = tuple(CONTINUED.values())
 
 
 def model_quality(models: Path) -> dict:
