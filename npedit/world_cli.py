@@ -65,7 +65,7 @@ def _summaries() -> dict[str, tuple]:
 
     return {
         "vae": (lambda out, minutes, seed: train_vae(out, minutes=minutes, seed=seed), vae_line),
-        "vae_decoder": (lambda out, minutes, seed: finetune_decoder(out, minutes=minutes, seed=seed), vae_line),
+        "vae_decoder": (continued("vae", "vae_decoder", finetune_decoder), vae_line),
         "teacher": (teacher, teacher_line),
         "teacher_anneal": (continued("teacher", "teacher_anneal", anneal_teacher), teacher_line),
         "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed), critic_line),

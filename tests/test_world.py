@@ -145,7 +145,7 @@ def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
 def test_continuing_a_model_that_was_never_built_is_a_one_line_error(tmp_path):
     from npedit.cli import main
 
-    for stage, name in (("teacher_anneal", "teacher"), ("critic_customization", "critic")):
+    for stage, name in (("vae_decoder", "vae"), ("teacher_anneal", "teacher"), ("critic_customization", "critic")):
         with pytest.raises(SystemExit, match=f"{stage} continues the {name} in .*: build it first"):
             main(["world", "build", "--out", str(tmp_path), "--models", stage, "--minutes", "1"])
 
