@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import multiprocessing
 import os
 import re
+import shutil
+import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +35,7 @@ class FetchConfig:
     threads: int = 16
     timeout_s: int = 10
     retries: int = 0
+    shutdown_grace_s: float = 30.0  # once every shard is finished, how long img2dataset may take to exit
 
 
 def read_url_list(path: Path, url_col: str = "url", caption_col: str | None = "caption") -> pl.DataFrame:
@@ -134,13 +141,11 @@ def write_listed_shard(rows: pl.DataFrame, target: str) -> str:
 
 def fetch_images(urls: pl.DataFrame, out_dir: Path, config: FetchConfig = FetchConfig()) -> list[Path]:
     """Download with img2dataset into `out_dir/<shard>.parquet`; finished shards are kept on rerun (resume)."""
-    from img2dataset import download
-
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     out_dir.mkdir(parents=True, exist_ok=True)
     url_file = out_dir / "_urls.parquet"
     urls.write_parquet(url_file)
-    download(
+    settings = dict(
         url_list=str(url_file),
         input_format="parquet",
         url_col="url",
@@ -158,7 +163,56 @@ def fetch_images(urls: pl.DataFrame, out_dir: Path, config: FetchConfig = FetchC
         incremental_mode="incremental",
         enable_wandb=False,
     )
+    if urls.height:
+        shard_ids = range(math.ceil(urls.height / config.shard_size))
+        run_until_shards_finish(_img2dataset_download, settings, out_dir, shard_ids, config.shutdown_grace_s)
     return sorted(p for p in out_dir.glob("[0-9]*.parquet"))
+
+
+def _img2dataset_download(settings: dict) -> None:
+    from img2dataset import download
+
+    download(**settings)
+
+
+def _in_own_process_group(work: Callable[[dict], None], settings: dict) -> None:
+    os.setsid()  # its pool workers join this group, so one signal stops them all
+    work(settings)
+
+
+def run_until_shards_finish(work: Callable[[dict], None], settings: dict, out_dir: Path, shard_ids: range,
+                            grace_s: float) -> None:
+    """Run `work(settings)` (a module-level function) in a spawned process group until it exits, or until every shard
+    in `shard_ids` is finished in `out_dir` and it has had `grace_s` more seconds to exit.
+
+    img2dataset's shutdown can hang once the work is done (`pool.terminate()` joining a worker that never exits, seen
+    on a loaded machine), and its workers then keep the caller alive too. Here the finished shards are kept and the
+    whole group is stopped; it is stopped as well when the caller is interrupted. A run that exits on its own with an
+    error raises.
+    """
+    process = multiprocessing.get_context("spawn").Process(target=_in_own_process_group, args=(work, settings))
+    process.start()
+    markers = [out_dir / f"{shard:05d}_stats.json" for shard in shard_ids]
+    finished_at = None
+    try:
+        while process.is_alive():
+            process.join(timeout=0.5)
+            if finished_at is None and all(marker.exists() for marker in markers):
+                finished_at = time.monotonic()
+            if process.is_alive() and finished_at is not None and time.monotonic() - finished_at > grace_s:
+                log.warning("img2dataset finished all %d shards but did not exit within %.0f s: stopping it",
+                            len(markers), grace_s)
+                shutil.rmtree(out_dir / "_tmp", ignore_errors=True)  # its scratch folder, removed when it exits
+                return
+    finally:
+        process.kill()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the group has exited with it
+            pass
+        process.join()
+    if process.exitcode:
+        raise RuntimeError(f"img2dataset failed (exit code {process.exitcode}); its output above says why")
 
 
 def finished_shards(folder: str, *, recursive: bool = False) -> list[str]:

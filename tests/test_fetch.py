@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
 
-from datasets_builder.fetch import FetchConfig, fetch_images, folder_url_list, read_fetched_shard, read_url_list
+from datasets_builder.fetch import (FetchConfig, fetch_images, folder_url_list, read_fetched_shard, read_url_list,
+                                    run_until_shards_finish)
 from datasets_builder.images import normalise_fetched
 from datasets_builder.loopback import QuietHandler, serve_directory
 from odd_images import odd_files
@@ -57,6 +62,48 @@ def test_every_url_ends_as_an_image_or_a_reject_with_its_reason(served, tmp_path
         want = {"ok", "duplicate"} if outcome == "duplicate" or url.endswith("/good.jpg") else {outcome}
         assert outcomes[url] in want, url
     assert image_count == sum(1 for o in outcomes.values() if o == "ok")
+
+
+def finish_shards_then_hang(settings):
+    """A download whose shutdown never ends, as img2dataset's did under load: shards done, a worker stuck."""
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    Path(settings["pid_file"]).write_text(str(worker.pid))
+    for shard in range(2):
+        Path(settings["out"], f"{shard:05d}_stats.json").write_text("{}")
+    time.sleep(600)
+
+
+def fail_before_any_shard(settings):
+    raise SystemExit(3)
+
+
+def test_a_fetch_whose_shutdown_hangs_returns_once_its_shards_are_finished(tmp_path):
+    settings = {"out": str(tmp_path), "pid_file": str(tmp_path / "worker.pid")}
+    start = time.monotonic()
+    run_until_shards_finish(finish_shards_then_hang, settings, tmp_path, range(2), grace_s=1.0)
+    assert time.monotonic() - start < 30
+    worker = int((tmp_path / "worker.pid").read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(worker):
+        time.sleep(0.1)
+    assert not _alive(worker), "the hung worker outlived the fetch"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # not our child: raises; the check below decides
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_fetch_that_fails_before_finishing_raises(tmp_path):
+    with pytest.raises(RuntimeError, match="exit code 3"):
+        run_until_shards_finish(fail_before_any_shard, {}, tmp_path, range(1), grace_s=1.0)
 
 
 def test_url_lists_in_three_formats_and_clear_errors(tmp_path):
