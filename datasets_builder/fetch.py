@@ -24,6 +24,7 @@ from schemas.errors import ConfigError
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 UNSUPPORTED_STATUS = "unsupported"  # a listed file the builder does not read; becomes an `unsupported` reject
+SHUTDOWN_GRACE_S = 30.0  # once every shard is finished, how long img2dataset may take to exit
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,6 @@ class FetchConfig:
     threads: int = 16
     timeout_s: int = 10
     retries: int = 0
-    shutdown_grace_s: float = 30.0  # once every shard is finished, how long img2dataset may take to exit
 
 
 def read_url_list(path: Path, url_col: str = "url", caption_col: str | None = "caption") -> pl.DataFrame:
@@ -165,7 +165,7 @@ def fetch_images(urls: pl.DataFrame, out_dir: Path, config: FetchConfig = FetchC
     )
     if urls.height:
         shard_ids = range(math.ceil(urls.height / config.shard_size))
-        run_until_shards_finish(_img2dataset_download, settings, out_dir, shard_ids, config.shutdown_grace_s)
+        run_until_shards_finish(_img2dataset_download, settings, out_dir, shard_ids, SHUTDOWN_GRACE_S)
     return sorted(p for p in out_dir.glob("[0-9]*.parquet"))
 
 
