@@ -55,13 +55,15 @@ def _summaries() -> dict[str, tuple]:
         return train
 
     def teacher_line(q: dict) -> str:
-        return f"samples match their caption {q['caption_match']:.1%} (layout {q['layout_match']:.1%})"
+        return (f"samples match their caption {q['caption_match']:.1%} (layout {q['layout_match']:.1%}; shapes: small "
+                f"{q['small_shape_match']:.1%}, large {q['large_shape_match']:.1%})")
 
     def critic_line(q: dict) -> str:
         return f"held-out accuracy {q['accuracy']:.1%} (weakest question kind {q['weakest']:.1%})"
 
     def vae_line(q: dict) -> str:
-        return f"held-out PSNR {q['psnr_db']:.1f} dB, the verifier parses {q['parse_rate']:.1%} of reconstructions"
+        return (f"held-out PSNR {q['psnr_db']:.1f} dB, the verifier parses {q['parse_rate']:.1%} of reconstructions "
+                f"(shapes: small {q['small_shape_match']:.1%}, large {q['large_shape_match']:.1%})")
 
     return {
         "vae": (lambda out, minutes, seed: train_vae(out, minutes=minutes, seed=seed), vae_line),

@@ -14,7 +14,7 @@ from world.edits import make_invalid_edit, random_edit
 from world.scene import (Scene, WorldObject, caption, object_centric_scene, parse_caption, random_scene,
                          render)
 from world.score import score_edit
-from world.verify import matches_scene, parse_image
+from world.verify import matches_scene, parse_image, shape_rates
 
 
 def test_captions_in_every_phrasing_parse_back_to_their_scene():
@@ -44,6 +44,15 @@ def test_the_parser_reads_rendered_scenes_back():
     scenes = [random_scene(rng) for _ in range(300)] + [object_centric_scene(rng) for _ in range(30)]
     matched = sum(matches_scene(parse_image(render(s)), s) for s in scenes)
     assert matched / len(scenes) >= 0.99, matched
+
+
+def test_shape_rates_count_each_object_s_shape_in_its_cell_per_size():
+    small_square, large_triangle = WorldObject("square", "red", 0, size="small"), WorldObject("triangle", "blue", 8)
+    scene = Scene("white", (small_square, large_triangle))
+    blurred = Scene("white", (WorldObject("circle", "red", 0, size="small"), large_triangle))  # the teacher's habit
+    moved = Scene("white", (WorldObject("square", "red", 1, size="small"), large_triangle))
+    pairs = [(parse_image(render(s)), scene) for s in (scene, blurred, moved)]
+    assert shape_rates(pairs) == {"small_shape_match": 1 / 3, "large_shape_match": 1.0}
 
 
 def test_the_verifier_passes_targets_fails_references_and_noise():
@@ -119,7 +128,7 @@ def test_the_world_vae_trains_resumes_and_loads(tmp_path):
     assert resumed["steps"] == 45
     vae = load_vae(tmp_path / "vae")
     assert vae.dtype.is_floating_point and vae.config.latent_channels == 16
-    assert set(evaluate(vae, 8)) == {"psnr_db", "parse_rate", "n"}
+    assert set(evaluate(vae, 8)) == {"psnr_db", "parse_rate", "small_shape_match", "large_shape_match", "n"}
 
 
 def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):

@@ -24,7 +24,7 @@ from world.budget import BudgetedRun
 from world.edits import PHRASINGS
 from world.scene import caption, parse_caption, random_scene, render
 from world.vae import HELD_OUT_SEED, invocation, load_vae
-from world.verify import as_array, parse_image
+from world.verify import as_array, parse_image, shape_rates
 
 TRANSFORMER = dict(in_channels=16, dim=128, n_layers=4, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=64,
                    axes_dims=[8, 12, 12], axes_lens=[256, 64, 64])
@@ -56,21 +56,21 @@ def new_teacher(vae_dir: Path, seed: int) -> ZImageBackbone:
 def evaluate_teacher(backbone: ZImageBackbone, n: int = 64, cfg_scale: float = 3.0, steps: int = 20,
                      seed: int = HELD_OUT_SEED + 2) -> dict:
     """Samples for `n` held-out captions, parsed by the verifier: the share matching their caption in full, in
-    layout (background, colours and cells, shape ignored) and in background colour."""
+    layout (background, colours and cells, shape ignored) and in background colour; objects' shapes per size."""
     rng = random.Random(seed)
     scenes = [random_scene(rng, pastel_prob=0.0) for _ in range(n)]
     captions = [caption(s, i) for i, s in enumerate(scenes)]
     images = generate_images(backbone, captions, size=(scenes[0].size,) * 2, num_steps=steps, cfg_scale=cfg_scale,
                              generator=torch.Generator().manual_seed(0))
     full = layout = background = 0
-    for image, text in zip(images, captions):
-        parsed, wanted = parse_image(as_array(image)), parse_caption(text)
+    pairs = [(parse_image(as_array(image)), parse_caption(text)) for image, text in zip(images, captions)]
+    for parsed, wanted in pairs:
         full += parsed.realistic and parsed.key() == wanted.key()
         background += parsed.background == wanted.background
         layout += parsed.background == wanted.background and sorted((o.colour, o.cell) for o in parsed.objects) \
             == sorted((o.colour, o.cell) for o in wanted.objects)
-    return {"caption_match": full / n, "layout_match": layout / n, "background_match": background / n, "n": n,
-            "cfg_scale": cfg_scale, "steps": steps}
+    return {"caption_match": full / n, "layout_match": layout / n, "background_match": background / n,
+            **shape_rates(pairs), "n": n, "cfg_scale": cfg_scale, "steps": steps}
 
 
 def save_teacher(backbone: ZImageBackbone, out: Path) -> None:

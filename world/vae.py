@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL
 
 from world.budget import BudgetedRun
 from world.scene import random_scene, render
-from world.verify import matches_scene, parse_image, psnr
+from world.verify import matches_scene, parse_image, psnr, shape_rates
 
 VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
                   up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 64), layers_per_block=1,
@@ -51,8 +51,9 @@ def evaluate(vae: AutoencoderKL, n: int = 256, size: int = 64, seed: int = HELD_
     vae.train()
     to_array = lambda t: ((t.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)  # noqa: E731
     values = [psnr(to_array(o), to_array(i)) for o, i in zip(outputs, images)]
-    parsed = [matches_scene(parse_image(to_array(o)), s) for o, s in zip(outputs, scenes)]
-    return {"psnr_db": float(np.mean(values)), "parse_rate": float(np.mean(parsed)), "n": n}
+    parsed = [(parse_image(to_array(o)), s) for o, s in zip(outputs, scenes)]
+    return {"psnr_db": float(np.mean(values)), "parse_rate": float(np.mean([matches_scene(*p) for p in parsed])),
+            **shape_rates(parsed), "n": n}
 
 
 def set_latent_statistics(vae: AutoencoderKL, size: int = 64, n: int = 256) -> None:

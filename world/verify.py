@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from world.scene import COLOURS, POSITIONS, RADIUS, SHADES, SHAPES, STYLES, Scene, shape_coverage, styled
+from world.scene import COLOURS, POSITIONS, RADIUS, SHADES, SHAPES, SIZES, STYLES, Scene, shape_coverage, styled
 
 NAMES = list(COLOURS)
 UNEXPLAINED_DISTANCE = 40.0  # RGB distance beyond which no palette tone explains a pixel
@@ -236,4 +236,17 @@ def matches_scene(parsed: ParsedScene, scene: Scene) -> bool:
     return parsed.realistic and parsed.key() == scene.key()
 
 
-__all__ = ["ParsedObject", "ParsedScene", "as_array", "matches_scene", "parse_image", "psnr", "POSITIONS"]
+def shape_rates(pairs: list[tuple[ParsedScene, Scene]]) -> dict[str, float]:
+    """Over every object of the scenes, the share parsed with its shape in its cell, per size
+    (`small_shape_match`, `large_shape_match`): the detail that decides most failed parses in this world."""
+    hits = {size: [0, 0] for size in SIZES}
+    for parsed, scene in pairs:
+        for wanted in scene.objects:
+            found = parsed.object_at(wanted.cell)
+            hits[wanted.size][0] += found is not None and found.shape == wanted.shape
+            hits[wanted.size][1] += 1
+    return {f"{size}_shape_match": right / max(total, 1) for size, (right, total) in hits.items()}
+
+
+__all__ = ["ParsedObject", "ParsedScene", "as_array", "matches_scene", "parse_image", "psnr", "shape_rates",
+           "POSITIONS"]
