@@ -142,7 +142,7 @@ def experiment(args: argparse.Namespace) -> int:
     experiment_config = Experiment(out=args.out, models=args.models, corpus=args.corpus, minutes=args.minutes,
                                    steps=args.steps, variants=tuple(args.variants), seeds=tuple(args.seeds),
                                    per_type=args.per_type, customization=args.customization,
-                                   edit_types=tuple(args.edit_types), overrides=overrides)
+                                   edit_types=tuple(args.edit_types), overrides=overrides, ceilings=args.ceilings)
     run_experiment(experiment_config, command=" ".join(["npedit", *sys.argv[1:]]))
     print(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
     return 0
@@ -253,6 +253,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                    help="score (and, when fewer than all, train on) only these edit types")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a world_cpu config override for every NP-Edit run, e.g. --set loss.lambda_dmd=2.0")
+    e.add_argument("--ceilings", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score the bounds no editor from these models can beat: the true targets through the VAE "
+                        "and the teacher drawing the targets' captions (once per experiment)")
     e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=experiment)
     bm = commands.add_parser("benchmark", help="held-out world edits as an ImgEdit-Bench Basic copy (for npedit eval)")

@@ -9,6 +9,7 @@ import pytest
 
 from schemas.edit_types import EDIT_TYPES
 from snapshot_fixture import write_fixture_snapshot
+from world.ceilings import CEILINGS
 from world.critic import train_critic
 from world.experiment import Experiment, run_experiment
 from world.teacher import train_teacher
@@ -41,7 +42,12 @@ def test_experiment_writes_results_and_report_and_resumes(smoke_world_models, tm
         assert run["steps"] == (0 if run["variant"] == "teacher" else 2)
         assert run["customization"]["n"] == 2
     assert results["models"]["critic"]["steps"] == 1
+    assert set(results["ceilings"]) == set(CEILINGS)
+    for bound in results["ceilings"].values():
+        assert set(bound) == {*EDIT_TYPES, "mean"} and bound["mean"]["n"] == len(EDIT_TYPES)
+    assert results["ceilings"]["target_through_vae"]["mean"]["success"] < 0.5  # a VAE trained 2 steps keeps nothing
     report = (tmp_path / "exp" / "report.md").read_text()
+    assert "| the true target encoded and decoded by the editor's VAE |" in report
     assert "| np_edit | 2 | 2 |" in report and "Customization (the reference's object" in report
     assert (tmp_path / "exp" / "grids" / "np_edit_seed0_customization.png").exists() and (tmp_path / "exp" / "grids" / "supervised_seed1.png").exists()
     saved = json.loads((tmp_path / "exp" / "results.json").read_text())

@@ -18,6 +18,7 @@ from training.backbones import ZImageBackbone
 from training.config import load_config
 from training.monitor import plot_loss_curves
 from training.run import build_trainer, resolved_for
+from world.ceilings import ceilings
 from world.customization import held_out_customizations, score_customizer
 from world.evaluate import held_out_edits, score_editor
 from world.report import model_quality, write_report
@@ -48,6 +49,7 @@ class Experiment:
     sampling_steps: int = 4
     overrides: dict = field(default_factory=dict)  # extra config overrides for every NP-Edit run
     customization: int = 0  # held-out customization cases scored per run beside the edits (0: none)
+    ceilings: bool = True  # score the bounds no editor from these models can beat (`world.ceilings`) once
 
     def runs(self) -> list[tuple[str, int]]:
         order = ["np_edit"] + [v for v in self.variants if v != "np_edit"]  # np_edit first: it sets the steps
@@ -114,6 +116,11 @@ def run_experiment(experiment: Experiment, *, command: str = "", log=print) -> d
     steps = experiment.steps or next((r["steps"] for r in results["runs"] if r["variant"] == "np_edit"), None)
     if steps is None and "np_edit" not in experiment.variants:
         raise ValueError("without the np_edit run, give the step budget (--steps)")
+    if experiment.ceilings and "ceilings" not in results:
+        log("ceilings: the true targets through the VAE, and the teacher drawing the targets' captions")
+        results["ceilings"] = ceilings(ZImageBackbone.from_pretrained(experiment.models / "teacher"),
+                                       held_out_edits(experiment.per_type, edit_types=experiment.edit_types))
+        path.write_text(json.dumps(results, indent=2))
     for variant, seed in experiment.runs():
         if (variant, seed) in done:
             continue
@@ -135,7 +142,7 @@ def merge_results(parts: list[Path], out: Path, *, command: str = "") -> dict:
     budget): their results.json merged into `out/results.json`, grids copied, `out/report.md` written."""
     import shutil
 
-    runs, models, commands = [], {}, []
+    runs, models, commands, bounds = [], {}, [], {}
     for part in parts:
         path = Path(part) / "results.json"
         if not path.exists():
@@ -143,6 +150,7 @@ def merge_results(parts: list[Path], out: Path, *, command: str = "") -> dict:
         results = json.loads(path.read_text())
         runs += results["runs"]
         models = models or results.get("models", {})
+        bounds = bounds or results.get("ceilings", {})
         commands.append(results.get("command", ""))
         for grid in sorted((Path(part) / "grids").glob("*.png")):
             (out / "grids").mkdir(parents=True, exist_ok=True)
@@ -158,7 +166,7 @@ def merge_results(parts: list[Path], out: Path, *, command: str = "") -> dict:
         raise ValueError(f"the parts trained for different step budgets {sorted(budgets)}: not comparable")
     out.mkdir(parents=True, exist_ok=True)
     merged = {"command": " ; ".join(c for c in [*commands, command] if c), "parts": commands, "models": models,
-              "runs": runs}
+              "runs": runs, **({"ceilings": bounds} if bounds else {})}
     (out / "results.json").write_text(json.dumps(merged, indent=2))
     write_report(merged, out)
     return merged

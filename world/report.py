@@ -10,6 +10,7 @@ import numpy as np
 
 from schemas.edit_types import EDIT_TYPES
 from training.customization import CUSTOMIZATION
+from world.ceilings import CEILINGS
 
 GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
 READABLE_SUCCESS = 0.2  # below this mean success for every variant, the paper's pattern cannot be read
@@ -153,6 +154,22 @@ def per_type_table(grouped: dict[str, list[dict]], types: list[str], metric: str
     return lines
 
 
+def ceiling_table(ceilings: dict[str, dict], types: list[str]) -> list[str]:
+    """The bounds no editor distilled from these models can beat (`world.ceilings`), on the same held-out edits."""
+    if not ceilings:
+        return []
+    lines = ["", "Ceilings on the same held-out edits: what no editor distilled from these world models can beat "
+             "(scored like an editor's outputs):", "",
+             "| ceiling | success | edit made | realism | " + " | ".join(types) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(types)]
+    for name, scores in ceilings.items():
+        mean = scores["mean"]
+        lines.append(f"| {CEILINGS.get(name, name)} | {mean['success']:.0%} | {mean['applied']:.0%} | "
+                     f"{mean['realism']:.0%} | " + " | ".join(f"{scores[t]['success']:.0%}" if t in scores else "n/a"
+                                                          for t in types) + " |")
+    return lines + ["", "(the last columns: success per edit type)"]
+
+
 def write_report(results: dict, out: Path) -> Path:
     """`out/report.md` and `out/success_per_type.png` from `results` (what `results.json` holds)."""
     grouped = _by_variant(results)
@@ -172,6 +189,7 @@ def write_report(results: dict, out: Path) -> Path:
                      f"{_cell(*_stat(runs, 'mean', 'preservation_db'), False)} | "
                      f"{_cell(*_stat(runs, 'mean', 'realism'), True)} |")
     types = [t for t in EDIT_TYPES if any(t in r["scores"] for r in results["runs"])]
+    lines += ceiling_table(results.get("ceilings") or {}, types)
     lines += per_type_table(grouped, types, "success", "Success per edit type:")
     lines += per_type_table(grouped, types, "applied", "Edit made per edit type (success without the realism condition):")
     lines += customization_table(grouped)
