@@ -254,8 +254,8 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a world_cpu config override for every NP-Edit run, e.g. --set loss.lambda_dmd=2.0")
     e.add_argument("--ceilings", action=argparse.BooleanOptionalAction, default=True,
-                   help="also score the bounds no editor from these models can beat: the true targets through the VAE "
-                        "and the teacher drawing the targets' captions (once per experiment)")
+                   help="also score two ceilings once: the true targets through the VAE (no latent editor beats it) "
+                        "and the teacher drawing the targets' captions (what DMD pulls toward)")
     e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=experiment)
     bm = commands.add_parser("benchmark", help="held-out world edits as an ImgEdit-Bench Basic copy (for npedit eval)")

@@ -1,9 +1,9 @@
-"""What no editor distilled from these world models can beat, scored like an editor's outputs.
+"""Two reference points for editors built on these world models, scored like an editor's outputs.
 
-- **The target through the VAE**: the true edited scene encoded and decoded by the editor's own VAE. An editor draws
-  in that latent space, so whatever this loses (small shapes, stray pixels) no editor gets back.
+- **The target through the VAE**, a true ceiling: the true edited scene encoded and decoded by the editor's own VAE.
+  An editor draws in that latent space, so whatever this loses (small shapes, stray pixels) no editor gets back.
 - **The teacher drawing the target's caption** from noise (20 steps, classifier-free guidance): what DMD pulls the
-  editor's outputs toward, with no source image to keep.
+  editor's outputs toward, with no source image to keep. Only the VLM term could lift an editor past it.
 """
 
 from __future__ import annotations

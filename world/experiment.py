@@ -49,7 +49,7 @@ class Experiment:
     sampling_steps: int = 4
     overrides: dict = field(default_factory=dict)  # extra config overrides for every NP-Edit run
     customization: int = 0  # held-out customization cases scored per run beside the edits (0: none)
-    ceilings: bool = True  # score the bounds no editor from these models can beat (`world.ceilings`) once
+    ceilings: bool = True  # score the reference points of `world.ceilings` once per experiment
 
     def runs(self) -> list[tuple[str, int]]:
         order = ["np_edit"] + [v for v in self.variants if v != "np_edit"]  # np_edit first: it sets the steps
