@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -242,15 +243,18 @@ def test_killed_build_resumes_to_the_same_rows_without_duplicates(built, tmp_pat
     toml = _toml(tmp_path, folder, tiny_models.vlm)
     command = [sys.executable, "-m", "npedit.cli", "corpus", "build", "--config", str(toml), "--tag", "v1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    output = tmp_path / "build.log"
+    with output.open("wb") as log:
+        process = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     staged = tmp_path / "lake" / "data" / "main" / "edit_instructions" / "staged"
     deadline = time.time() + 240
-    while time.time() < deadline and not list(staged.glob("*.parquet")):
+    while time.time() < deadline and not list(staged.glob("*.parquet")) and process.poll() is None:
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # the build may have ended on its own
+        os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert list(staged.glob("*.parquet")), "the build never reached the first shard's instructions"
+    assert list(staged.glob("*.parquet")), ("the build never reached the first shard's instructions; its output "
+                                            f"ended:\n{output.read_text(errors='replace')[-3000:]}")
     resumed_config = load_corpus_config(toml)
     corpus = Corpus(resumed_config)
     assert len(list(staged.glob("*.parquet"))) < len(corpus.shards()), "killed too late to test a resume"
