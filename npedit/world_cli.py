@@ -112,6 +112,33 @@ def models(args: argparse.Namespace) -> int:
     return 0
 
 
+def probe_teacher(args: argparse.Namespace) -> int:
+    """The teacher's held-out samples at each sampling setting: its figures, what small objects' shapes come out as,
+    and why the verifier rejects samples."""
+    import itertools
+
+    import torch
+
+    from training.backbones import ZImageBackbone
+    from world.teacher import probe_teacher as probe
+
+    if not (args.models / "teacher").exists():
+        raise SystemExit(f"npedit: error: no teacher in {args.models / 'teacher'}")
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    teacher = ZImageBackbone.from_pretrained(args.models / "teacher")
+    own_shift = teacher.shift
+    for steps, cfg, shift in itertools.product(args.steps, args.cfg, args.shift or [own_shift]):
+        teacher.shift = shift
+        found = probe(teacher, n=args.samples, cfg_scale=cfg, steps=steps)
+        print(f"{steps} steps, guidance {cfg:g}, time shift {shift:g}: caption match {found['caption_match']:.1%}, "
+              f"layout {found['layout_match']:.1%}, shapes small {found['small_shape_match']:.1%} / large "
+              f"{found['large_shape_match']:.1%}")
+        print("  small objects drawn as: " + ", ".join(f"{k} {v}" for k, v in found["small_shapes"].items()))
+        print("  first problem of rejected samples: " + (", ".join(f"{k} ({v})" for k, v in found["problems"].items())
+                                                        or "none"))
+    return 0
+
+
 def experiment(args: argparse.Namespace) -> int:
     """NP-Edit and its ablations and a supervised editor on the world, scored by the verifier; results + report."""
     import sys
@@ -234,6 +261,14 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     m = commands.add_parser("models", help="the world models' measured quality, from their manifests")
     m.add_argument("--models", type=Path, default=PRETRAINED, help="default: the committed world models")
     m.set_defaults(func=models)
+    pt = commands.add_parser("probe-teacher", help="where the teacher's samples go wrong, per sampling setting")
+    pt.add_argument("--models", type=Path, default=PRETRAINED, help="holds teacher/ (default: the committed one)")
+    pt.add_argument("--samples", type=int, default=64, help="held-out captions per setting")
+    pt.add_argument("--steps", type=int, nargs="+", default=[20], help="sampling steps to try")
+    pt.add_argument("--cfg", type=float, nargs="+", default=[3.0], help="guidance scales to try")
+    pt.add_argument("--shift", type=float, nargs="+", default=None, help="time shifts to try (default: the teacher's)")
+    pt.add_argument("--threads", type=int, default=0)
+    pt.set_defaults(func=probe_teacher)
     e = commands.add_parser("experiment", help="NP-Edit vs its ablations and a supervised editor, scored by the verifier")
     e.add_argument("--out", type=Path, required=True, help="writes results.json, report.md, grids/ and runs/ here")
     e.add_argument("--models", type=Path, default=PRETRAINED,

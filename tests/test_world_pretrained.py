@@ -76,3 +76,22 @@ def test_critic_answers_fresh_questions_as_its_manifest_says():
     with torch.no_grad():
         measured = evaluate_critic(critic, question_set(FRESH_SEED, 8, kinds=kinds))
     assert within_sampling_error(measured["accuracy"], claimed["accuracy"], 8 * len(kinds)), (measured, claimed)
+
+
+def test_probe_teacher_says_what_small_objects_come_out_as_and_why_samples_are_rejected(tmp_path, capsys):
+    from npedit.cli import main
+    from training.backbones import ZImageBackbone
+    from world.teacher import probe_teacher
+
+    found = probe_teacher(ZImageBackbone.from_pretrained(PRETRAINED / "teacher"), n=8)
+    small = sum(count for pair, count in found["small_shapes"].items())
+    assert small and all(" -> " in pair for pair in found["small_shapes"])
+    right = sum(count for pair, count in found["small_shapes"].items() if pair.split(" -> ")[0] == pair.split(" -> ")[1])
+    assert right / small == pytest.approx(found["small_shape_match"])
+    assert not any(ch.isdigit() for kind in found["problems"] for ch in kind)  # kinds, not single cases
+    assert main(["world", "probe-teacher", "--samples", "4", "--steps", "4", "--shift", "1", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 steps, guidance 3, time shift 1:" in printed and "4 steps, guidance 3, time shift 3:" in printed
+    assert "small objects drawn as:" in printed
+    with pytest.raises(SystemExit, match="no teacher in"):
+        main(["world", "probe-teacher", "--models", str(tmp_path)])

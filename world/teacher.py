@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from training.losses import flow_matching_loss
 from training.sampling import generate_images
 from world.budget import BudgetedRun
 from world.edits import PHRASINGS
-from world.scene import caption, parse_caption, random_scene, render
+from world.scene import COLOURS, caption, parse_caption, random_scene, render
 from world.vae import HELD_OUT_SEED, invocation, load_vae
 from world.verify import as_array, parse_image, shape_rates
 
@@ -53,24 +55,57 @@ def new_teacher(vae_dir: Path, seed: int) -> ZImageBackbone:
     return ZImageBackbone(transformer, text_encoder_for(tokenizer), tokenizer, load_vae(vae_dir), shift=TIME_SHIFT)
 
 
-def evaluate_teacher(backbone: ZImageBackbone, n: int = 64, cfg_scale: float = 3.0, steps: int = 20,
-                     seed: int = HELD_OUT_SEED + 2) -> dict:
-    """Samples for `n` held-out captions, parsed by the verifier: the share matching their caption in full, in
-    layout (background, colours and cells, shape ignored) and in background colour; objects' shapes per size."""
+def _held_out_samples(backbone: ZImageBackbone, n: int, cfg_scale: float, steps: int, seed: int) -> list[tuple]:
+    """(parse of the sample, the scene its caption names) for `n` held-out captions."""
     rng = random.Random(seed)
     scenes = [random_scene(rng, pastel_prob=0.0) for _ in range(n)]
     captions = [caption(s, i) for i, s in enumerate(scenes)]
     images = generate_images(backbone, captions, size=(scenes[0].size,) * 2, num_steps=steps, cfg_scale=cfg_scale,
                              generator=torch.Generator().manual_seed(0))
+    return [(parse_image(as_array(image)), parse_caption(text)) for image, text in zip(images, captions)]
+
+
+def evaluate_teacher(backbone: ZImageBackbone, n: int = 64, cfg_scale: float = 3.0, steps: int = 20,
+                     seed: int = HELD_OUT_SEED + 2) -> dict:
+    """Samples for `n` held-out captions, parsed by the verifier: the share matching their caption in full, in
+    layout (background, colours and cells, shape ignored) and in background colour; objects' shapes per size."""
+    return _figures(_held_out_samples(backbone, n, cfg_scale, steps, seed)) | {"cfg_scale": cfg_scale, "steps": steps}
+
+
+def _figures(pairs: list[tuple]) -> dict:
     full = layout = background = 0
-    pairs = [(parse_image(as_array(image)), parse_caption(text)) for image, text in zip(images, captions)]
     for parsed, wanted in pairs:
         full += parsed.realistic and parsed.key() == wanted.key()
         background += parsed.background == wanted.background
         layout += parsed.background == wanted.background and sorted((o.colour, o.cell) for o in parsed.objects) \
             == sorted((o.colour, o.cell) for o in wanted.objects)
+    n = len(pairs)
     return {"caption_match": full / n, "layout_match": layout / n, "background_match": background / n,
-            **shape_rates(pairs), "n": n, "cfg_scale": cfg_scale, "steps": steps}
+            **shape_rates(pairs), "n": n}
+
+
+def _problem_kind(problem: str) -> str:
+    """A verifier problem without its numbers and colour: "a red fragment of 13 px" -> "a <colour> fragment of N px"."""
+    kind = re.sub(r"\d+(\.\d+)?", "N", problem)
+    return re.sub(r"\b(" + "|".join(COLOURS) + r")\b", "<colour>", kind)
+
+
+def probe_teacher(backbone: ZImageBackbone, *, n: int = 64, cfg_scale: float = 3.0, steps: int = 20,
+                  seed: int = HELD_OUT_SEED + 2) -> dict:
+    """`evaluate_teacher`'s figures at these sampling settings, and where samples go wrong: what each small object's
+    shape came out as (`small_shapes`: "wanted -> drawn" counts) and the verifier's first problem with each sample
+    it rejects (`problems`, its kind without sizes or colours)."""
+    pairs = _held_out_samples(backbone, n, cfg_scale, steps, seed)
+    drawn, problems = Counter(), Counter()
+    for parsed, wanted in pairs:
+        for o in wanted.objects:
+            found = parsed.object_at(o.cell)
+            if o.size == "small":
+                drawn[f"{o.shape} -> {found.shape if found else 'nothing'}"] += 1
+        if parsed.problems:
+            problems[_problem_kind(parsed.problems[0])] += 1
+    return _figures(pairs) | {"cfg_scale": cfg_scale, "steps": steps, "small_shapes": dict(sorted(drawn.items())),
+                              "problems": dict(problems.most_common())}
 
 
 def save_teacher(backbone: ZImageBackbone, out: Path) -> None:
