@@ -124,7 +124,8 @@ def probe_teacher(args: argparse.Namespace) -> int:
 
     if not (args.models / "teacher").exists():
         raise SystemExit(f"npedit: error: no teacher in {args.models / 'teacher'}")
-    torch.set_num_threads(args.threads or torch.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     teacher = ZImageBackbone.from_pretrained(args.models / "teacher")
     own_shift = teacher.shift
     for steps, cfg, shift in itertools.product(args.steps, args.cfg, args.shift or [own_shift]):
