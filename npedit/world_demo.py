@@ -40,6 +40,16 @@ def _table(results: dict) -> Table:
     return table
 
 
+def _ceiling_line(results: dict) -> str:
+    """The experiment's ceilings (`world.ceilings`) in one line, to read the trained editor's scores against."""
+    from world.ceilings import CEILINGS
+
+    found = results.get("ceilings") or {}
+    return "ceilings on the same edits: " + "; ".join(
+        f"{CEILINGS[name]}: success {scores['mean']['success']:.0%}, realism {scores['mean']['realism']:.0%}"
+        for name, scores in found.items())
+
+
 DEMO_EDIT_TYPES = ("background",)
 
 
@@ -73,6 +83,8 @@ def run_world_demo(out_dir: Path, *, models: Path | None = None, images: int = 2
                             edit_types=tuple(edit_types))
     results = run_experiment(experiment, command=f"npedit demo --out {out_dir}", log=console.print)
     console.print(_table(results))
+    if results.get("ceilings"):
+        console.print(_ceiling_line(results))
     grid = experiment.out / "grids" / "np_edit_seed0.png"
     console.print(f"verdict grids: {experiment.out / 'grids'}; report: {experiment.out / 'report.md'}")
     return grid

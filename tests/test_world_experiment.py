@@ -74,7 +74,7 @@ def test_experiment_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_world_demo_runs_from_the_committed_models_through_the_builder(tmp_path):
-    from npedit.world_demo import run_world_demo
+    from npedit.world_demo import _ceiling_line, run_world_demo
 
     grid = run_world_demo(tmp_path / "demo", images=24, steps=2, per_type=1, edit_types=EDIT_TYPES)
     assert grid.exists()
@@ -83,6 +83,8 @@ def test_world_demo_runs_from_the_committed_models_through_the_builder(tmp_path)
     assert set(results["models"]) >= {"vae", "teacher", "critic"}
     assert all(set(r["scores"]) == {*EDIT_TYPES, "mean"} for r in results["runs"])
     assert all(r["scores"]["mean"]["applied"] is not None for r in results["runs"])
+    line = _ceiling_line(results)
+    assert "the true target encoded and decoded by the editor's VAE: success" in line and "the teacher drawing" in line
 
 
 def _part(folder, runs):
