@@ -35,10 +35,11 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summaries() -> dict[str, tuple]:
+def _summaries(editors: list[Path] = ()) -> dict[str, tuple]:
     """Per world model: how to train it (out_dir, minutes, seed) and the one line that states its quality."""
     from world.builder_vlm import train_builder
     from world.critic import finetune_critic, train_critic
+    from world.critic_outputs import finetune_on_outputs
     from world.teacher import anneal_teacher, train_teacher
     from world.vae import finetune_decoder, train_vae
 
@@ -59,7 +60,16 @@ def _summaries() -> dict[str, tuple]:
                 f"{q['small_shape_match']:.1%}, large {q['large_shape_match']:.1%})")
 
     def critic_line(q: dict) -> str:
-        return f"held-out accuracy {q['accuracy']:.1%} (weakest question kind {q['weakest']:.1%})"
+        outputs = q.get("editor_outputs")
+        return (f"held-out accuracy {q['accuracy']:.1%} (weakest question kind {q['weakest']:.1%})" + (
+            f"; on editors' outputs {outputs['accuracy']:.1%} balanced (weakest {outputs['weakest']:.1%})"
+            if outputs else ""))
+
+    def on_outputs(out: Path, minutes: float, seed: int) -> dict:
+        try:
+            return finetune_on_outputs(out, list(editors), minutes=minutes, seed=seed)
+        except ValueError as error:
+            raise SystemExit(f"npedit: error: {error}") from None
 
     def vae_line(q: dict) -> str:
         return (f"held-out PSNR {q['psnr_db']:.1f} dB, the verifier parses {q['parse_rate']:.1%} of reconstructions "
@@ -72,6 +82,7 @@ def _summaries() -> dict[str, tuple]:
         "teacher_anneal": (continued("teacher", "teacher_anneal", anneal_teacher), teacher_line),
         "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed), critic_line),
         "critic_customization": (continued("critic", "critic_customization", finetune_critic), critic_line),
+        "critic_outputs": (continued("critic", "critic_outputs", on_outputs), critic_line),
         "builder": (lambda out, minutes, seed: train_builder(out, minutes=minutes, seed=seed),
                     lambda q: f"caption match {q['caption_match']:.1%}, valid proposals {q['proposals_valid']:.1%}, "
                               f"validity agreement {q['validity_agreement']:.1%}, edited caption match "
@@ -88,7 +99,7 @@ def build(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    summaries = _summaries()
+    summaries = _summaries(args.editors)
     for name in args.models:
         train, summary = summaries[name]
         manifest = train(args.out, args.minutes, args.seed)
@@ -137,6 +148,31 @@ def probe_teacher(args: argparse.Namespace) -> int:
         print("  small objects drawn as: " + ", ".join(f"{k} {v}" for k, v in found["small_shapes"].items()))
         print("  first problem of rejected samples: " + (", ".join(f"{k} ({v})" for k, v in found["problems"].items())
                                                         or "none"))
+    return 0
+
+
+def probe_critic(args: argparse.Namespace) -> int:
+    """How often the critic is right about editors' outputs on fresh world edits, per question kind, with the true
+    answers from the verifier: is it fooled by what these editors draw?"""
+    import torch
+
+    from training.critics.qwen import QwenVLCritic
+    from world.critic_outputs import HELD_OUT_OUTPUTS_SEED, editor_questions, evaluate_on_outputs
+
+    if not (args.models / "critic").exists():
+        raise SystemExit(f"npedit: error: no critic in {args.models / 'critic'}")
+    missing = [str(e) for e in args.editors if not (e / "model_index.json").exists()]
+    if missing:
+        raise SystemExit(f"npedit: error: not an editor checkpoint (no model_index.json): {', '.join(missing)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
+    for editor in args.editors:
+        found = evaluate_on_outputs(critic, editor_questions([editor], args.per_type, seed=HELD_OUT_OUTPUTS_SEED))
+        print(f"{editor}: balanced accuracy {found['accuracy']:.1%} over {found['n']} questions, weakest kind "
+              f"{found['weakest']:.1%}")
+        for kind, accuracy in found["per_kind"].items():
+            print(f"  {kind:30s} {accuracy:6.1%}  (true answer Yes in {found['yes_share'][kind]:.0%})")
     return 0
 
 
@@ -250,10 +286,14 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=preview)
     b = commands.add_parser("build", help="train the world's models from seeds (resumes a killed run)")
     stages = ["vae", "vae_decoder", "teacher", "teacher_anneal", "critic", "critic_customization", "builder"]
-    b.add_argument("--models", nargs="+", choices=stages, default=stages,
+    b.add_argument("--models", nargs="+", choices=stages + ["critic_outputs"], default=stages,
                    help="which models, in this order (vae_decoder sharpens the VAE's decoder, its encoder frozen; "
                         "teacher_anneal continues the teacher with its learning rate annealed to zero; "
-                        "critic_customization continues the critic on the customization questions too)")
+                        "critic_customization continues the critic on the customization questions too; "
+                        "critic_outputs continues it on --editors' outputs answered by the verifier)")
+    b.add_argument("--editors", type=Path, nargs="+", default=[],
+                   help="for critic_outputs: editor checkpoints (e.g. an experiment's "
+                        "runs/*/checkpoints/step-*/generator, or a teacher/)")
     b.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per model; a rerun continues")
     b.add_argument("--out", type=Path, default=Path("world_models"))
     b.add_argument("--seed", type=int, default=0)
@@ -270,6 +310,13 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--shift", type=float, nargs="+", default=None, help="time shifts to try (default: the teacher's)")
     pt.add_argument("--threads", type=int, default=0)
     pt.set_defaults(func=probe_teacher)
+    pc = commands.add_parser("probe-critic", help="how often the critic is right about editors' outputs (verifier truth)")
+    pc.add_argument("--editors", type=Path, nargs="+", required=True,
+                    help="editor checkpoints, e.g. an experiment's runs/*/checkpoints/step-*/generator")
+    pc.add_argument("--models", type=Path, default=PRETRAINED, help="holds critic/ (default: the committed one)")
+    pc.add_argument("--per-type", type=int, default=12, help="fresh edits per edit type")
+    pc.add_argument("--threads", type=int, default=0)
+    pc.set_defaults(func=probe_critic)
     e = commands.add_parser("experiment", help="NP-Edit vs its ablations and a supervised editor, scored by the verifier")
     e.add_argument("--out", type=Path, required=True, help="writes results.json, report.md, grids/ and runs/ here")
     e.add_argument("--models", type=Path, default=PRETRAINED,

@@ -100,13 +100,13 @@ def train_critic(out_dir: Path, *, minutes: float, max_steps: int | None = None,
     """Train (or continue) the critic under `out_dir` on the question `kinds`; writes `out_dir/critic/` (a Qwen2.5-VL
     checkpoint the trainer loads by path) and its manifest with held-out accuracy per question kind."""
     critic = new_critic(seed)
-    facts, quality = _fit(critic, Path(out_dir) / "critic_train_state.pt", minutes=minutes, max_steps=max_steps,
+    facts, quality = fit_critic(critic, Path(out_dir) / "critic_train_state.pt", minutes=minutes, max_steps=max_steps,
                           seed=seed, batch_size=batch_size, lr=lr, aux_weight=aux_weight, eval_every_s=eval_every_s,
                           eval_per_kind=eval_per_kind, kinds=kinds, desc="world critic", progress=progress)
     manifest = {"model": "critic", "architecture": "transformers Qwen2_5_VLForConditionalGeneration",
                 "text": TEXT, "vision": VISION, "seed": seed, "batch_size": batch_size, "lr": lr,
                 "aux_weight": aux_weight, "kinds": list(kinds), **facts, "command": invocation(), "quality": quality}
-    return _save(critic, Path(out_dir) / "critic", manifest)
+    return save_with_manifest(critic, Path(out_dir) / "critic", manifest)
 
 
 def finetune_critic(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
@@ -118,20 +118,23 @@ def finetune_critic(out_dir: Path, *, minutes: float, max_steps: int | None = No
     out_dir = Path(out_dir)
     critic = QwenVLCritic.from_pretrained(out_dir / "critic", dtype=torch.float32)
     manifest = json.loads((out_dir / "critic" / "manifest.json").read_text())
-    facts, quality = _fit(critic, out_dir / "critic_finetune_state.pt", minutes=minutes, max_steps=max_steps,
+    facts, quality = fit_critic(critic, out_dir / "critic_finetune_state.pt", minutes=minutes, max_steps=max_steps,
                           seed=seed + 1, batch_size=batch_size, lr=lr, aux_weight=aux_weight,
                           eval_every_s=eval_every_s, eval_per_kind=eval_per_kind, kinds=kinds,
                           desc="world critic fine-tune", progress=progress)
     manifest.update(quality=quality, finetune={"kinds": list(kinds), "seed": seed, "batch_size": batch_size, "lr": lr,
                                                "aux_weight": aux_weight, **facts, "command": invocation()})
-    return _save(critic, out_dir / "critic", manifest)
+    return save_with_manifest(critic, out_dir / "critic", manifest)
 
 
-def _fit(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
+def fit_critic(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
          batch_size: int, lr: float, aux_weight: float, eval_every_s: float, eval_per_kind: int,
-         kinds: tuple[str, ...], desc: str, progress: bool) -> tuple[dict, dict]:
+         kinds: tuple[str, ...], desc: str, progress: bool, extra=None, extra_share: float = 0.0,
+         extra_eval=None) -> tuple[dict, dict]:
     """Train `critic` on Yes/No questions of `kinds` plus the auxiliary objectives under a resumable time budget;
-    returns the run's facts and the final held-out quality."""
+    returns the run's facts and the final held-out quality. `extra(rng)`, when given, draws a question from elsewhere
+    (e.g. about editors' outputs) for `extra_share` of every batch; `extra_eval()` adds its measure to each
+    evaluation, under "extra"."""
     critic.model.requires_grad_(True).train()
     heads = AuxiliaryObjectives(critic)
     params = list(critic.model.parameters()) + list(heads.parameters())
@@ -149,7 +152,10 @@ def _fit(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_steps: i
     while run.running():
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (run.step + 1) / 100)
-        questions = [labelled_question(rng, kind) for kind in rng.choices(kinds, weights=kind_weights(), k=batch_size)]
+        n_extra = round(batch_size * extra_share) if extra else 0
+        questions = [labelled_question(rng, kind) for kind in rng.choices(kinds, weights=kind_weights(),
+                                                                          k=batch_size - n_extra)]
+        questions += [extra(rng) for _ in range(n_extra)]
         answer_loss, _ = yes_no_loss(critic, questions)
         auxiliary = heads.loss(questions)
         loss = answer_loss + aux_weight * sum(auxiliary.values())
@@ -157,13 +163,14 @@ def _fit(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_steps: i
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        run.after_step(answer_loss.item(), lambda: evaluate_critic(critic, held_out))
+        run.after_step(answer_loss.item(), lambda: {**evaluate_critic(critic, held_out),
+                                                     **({"extra": extra_eval()} if extra_eval else {})})
     heads.remove_hooks()
     facts = run.finish()
     return facts, evaluate_critic(critic, question_set(HELD_OUT_SEED + 1, eval_per_kind * 2, kinds=kinds))
 
 
-def _save(critic: QwenVLCritic, path: Path, manifest: dict) -> dict:
+def save_with_manifest(critic: QwenVLCritic, path: Path, manifest: dict) -> dict:
     save_critic(critic, path)
     (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

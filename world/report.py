@@ -17,7 +17,8 @@ READABLE_SUCCESS = 0.2  # below this mean success for every variant, the paper's
 
 
 # a `world build` stage that continues a model -> the entry recording that phase in the model's manifest
-CONTINUED = {"vae_decoder": "decoder_finetune", "teacher_anneal": "anneal", "critic_customization": "finetune"}
+CONTINUED = {"vae_decoder": "decoder_finetune", "teacher_anneal": "anneal", "critic_customization": "finetune",
+             "critic_outputs": "outputs_finetune"}
 PHASES = tuple(CONTINUED.values())
 
 
@@ -38,7 +39,10 @@ def model_quality(models: Path) -> dict:
 def quality_line(name: str, facts: dict) -> str:
     """One line per model: its steps, minutes and headline figures (the critic's per-kind table left out)."""
     quality = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in (facts.get("quality") or {}).items()
-               if k != "per_kind"}
+               if not isinstance(v, dict)}
+    outputs = (facts.get("quality") or {}).get("editor_outputs")
+    if outputs:
+        quality["editor_outputs_balanced_accuracy"] = round(outputs["accuracy"], 3)
     continued = f" (then {' and '.join(facts['phases'])})" if facts.get("phases") else ""
     return f"{name}: {facts['steps']} steps, {facts['train_minutes']} min{continued}; " + ", ".join(
         f"{k} {v}" for k, v in quality.items())
