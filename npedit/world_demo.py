@@ -50,6 +50,17 @@ def _ceiling_line(results: dict) -> str:
         for name, scores in found.items())
 
 
+def _seen_line(results: dict) -> str:
+    """Success on edits of the training corpus beside the held-out ones, before -> after: a gap is memorisation."""
+    runs = {run["variant"]: run for run in results["runs"]}
+    seen = lambda variant: runs[variant].get("seen_scores", {}).get("mean")  # noqa: E731
+    if not (seen("teacher") and seen("np_edit")):
+        return "no corpus edits to score (not a world corpus)"
+    return (f"on {seen('np_edit')['n']} edits from its own training corpus: success {seen('teacher')['success']:.0%} "
+            f"-> {seen('np_edit')['success']:.0%}, edit made {seen('teacher')['applied']:.0%} -> "
+            f"{seen('np_edit')['applied']:.0%} (held out: success {runs['np_edit']['scores']['mean']['success']:.0%})")
+
+
 DEMO_EDIT_TYPES = ("background",)
 
 
@@ -83,6 +94,7 @@ def run_world_demo(out_dir: Path, *, models: Path | None = None, images: int = 2
                             edit_types=tuple(edit_types))
     results = run_experiment(experiment, command=f"npedit demo --out {out_dir}", log=console.print)
     console.print(_table(results))
+    console.print(_seen_line(results))
     if results.get("ceilings"):
         console.print(_ceiling_line(results))
     grid = experiment.out / "grids" / "np_edit_seed0.png"

@@ -74,7 +74,10 @@ def test_experiment_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_world_demo_runs_from_the_committed_models_through_the_builder(tmp_path):
-    from npedit.world_demo import _ceiling_line, run_world_demo
+    from npedit.world_demo import _ceiling_line, _seen_line, run_world_demo
+    from world.evaluate import training_edits
+    from world.scene import render
+    from world.score import score_edit
 
     grid = run_world_demo(tmp_path / "demo", images=24, steps=2, per_type=1, edit_types=EDIT_TYPES)
     assert grid.exists()
@@ -85,6 +88,13 @@ def test_world_demo_runs_from_the_committed_models_through_the_builder(tmp_path)
     assert all(r["scores"]["mean"]["applied"] is not None for r in results["runs"])
     line = _ceiling_line(results)
     assert "the true target encoded and decoded by the editor's VAE: success" in line and "the teacher drawing" in line
+    seen = training_edits(tmp_path / "demo" / "world_corpus", 25)
+    assert len(seen) >= 2 * len(EDIT_TYPES)  # 24 scenes x 4 proposals, 70 % valid
+    assert all(score_edit(e, render(e.target)).success for e in seen)  # the corpus's edits, true to the world
+    assert not any(score_edit(e, render(e.source)).success for e in seen)
+    per_type_one = training_edits(tmp_path / "demo" / "world_corpus", 1)  # the demo scores per_type=1 of each
+    assert all(r["seen_scores"]["mean"]["n"] == len(per_type_one) > 0 for r in results["runs"])
+    assert "edits from its own training corpus" in _seen_line(results)
 
 
 def _part(folder, runs):

@@ -4,7 +4,8 @@ the edit mask and realism, plus a PNG grid (input | instruction + verdict | outp
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,12 @@ from schemas.edit_types import EDIT_TYPES
 from training.backbones.base import Backbone
 from training.sampling import edit_images
 from world.edits import WorldEdit, random_edit
-from world.scene import render
+from world.scene import Scene, render
 from world.score import EditScore, score_edit
 from world.vae import renders
 
 EVAL_SEED = 30_000_001  # held-out edits: no corpus, critic or teacher draw comes from this stream
+WORLD_IMAGE = re.compile(r"world-(?P<seed>\d+)-(?P<index>\d+)\.png$")  # world.corpus.write_images' names
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,48 @@ def held_out_edits(per_type: int, *, seed: int = EVAL_SEED, edit_types=EDIT_TYPE
     """`per_type` valid edits of every type on fresh scenes, the same list for the same arguments."""
     rng = random.Random(seed)
     return [random_edit(rng, edit_type, size=size) for edit_type in edit_types for _ in range(per_type)]
+
+
+def training_edits(lake_dir: Path, per_type: int, *, edit_types=EDIT_TYPES) -> list[WorldEdit]:
+    """Up to `per_type` of each type's valid edits in a world snapshot (the latest in `lake_dir`), the edits an editor
+    trained on, as world edits: the source is the scene the image was rendered from (its name holds the corpus seed
+    and index), the target the edited caption's scene. Scoring an editor on these beside held-out edits separates
+    learning the corpus from learning to edit."""
+    from datasets_builder.lake import LakeConfig, read_table, resolve
+    from world.corpus import world_scenes
+    from world.scene import parse_caption
+
+    lake = LakeConfig.of(str(lake_dir))
+    snapshot = resolve(lake, None).snapshot_id
+    images = read_table(lake, "images", snapshot, ["image_id", "source"]).to_pylist()
+    named = {r["image_id"]: WORLD_IMAGE.search(r["source"]) for r in images}
+    named = {image: (int(m["seed"]), int(m["index"])) for image, m in named.items() if m}
+    scenes = {seed: world_scenes(1 + max(i for s, i in named.values() if s == seed), seed)
+              for seed in {s for s, _ in named.values()}}
+    rows = read_table(lake, "edit_instructions", snapshot,
+                      ["proposal_id", "image_id", "edit_type", "instruction", "edited_caption", "is_valid"])
+    found: dict[str, list[WorldEdit]] = {t: [] for t in edit_types}
+    for row in sorted(rows.to_pylist(), key=lambda r: r["proposal_id"]):
+        kept = found.get(row["edit_type"])
+        if kept is None or len(kept) >= per_type or not row["is_valid"] or row["image_id"] not in named:
+            continue
+        seed, index = named[row["image_id"]]
+        kept.append(_world_edit(row, scenes[seed][index], parse_caption(row["edited_caption"])))
+    return [edit for edits in found.values() for edit in edits]
+
+
+def _world_edit(row: dict, source: Scene, caption_scene: Scene) -> WorldEdit:
+    """A corpus edit as a world edit; the target keeps the source's objects (jitter included) where the edited caption
+    keeps them, and a changed object keeps its place in the cell."""
+    before = {o.key(): o for o in source.objects}
+    objects = tuple(before.get(o.key()) or (replace(o, dx=source.object_at(o.cell).dx, dy=source.object_at(o.cell).dy)
+                                           if source.object_at(o.cell) else o) for o in caption_scene.objects)
+    target = replace(caption_scene, objects=objects, size=source.size)
+    after = {o.key() for o in objects}
+    cells = [o.cell for k, o in before.items() if k not in after] + [o.cell for o in objects if o.key() not in before]
+    removed = next((o.name for k, o in before.items() if k not in after), None)
+    return WorldEdit(row["edit_type"], row["instruction"], source, target,
+                     removed if row["edit_type"] != "insertion" else None, cells[0] if cells else None)
 
 
 def run_editor(backbone: Backbone, edits: list[WorldEdit], *, num_steps: int = 4, sampler: str = "renoise",

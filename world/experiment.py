@@ -20,7 +20,7 @@ from training.monitor import plot_loss_curves
 from training.run import build_trainer, resolved_for
 from world.ceilings import ceilings
 from world.customization import held_out_customizations, score_customizer
-from world.evaluate import held_out_edits, score_editor
+from world.evaluate import held_out_edits, score_editor, training_edits
 from world.report import model_quality, write_report
 from world.supervised import train_supervised
 
@@ -98,7 +98,9 @@ def run_one(experiment: Experiment, variant: str, seed: int, steps: int | None) 
     edits = held_out_edits(experiment.per_type, edit_types=experiment.edit_types)
     scores = score_editor(editor, edits, num_steps=experiment.sampling_steps, seed=seed,
                           grid=experiment.out / "grids" / f"{variant}_seed{seed}.png")
-    run = {"variant": variant, "seed": seed, **facts, "scores": scores}
+    seen = training_edits(experiment.corpus, experiment.per_type, edit_types=experiment.edit_types)
+    run = {"variant": variant, "seed": seed, **facts, "scores": scores,
+           "seen_scores": score_editor(editor, seen, num_steps=experiment.sampling_steps, seed=seed) if seen else {}}
     if experiment.customization:
         run["customization"] = score_customizer(
             editor, held_out_customizations(experiment.customization), num_steps=experiment.sampling_steps, seed=seed,

@@ -158,6 +158,24 @@ def per_type_table(grouped: dict[str, list[dict]], types: list[str], metric: str
     return lines
 
 
+def seen_table(grouped: dict[str, list[dict]]) -> list[str]:
+    """Each variant's mean success and edit made on edits of its own training corpus beside the held-out ones: a
+    gap says the editor learned its corpus rather than the edits."""
+    rows = {v: [r for r in runs if r.get("seen_scores")] for v, runs in grouped.items()}
+    rows = {v: runs for v, runs in rows.items() if runs}
+    if not rows:
+        return []
+    mean = lambda runs, key, metric: float(np.mean([r[key]["mean"][metric] for r in runs]))  # noqa: E731
+    lines = ["", "Edits from the training corpus (the sources and instructions the editor trained on) beside the "
+             "held-out ones:", "", "| variant | corpus edits | success: corpus | success: held out | "
+             "edit made: corpus | edit made: held out |", "|---|---:|---:|---:|---:|---:|"]
+    for variant, runs in rows.items():
+        lines.append(f"| {variant} | {runs[0]['seen_scores']['mean']['n']} | {mean(runs, 'seen_scores', 'success'):.0%} | "
+                     f"{mean(runs, 'scores', 'success'):.0%} | {mean(runs, 'seen_scores', 'applied'):.0%} | "
+                     f"{mean(runs, 'scores', 'applied'):.0%} |")
+    return lines
+
+
 def ceiling_table(ceilings: dict[str, dict], types: list[str]) -> list[str]:
     """The ceilings of `world.ceilings` on the same held-out edits, one row each."""
     if not ceilings:
@@ -193,6 +211,7 @@ def write_report(results: dict, out: Path) -> Path:
                      f"{_cell(*_stat(runs, 'mean', 'preservation_db'), False)} | "
                      f"{_cell(*_stat(runs, 'mean', 'realism'), True)} |")
     types = [t for t in EDIT_TYPES if any(t in r["scores"] for r in results["runs"])]
+    lines += seen_table(grouped)
     lines += ceiling_table(results.get("ceilings") or {}, types)
     lines += per_type_table(grouped, types, "success", "Success per edit type:")
     lines += per_type_table(grouped, types, "applied", "Edit made per edit type (success without the realism condition):")
