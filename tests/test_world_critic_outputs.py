@@ -44,6 +44,22 @@ def test_the_identity_question_fails_when_something_else_changed():
     assert answers(edit, changed) == {"edit": "Yes", "identity": "No"}
 
 
+def test_a_blurred_but_made_edit_was_carried_out_yet_changed_the_rest():
+    from scipy import ndimage
+
+    from world.score import score_edit
+
+    blurred = 0
+    for seed in range(10):
+        edit = random_edit(random.Random(seed), "background")
+        image = ndimage.gaussian_filter(np.asarray(render(edit.target), np.float32), (1.6, 1.6, 0))
+        verdict = score_edit(edit, image)
+        if verdict.applied and not verdict.realism:
+            blurred += 1
+            assert answers(edit, image) == {"edit": "Yes", "identity": "No"}
+    assert blurred >= 3
+
+
 def test_balanced_accuracy_weighs_yes_and_no_alike():
     from world.questions import LabelledQuestion
 

@@ -36,16 +36,17 @@ HELD_OUT_OUTPUTS_SEED = 40_000_002  # the edits they draw to measure it on
 def verifier_answer(edit: WorldEdit, question: Question, output: np.ndarray) -> str:
     """The true answer to one of the trainer's questions about `output`, from the classical parse.
 
-    The edit question holds when the edit succeeded (made, and the output a clean world scene); "does it contain X?"
-    when an object of X's shape and colour is still there; the identity question when the output is a clean scene
-    whose untouched objects, and whatever else the edit type leaves alone, parse unchanged."""
+    The edit question holds when what the instruction names holds in the parse, realism aside (it asks whether the
+    instruction was carried out; a clean image is DMD's business); "does it contain X?" when an object of X's shape
+    and colour is still there; the identity question when the output is a clean scene (a smear or fragment is a
+    change nobody asked for) whose untouched objects, and whatever else the edit type leaves alone, parse unchanged."""
     parsed = parse_image(output)
     if question.images == (OUTPUT,):
         gone = edit.source.object_at(edit.cell)
         return "Yes" if parsed.find(gone.shape, gone.colour) is not None else "No"
     score = score_edit(edit, output)
     if question.kind == "edit":
-        return "Yes" if score.success else "No"
+        return "Yes" if score.applied else "No"
     source = edit.source
     kept = {"style": (parsed.background, parsed.pattern) == (source.background, source.pattern),
             "background": parsed.style == source.style}.get(

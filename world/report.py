@@ -170,7 +170,8 @@ def seen_table(grouped: dict[str, list[dict]]) -> list[str]:
              "held-out ones:", "", "| variant | corpus edits | success: corpus | success: held out | "
              "edit made: corpus | edit made: held out |", "|---|---:|---:|---:|---:|---:|"]
     for variant, runs in rows.items():
-        lines.append(f"| {variant} | {runs[0]['seen_scores']['mean']['n']} | {mean(runs, 'seen_scores', 'success'):.0%} | "
+        n = runs[0]["seen_scores"]["mean"]["n"]
+        lines.append(f"| {variant} | {n} | {mean(runs, 'seen_scores', 'success'):.0%} | "
                      f"{mean(runs, 'scores', 'success'):.0%} | {mean(runs, 'seen_scores', 'applied'):.0%} | "
                      f"{mean(runs, 'scores', 'applied'):.0%} |")
     return lines
