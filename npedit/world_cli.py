@@ -157,13 +157,14 @@ def probe_critic(args: argparse.Namespace) -> int:
     import torch
 
     from training.critics.qwen import QwenVLCritic
-    from world.critic_outputs import HELD_OUT_OUTPUTS_SEED, editor_questions, evaluate_on_outputs
+    from world.critic_outputs import HELD_OUT_OUTPUTS_SEED, check_editors, editor_questions, evaluate_on_outputs
 
     if not (args.models / "critic").exists():
         raise SystemExit(f"npedit: error: no critic in {args.models / 'critic'}")
-    missing = [str(e) for e in args.editors if not (e / "model_index.json").exists()]
-    if missing:
-        raise SystemExit(f"npedit: error: not an editor checkpoint (no model_index.json): {', '.join(missing)}")
+    try:
+        check_editors(args.editors)
+    except ValueError as error:
+        raise SystemExit(f"npedit: error: {error}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ def world_scenes(n: int, seed: int = 0) -> list[Scene]:
             seen.add(scene.key())
             scenes.append(scene)
     return scenes
+
+
+WORLD_IMAGE = re.compile(r"world-(?P<seed>\d+)-(?P<index>\d+)\.png$")  # the name of scene `index` of a seed
 
 
 def write_images(folder: Path, scenes: list[Scene], seed: int) -> list[tuple[str, str]]:

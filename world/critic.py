@@ -101,8 +101,9 @@ def train_critic(out_dir: Path, *, minutes: float, max_steps: int | None = None,
     checkpoint the trainer loads by path) and its manifest with held-out accuracy per question kind."""
     critic = new_critic(seed)
     facts, quality = fit_critic(critic, Path(out_dir) / "critic_train_state.pt", minutes=minutes, max_steps=max_steps,
-                          seed=seed, batch_size=batch_size, lr=lr, aux_weight=aux_weight, eval_every_s=eval_every_s,
-                          eval_per_kind=eval_per_kind, kinds=kinds, desc="world critic", progress=progress)
+                                seed=seed, batch_size=batch_size, lr=lr, aux_weight=aux_weight,
+                                eval_every_s=eval_every_s, eval_per_kind=eval_per_kind, kinds=kinds,
+                                desc="world critic", progress=progress)
     manifest = {"model": "critic", "architecture": "transformers Qwen2_5_VLForConditionalGeneration",
                 "text": TEXT, "vision": VISION, "seed": seed, "batch_size": batch_size, "lr": lr,
                 "aux_weight": aux_weight, "kinds": list(kinds), **facts, "command": invocation(), "quality": quality}
@@ -119,18 +120,18 @@ def finetune_critic(out_dir: Path, *, minutes: float, max_steps: int | None = No
     critic = QwenVLCritic.from_pretrained(out_dir / "critic", dtype=torch.float32)
     manifest = json.loads((out_dir / "critic" / "manifest.json").read_text())
     facts, quality = fit_critic(critic, out_dir / "critic_finetune_state.pt", minutes=minutes, max_steps=max_steps,
-                          seed=seed + 1, batch_size=batch_size, lr=lr, aux_weight=aux_weight,
-                          eval_every_s=eval_every_s, eval_per_kind=eval_per_kind, kinds=kinds,
-                          desc="world critic fine-tune", progress=progress)
+                                seed=seed + 1, batch_size=batch_size, lr=lr, aux_weight=aux_weight,
+                                eval_every_s=eval_every_s, eval_per_kind=eval_per_kind, kinds=kinds,
+                                desc="world critic fine-tune", progress=progress)
     manifest.update(quality=quality, finetune={"kinds": list(kinds), "seed": seed, "batch_size": batch_size, "lr": lr,
                                                "aux_weight": aux_weight, **facts, "command": invocation()})
     return save_with_manifest(critic, out_dir / "critic", manifest)
 
 
 def fit_critic(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
-         batch_size: int, lr: float, aux_weight: float, eval_every_s: float, eval_per_kind: int,
-         kinds: tuple[str, ...], desc: str, progress: bool, extra=None, extra_share: float = 0.0,
-         extra_eval=None) -> tuple[dict, dict]:
+               batch_size: int, lr: float, aux_weight: float, eval_every_s: float, eval_per_kind: int,
+               kinds: tuple[str, ...], desc: str, progress: bool, extra=None, extra_share: float = 0.0,
+               extra_eval=None) -> tuple[dict, dict]:
     """Train `critic` on Yes/No questions of `kinds` plus the auxiliary objectives under a resumable time budget;
     returns the run's facts and the final held-out quality. `extra(rng)`, when given, draws a question from elsewhere
     (e.g. about editors' outputs) for `extra_share` of every batch; `extra_eval()` adds its measure to each

@@ -1,9 +1,10 @@
 """Critic questions on what editors really draw: editors' outputs on fresh world edits, each of the trainer's questions
 about them answered by the classical verifier.
 
-A critic trained only on renders is fooled by an editor's soft, half-recoloured objects (findings, section 7). These
-questions show it such images with the answer the world knows, so `npedit world build --models critic_outputs` can
-continue the critic on them, and `evaluate_on_outputs` can say how often a critic is fooled by a given editor.
+A critic trained only on renders has never seen an editor's soft, half-made edits. These questions show it such
+images with the answer the world knows, so `npedit world build --models critic_outputs` can continue the critic on
+them, and `evaluate_on_outputs` (`npedit world probe-critic`) can say how often a critic is wrong about a given
+editor's outputs (findings, section 9).
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def output_questions(edit: WorldEdit, output: np.ndarray) -> list[LabelledQuesti
                              verifier_answer(edit, q, output), edit,
                              tuple(edit.source if role == REFERENCE else None for role in q.images))
             for q in questions_for(edit.edit_type, edit.instruction, edit.target_object)]
+
+
+def check_editors(editors: list[Path]) -> None:
+    """A `ValueError` naming every path that is not an editor checkpoint (a diffusers folder with model_index.json)."""
+    missing = [str(e) for e in editors if not (Path(e) / "model_index.json").exists()]
+    if missing:
+        raise ValueError(f"not an editor checkpoint (no model_index.json): {', '.join(missing)}")
 
 
 def editor_questions(editors: list[Path], per_type: int, *, seed: int = OUTPUTS_SEED,
@@ -128,9 +136,7 @@ def finetune_on_outputs(out_dir: Path, editors: list[Path], *, minutes: float, m
     if not editors:
         raise ValueError("critic_outputs needs editors (--editors DIR ...): editor checkpoints such as "
                          "runs/*/checkpoints/step-*/generator from `npedit world experiment`")
-    missing = [str(e) for e in editors if not (Path(e) / "model_index.json").exists()]
-    if missing:
-        raise ValueError(f"not an editor checkpoint (no model_index.json): {', '.join(missing)}")
+    check_editors(editors)
     critic = QwenVLCritic.from_pretrained(out_dir / "critic", dtype=torch.float32)
     manifest = json.loads((out_dir / "critic" / "manifest.json").read_text())
     pool = editor_questions(editors, per_type)

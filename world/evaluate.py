@@ -4,7 +4,6 @@ the edit mask and realism, plus a PNG grid (input | instruction + verdict | outp
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from world.score import EditScore, score_edit
 from world.vae import renders
 
 EVAL_SEED = 30_000_001  # held-out edits: no corpus, critic or teacher draw comes from this stream
-WORLD_IMAGE = re.compile(r"world-(?P<seed>\d+)-(?P<index>\d+)\.png$")  # world.corpus.write_images' names
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ def training_edits(lake_dir: Path, per_type: int, *, edit_types=EDIT_TYPES) -> l
     and index), the target the edited caption's scene. Scoring an editor on these beside held-out edits separates
     learning the corpus from learning to edit."""
     from datasets_builder.lake import LakeConfig, read_table, resolve
-    from world.corpus import world_scenes
+    from world.corpus import WORLD_IMAGE, world_scenes
     from world.scene import parse_caption
 
     lake = LakeConfig.of(str(lake_dir))
@@ -72,9 +70,13 @@ def training_edits(lake_dir: Path, per_type: int, *, edit_types=EDIT_TYPES) -> l
 def _world_edit(row: dict, source: Scene, caption_scene: Scene) -> WorldEdit:
     """A corpus edit as a world edit; the target keeps the source's objects (jitter included) where the edited caption
     keeps them, and a changed object keeps its place in the cell."""
+    def placed(obj):
+        """`obj` with the jitter of the source's object in its cell, if there is one."""
+        there = source.object_at(obj.cell)
+        return replace(obj, dx=there.dx, dy=there.dy) if there else obj
+
     before = {o.key(): o for o in source.objects}
-    objects = tuple(before.get(o.key()) or (replace(o, dx=source.object_at(o.cell).dx, dy=source.object_at(o.cell).dy)
-                                           if source.object_at(o.cell) else o) for o in caption_scene.objects)
+    objects = tuple(before.get(o.key()) or placed(o) for o in caption_scene.objects)
     target = replace(caption_scene, objects=objects, size=source.size)
     after = {o.key() for o in objects}
     cells = [o.cell for k, o in before.items() if k not in after] + [o.cell for o in objects if o.key() not in before]
