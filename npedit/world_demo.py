@@ -64,7 +64,7 @@ def _seen_line(results: dict) -> str:
 DEMO_EDIT_TYPES = ("background",)
 
 
-def run_world_demo(out_dir: Path, *, models: Path | None = None, images: int = 200, steps: int = 150,
+def run_world_demo(out_dir: Path, *, models: Path | None = None, images: int = 1000, steps: int = 150,
                    per_type: int = 8, edit_types: tuple[str, ...] = DEMO_EDIT_TYPES) -> Path:
     """Committed world models -> world corpus through the builder -> NP-Edit training -> verified edits; returns the
     trained editor's verdict grid."""
