@@ -26,26 +26,24 @@ from world.edits import WorldEdit, random_edit
 from world.evaluate import run_editor
 from world.questions import ALL_KINDS, LabelledQuestion
 from world.scene import render
-from world.score import score_edit
+from world.score import EditScore, score_edit
 from world.vae import invocation
-from world.verify import as_array, parse_image
+from world.verify import ParsedScene, as_array, parse_image
 
 OUTPUTS_SEED = 40_000_001  # the edits editors draw for the critic to learn from
 HELD_OUT_OUTPUTS_SEED = 40_000_002  # the edits they draw to measure it on
 
 
-def verifier_answer(edit: WorldEdit, question: Question, output: np.ndarray) -> str:
-    """The true answer to one of the trainer's questions about `output`, from the classical parse.
+def verifier_answer(edit: WorldEdit, question: Question, parsed: ParsedScene, score: EditScore) -> str:
+    """The true answer to one of the trainer's questions about an output, from its classical parse and scores.
 
     The edit question holds when what the instruction names holds in the parse, realism aside (it asks whether the
     instruction was carried out; a clean image is DMD's business); "does it contain X?" when an object of X's shape
     and colour is still there; the identity question when the output is a clean scene (a smear or fragment is a
     change nobody asked for) whose untouched objects, and whatever else the edit type leaves alone, parse unchanged."""
-    parsed = parse_image(output)
     if question.images == (OUTPUT,):
         gone = edit.source.object_at(edit.cell)
         return "Yes" if parsed.find(gone.shape, gone.colour) is not None else "No"
-    score = score_edit(edit, output)
     if question.kind == "edit":
         return "Yes" if score.applied else "No"
     source = edit.source
@@ -59,8 +57,10 @@ def verifier_answer(edit: WorldEdit, question: Question, output: np.ndarray) -> 
 def output_questions(edit: WorldEdit, output: np.ndarray) -> list[LabelledQuestion]:
     """The trainer's questions about one output of `edit`, each with the verifier's answer."""
     shown = {REFERENCE: np.asarray(render(edit.source), np.uint8), OUTPUT: output.astype(np.uint8)}
+    parsed = parse_image(output)
+    score = score_edit(edit, output, parsed)
     return [LabelledQuestion(f"{edit.edit_type}/{q.kind}", tuple(shown[role] for role in q.images), q.text,
-                             verifier_answer(edit, q, output), edit,
+                             verifier_answer(edit, q, parsed, score), edit,
                              tuple(edit.source if role == REFERENCE else None for role in q.images))
             for q in questions_for(edit.edit_type, edit.instruction, edit.target_object)]
 

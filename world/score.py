@@ -48,10 +48,11 @@ def claim_holds(edit: WorldEdit, parsed: ParsedScene) -> bool:
     return (found.shape, found.colour) == (wanted.shape, wanted.colour)  # shape or colour change
 
 
-def score_edit(edit: WorldEdit, output) -> EditScore:
-    """Success, preservation and realism of `output` (PIL image, array, or tensor in [-1, 1]) for `edit`."""
+def score_edit(edit: WorldEdit, output, parsed: ParsedScene | None = None) -> EditScore:
+    """Success, preservation and realism of `output` (PIL image, array, or tensor in [-1, 1]) for `edit`; `parsed` is
+    the output's parse when the caller already has it."""
     pixels = as_array(output)
-    parsed = parse_image(pixels)
+    parsed = parsed or parse_image(pixels)
     mask = edit.mask()
     untouched = [o for o in edit.source.objects if o.cell != edit.cell]
     if edit.edit_type in ("style", "background"):
