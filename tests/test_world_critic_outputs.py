@@ -97,3 +97,10 @@ def test_the_critic_continues_on_an_editors_outputs_and_records_it(tmp_path, cap
     assert "balanced accuracy" in printed and "local_color_change/edit" in printed
     with pytest.raises(SystemExit, match="critic_outputs needs editors"):
         main(["world", "build", "--out", str(tmp_path), "--models", "critic_outputs", "--minutes", "1"])
+    with pytest.raises(SystemExit, match=r"not an editor checkpoint \(no model_index.json\): .*nowhere"):
+        main(["world", "build", "--out", str(tmp_path), "--models", "critic_outputs", "--minutes", "1",
+              "--editors", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match=r"not an editor checkpoint .*critic$"):
+        main(["world", "probe-critic", "--models", str(tmp_path), "--editors", str(tmp_path / "critic")])
+    with pytest.raises(SystemExit, match="no critic in"):
+        main(["world", "probe-critic", "--models", str(tmp_path / "empty"), "--editors", str(PRETRAINED / "teacher")])
