@@ -125,24 +125,29 @@ def test_runs_split_over_folders_merge_into_one_report_and_mismatches_are_refuse
         main(["world", "report", str(a), str(d), "--out", str(tmp_path / "y")])
 
 
-def _scores(success: float, realism: float) -> dict:
-    return {t: {"success": success, "preservation_db": 30.0, "realism": realism, "untouched_objects_kept": 1.0,
-                "n": 1} for t in [*EDIT_TYPES, "mean"]}
+def _scores(applied: float, realism: float, n: int = 24) -> dict:
+    return {t: {"success": applied * realism, "applied": applied, "preservation_db": 30.0, "realism": realism,
+                "untouched_objects_kept": 1.0, "n": n} for t in [*EDIT_TYPES, "mean"]}
 
 
-def test_the_papers_pattern_is_judged_only_when_some_variant_edits():
+def test_the_papers_pattern_is_judged_against_the_noise_of_its_case_counts():
     from world.report import expected_pattern
 
-    def runs(np_edit: float, vlm_only_realism: float) -> dict:
-        return {"np_edit": [{"scores": _scores(np_edit, 0.9)}],
-                "vlm_only": [{"scores": _scores(np_edit, vlm_only_realism)}]}
+    def runs(np_realism: float, vlm_realism: float, n: int = 24) -> dict:
+        return {"np_edit": [{"scores": _scores(0.5, np_realism, n)}],
+                "vlm_only": [{"scores": _scores(0.5, vlm_realism, n)}]}
 
-    assert expected_pattern(runs(0.6, 0.5)) == [
-        "- VLM only loses realism: vlm_only 0.5 vs np_edit 0.9 (mean realism): **seen**"]
-    assert expected_pattern(runs(0.6, 0.95))[0].endswith("**not seen**")
-    lines = expected_pattern(runs(0.05, 0.5))
-    assert lines[0].startswith("- Not readable from these runs: the best variant's mean success is 5%")
-    assert lines[1].endswith("**not readable**")
+    # 24 cases each at 90 % and 50 %: pooled p 0.7, two standard errors 2 * sqrt(0.21 * 2 / 24) = 26.5 points
+    assert expected_pattern(runs(0.9, 0.5)) == [
+        "- VLM only loses realism: vlm_only 50% vs np_edit 90% (mean realism, n 24 and 24; noise ±26%): **seen**"]
+    assert expected_pattern(runs(0.9, 0.75))[0].endswith("**within noise**")
+    assert expected_pattern(runs(0.9, 0.75, n=400))[0].endswith("**seen**")
+    assert expected_pattern(runs(0.5, 0.9))[0].endswith("**the opposite**")
+    # pooled p (0.45 * 48 + 0.9 * 24) / 72 = 0.6: 2 * sqrt(0.24 * (1/48 + 1/24)) = 24.5 points
+    close = expected_pattern({"np_edit": [{"scores": _scores(0.5, 0.9)}, {"scores": _scores(0.4, 0.9)}],
+                              "supervised": [{"scores": _scores(0.9, 0.9)}]})
+    assert close[0] == ("- NP-Edit is close to the supervised editor (edit made): np_edit 45% vs supervised 90% "
+                        "(mean applied, n 48 and 24; noise ±24%): **not seen**")
 
 
 def test_world_models_prints_the_committed_models_and_refuses_a_folder_without_any(tmp_path, capsys):

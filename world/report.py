@@ -1,5 +1,5 @@
-"""The world experiment's report: tables (mean over seeds, with the spread), a success-per-type plot, the paper's
-expected pattern checked against what was measured, and the models' own quality."""
+"""The world experiment's report: tables (mean over seeds, with the spread), a per-type plot, the paper's expected
+pattern checked against what was measured (with its noise), and the models' own quality."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from training.customization import CUSTOMIZATION
 from world.ceilings import CEILINGS
 
 GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
-READABLE_SUCCESS = 0.2  # below this mean success for every variant, the paper's pattern cannot be read
 
 
 # a `world build` stage that continues a model -> the entry recording that phase in the model's manifest
@@ -86,33 +85,64 @@ def _cell(mean: float | None, spread: float | None, percent: bool) -> str:
     return text + ("" if spread is None else (f" ± {spread:.0%}" if percent else f" ± {spread:.1f}"))
 
 
-def expected_pattern(grouped: dict[str, list[dict]]) -> list[str]:
-    """The paper's pattern, each line stating what was measured (only for the variants that ran)."""
-    def mean(variant: str, edit_type: str, metric: str) -> float | None:
-        return _stat(grouped[variant], edit_type, metric)[0] if variant in grouped else None
+# the paper's claims: (claim, variant, reference, edit type, metric, how the variant should compare)
+PATTERN = (
+    ("DMD only fails at removal", "dmd_only", "np_edit", "remove", "applied", "<"),
+    ("VLM only loses realism", "vlm_only", "np_edit", "mean", "realism", "<"),
+    ("without the identity question, preservation drops", "no_identity", "np_edit", "mean", "preservation_db", "<"),
+    ("NP-Edit is close to the supervised editor (edit made)", "np_edit", "supervised", "mean", "applied", "~"),
+    ("NP-Edit is close to the supervised editor (success)", "np_edit", "supervised", "mean", "success", "~"),
+)
+CLOSE = 0.10  # "close": rates within 10 points
+DB_NOISE = 1.0  # preservation differences under 1 dB are read as noise
 
-    checks = [
-        ("DMD only fails at removal", "dmd_only", "np_edit", "remove", "success", "<"),
-        ("VLM only loses realism", "vlm_only", "np_edit", "mean", "realism", "<"),
-        ("without the identity question, preservation drops", "no_identity", "np_edit", "mean", "preservation_db", "<"),
-        ("NP-Edit is close to the supervised editor (success)", "np_edit", "supervised", "mean", "success", "~"),
-    ]
-    best = max((mean(v, "mean", "success") or 0.0) for v in grouped)
-    readable = best >= READABLE_SUCCESS
-    lines = [] if readable else [
-        f"- Not readable from these runs: the best variant's mean success is {best:.0%} (below "
-        f"{READABLE_SUCCESS:.0%}), so every variant fails and their differences are noise. As measured:"]
-    for claim, variant, reference, edit_type, metric, relation in checks:
-        a, b = mean(variant, edit_type, metric), mean(reference, edit_type, metric)
-        if a is None or b is None:
+
+def _pooled(runs: list[dict], edit_type: str, metric: str) -> tuple[float | None, int]:
+    """The metric's mean over seeds and the number of cases behind it (all seeds together)."""
+    scored = [r["scores"][edit_type] for r in runs if r["scores"].get(edit_type, {}).get(metric) is not None]
+    if not scored:
+        return None, 0
+    return float(np.mean([s[metric] for s in scored])), sum(s.get("n") or 0 for s in scored)
+
+
+def _noise(metric: str, a: tuple[float, int], b: tuple[float, int]) -> float:
+    """Two standard errors of the difference a - b: pooled-proportion for rates, `DB_NOISE` for decibels."""
+    if metric == "preservation_db":
+        return DB_NOISE
+    (pa, na), (pb, nb) = a, b
+    if not na or not nb:
+        return float("inf")
+    pooled = (pa * na + pb * nb) / (na + nb)
+    return 2 * float(np.sqrt(pooled * (1 - pooled) * (1 / na + 1 / nb)))
+
+
+def _verdict(relation: str, diff: float, noise: float) -> str:
+    if relation == "~":
+        return "seen" if abs(diff) <= CLOSE else ("within noise" if abs(diff) <= noise else "not seen")
+    if -diff > noise:
+        return "seen"
+    return "the opposite" if diff > noise else "within noise"
+
+
+def expected_pattern(grouped: dict[str, list[dict]]) -> list[str]:
+    """The paper's pattern, each claim with what was measured, two standard errors of the difference (from the number
+    of cases), and a verdict: seen, within noise, not seen / the opposite (only for the variants that ran)."""
+    lines = []
+    for claim, variant, reference, edit_type, metric, relation in PATTERN:
+        if variant not in grouped or reference not in grouped:
             continue
-        holds = a < b if relation == "<" else abs(a - b) <= 0.1 * max(abs(b), 1e-9) + 0.05
-        verdict = ("seen" if holds else "not seen") if readable else "not readable"
-        lines.append(f"- {claim}: {variant} {a:.3g} vs {reference} {b:.3g} ({edit_type} {metric}): **{verdict}**")
+        a, b = _pooled(grouped[variant], edit_type, metric), _pooled(grouped[reference], edit_type, metric)
+        if a[0] is None or b[0] is None:
+            continue
+        noise = _noise(metric, a, b)
+        show = (lambda v: f"{v:.1f} dB") if metric == "preservation_db" else (lambda v: f"{v:.0%}")
+        lines.append(f"- {claim}: {variant} {show(a[0])} vs {reference} {show(b[0])} ({edit_type} {metric}, "
+                     f"n {a[1]} and {b[1]}; noise ±{show(noise)}): **{_verdict(relation, a[0] - b[0], noise)}**")
     return lines
 
 
-def plot_success(grouped: dict[str, list[dict]], path: Path) -> Path:
+def plot_per_type(grouped: dict[str, list[dict]], path: Path) -> Path:
+    """Bars of success (top) and edit made (bottom) per edit type, one bar per variant (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,14 +150,15 @@ def plot_success(grouped: dict[str, list[dict]], path: Path) -> Path:
 
     types = [t for t in EDIT_TYPES if any(t in r["scores"] for runs in grouped.values() for r in runs)]
     width = 0.8 / max(1, len(grouped))
-    fig, ax = plt.subplots(figsize=(10, 3.5))
-    for i, (variant, runs) in enumerate(grouped.items()):
-        means = [_stat(runs, t, "success")[0] or 0.0 for t in types]
-        ax.bar(np.arange(len(types)) + i * width, means, width, label=variant)
-    ax.set_xticks(np.arange(len(types)) + 0.4 - width / 2, [t.replace("_", "\n") for t in types], fontsize=8)
-    ax.set_ylabel("verifier success")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=3)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    for ax, metric, label in zip(axes, ("success", "applied"), ("verifier success", "edit made")):
+        for i, (variant, runs) in enumerate(grouped.items()):
+            means = [_stat(runs, t, metric)[0] or 0.0 for t in types]
+            ax.bar(np.arange(len(types)) + i * width, means, width, label=variant)
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 1)
+    axes[1].set_xticks(np.arange(len(types)) + 0.4 - width / 2, [t.replace("_", "\n") for t in types], fontsize=8)
+    axes[0].legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -226,9 +257,9 @@ def write_report(results: dict, out: Path) -> Path:
         if "critic" in results["models"]:
             lines += ["", "The critic's held-out accuracy per question kind:", "",
                       *critic_table(results["models"]["critic"]["quality"] or {})]
-    lines += ["", "![success per edit type](success_per_type.png)", "",
+    lines += ["", "![success and edit made per edit type](success_per_type.png)", "",
               "Grids (input | instruction + verdict | output) are in `grids/`, loss curves in `runs/*/`."]
-    plot_success(grouped, out / "success_per_type.png")
+    plot_per_type(grouped, out / "success_per_type.png")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
