@@ -6,12 +6,12 @@ import argparse
 import random
 from pathlib import Path
 
+from schemas.edit_types import EDIT_TYPES
 from world import PRETRAINED
 
 
 def preview(args: argparse.Namespace) -> int:
     """A grid of world edits (source | instruction + verdict | rendered target) and the verifier's pass rates."""
-    from schemas.edit_types import EDIT_TYPES
     from training.visualize import save_edit_grid
     from world.edits import random_edit
     from world.evaluate import verdict_text
@@ -177,6 +177,32 @@ def probe_critic(args: argparse.Namespace) -> int:
     return 0
 
 
+def score(args: argparse.Namespace) -> int:
+    """Score editor checkpoints on the experiment's held-out world edits with the verifier: one line per editor, edit
+    type and number of sampling steps (a checkpoint mid-run, or the same editor sampled in more steps)."""
+    import torch
+
+    from training.backbones import ZImageBackbone
+    from world.critic_outputs import check_editors
+    from world.evaluate import held_out_edits, score_editor
+
+    try:
+        check_editors(args.editors)
+    except ValueError as error:
+        raise SystemExit(f"npedit: error: {error}") from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    edits = held_out_edits(args.per_type, edit_types=args.edit_types)
+    for editor_path in args.editors:
+        editor = ZImageBackbone.from_pretrained(editor_path)
+        for steps in args.sampling_steps:
+            for edit_type, s in score_editor(editor, edits, num_steps=steps).items():
+                kept = "n/a" if s["preservation_db"] is None else f"{s['preservation_db']:.1f} dB"
+                print(f"{editor_path} [{steps} steps] {edit_type:18s} success {s['success']:4.0%}  edit made "
+                      f"{s['applied']:4.0%}  preservation {kept}  realism {s['realism']:4.0%}  n {s['n']}")
+    return 0
+
+
 def experiment(args: argparse.Namespace) -> int:
     """NP-Edit and its ablations and a supervised editor on the world, scored by the verifier; results + report."""
     import sys
@@ -186,7 +212,6 @@ def experiment(args: argparse.Namespace) -> int:
     from world.experiment import VARIANTS, Experiment, run_experiment
 
     from npedit.train_cli import _parse_override
-    from schemas.edit_types import EDIT_TYPES
     from training.config import load_config
 
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -275,7 +300,6 @@ def judge(args: argparse.Namespace) -> int:
 
 
 def add_world_commands(sub: argparse._SubParsersAction) -> None:
-    from schemas.edit_types import EDIT_TYPES
 
     world = sub.add_parser("world", help="the proof world: procedural scenes with computable truth")
     commands = world.add_subparsers(dest="world_command", required=True)
@@ -318,6 +342,14 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--per-type", type=int, default=12, help="fresh edits per edit type")
     pc.add_argument("--threads", type=int, default=0)
     pc.set_defaults(func=probe_critic)
+    sc = commands.add_parser("score", help="score editor checkpoints on held-out world edits with the verifier")
+    sc.add_argument("editors", type=Path, nargs="+",
+                    help="editor checkpoints, e.g. an experiment's runs/*/checkpoints/step-*/generator")
+    sc.add_argument("--edit-types", nargs="+", choices=EDIT_TYPES, default=list(EDIT_TYPES), metavar="TYPE")
+    sc.add_argument("--per-type", type=int, default=24, help="held-out edits per edit type (the experiment's)")
+    sc.add_argument("--sampling-steps", type=int, nargs="+", default=[4], help="editor sampling steps to try")
+    sc.add_argument("--threads", type=int, default=0)
+    sc.set_defaults(func=score)
     e = commands.add_parser("experiment", help="NP-Edit vs its ablations and a supervised editor, scored by the verifier")
     e.add_argument("--out", type=Path, required=True, help="writes results.json, report.md, grids/ and runs/ here")
     e.add_argument("--models", type=Path, default=PRETRAINED,

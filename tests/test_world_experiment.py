@@ -159,3 +159,22 @@ def test_world_models_prints_the_committed_models_and_refuses_a_folder_without_a
     assert "min (then anneal); caption_match" in printed  # steps and minutes count every phase of its training
     with pytest.raises(SystemExit, match="no world model manifests in"):
         main(["world", "models", "--models", str(tmp_path)])
+
+
+def test_world_score_prints_the_verifiers_scores_of_an_editor_checkpoint(tmp_path, capsys):
+    from npedit.cli import main
+    from training.backbones import ZImageBackbone
+    from world import PRETRAINED
+    from world.evaluate import held_out_edits, score_editor
+
+    teacher = PRETRAINED / "teacher"
+    assert main(["world", "score", str(teacher), "--edit-types", "insertion", "--per-type", "2",
+                 "--sampling-steps", "1", "2", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4  # 2 step counts x (insertion + mean)
+    expected = score_editor(ZImageBackbone.from_pretrained(teacher), held_out_edits(2, edit_types=["insertion"]),
+                            num_steps=2)["insertion"]
+    assert "[2 steps] insertion" in lines[2] and f"realism {expected['realism']:4.0%}" in lines[2]
+    assert f"n {expected['n']}" in lines[2]
+    with pytest.raises(SystemExit, match="not an editor checkpoint"):
+        main(["world", "score", str(tmp_path)])
