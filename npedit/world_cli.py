@@ -151,22 +151,31 @@ def probe_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-def probe_critic(args: argparse.Namespace) -> int:
-    """How often the critic is right about editors' outputs on fresh world edits, per question kind, with the true
-    answers from the verifier: is it fooled by what these editors draw?"""
+def _check_editors_and_threads(args: argparse.Namespace) -> None:
+    """One line and exit for a path in `args.editors` that is not an editor checkpoint; then `args.threads` applied."""
     import torch
 
-    from training.critics.qwen import QwenVLCritic
-    from world.critic_outputs import HELD_OUT_OUTPUTS_SEED, check_editors, editor_questions, evaluate_on_outputs
+    from world.critic_outputs import check_editors
 
-    if not (args.models / "critic").exists():
-        raise SystemExit(f"npedit: error: no critic in {args.models / 'critic'}")
     try:
         check_editors(args.editors)
     except ValueError as error:
         raise SystemExit(f"npedit: error: {error}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def probe_critic(args: argparse.Namespace) -> int:
+    """How often the critic is right about editors' outputs on fresh world edits, per question kind, with the true
+    answers from the verifier: is it fooled by what these editors draw?"""
+    import torch
+
+    from training.critics.qwen import QwenVLCritic
+    from world.critic_outputs import HELD_OUT_OUTPUTS_SEED, editor_questions, evaluate_on_outputs
+
+    if not (args.models / "critic").exists():
+        raise SystemExit(f"npedit: error: no critic in {args.models / 'critic'}")
+    _check_editors_and_threads(args)
     critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
     for editor in args.editors:
         found = evaluate_on_outputs(critic, editor_questions([editor], args.per_type, seed=HELD_OUT_OUTPUTS_SEED))
@@ -180,18 +189,10 @@ def probe_critic(args: argparse.Namespace) -> int:
 def score(args: argparse.Namespace) -> int:
     """Score editor checkpoints on the experiment's held-out world edits with the verifier: one line per editor, edit
     type and number of sampling steps (a checkpoint mid-run, or the same editor sampled in more steps)."""
-    import torch
-
     from training.backbones import ZImageBackbone
-    from world.critic_outputs import check_editors
     from world.evaluate import held_out_edits, score_editor
 
-    try:
-        check_editors(args.editors)
-    except ValueError as error:
-        raise SystemExit(f"npedit: error: {error}") from None
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _check_editors_and_threads(args)
     edits = held_out_edits(args.per_type, edit_types=args.edit_types)
     for editor_path in args.editors:
         editor = ZImageBackbone.from_pretrained(editor_path)
