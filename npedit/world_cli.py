@@ -301,7 +301,6 @@ def judge(args: argparse.Namespace) -> int:
 
 
 def add_world_commands(sub: argparse._SubParsersAction) -> None:
-
     world = sub.add_parser("world", help="the proof world: procedural scenes with computable truth")
     commands = world.add_subparsers(dest="world_command", required=True)
     p = commands.add_parser("preview", help="render world edits with the verifier's verdict into a PNG grid")
