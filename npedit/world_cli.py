@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from functools import partial
 from pathlib import Path
 
 from schemas.edit_types import EDIT_TYPES
@@ -82,6 +83,7 @@ def _summaries(editors: list[Path] = ()) -> dict[str, tuple]:
         "teacher_anneal": (continued("teacher", "teacher_anneal", anneal_teacher), teacher_line),
         "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed), critic_line),
         "critic_customization": (continued("critic", "critic_customization", finetune_critic), critic_line),
+        "critic_anneal": (continued("critic", "critic_anneal", partial(finetune_critic, anneal=True)), critic_line),
         "critic_outputs": (continued("critic", "critic_outputs", on_outputs), critic_line),
         "builder": (lambda out, minutes, seed: train_builder(out, minutes=minutes, seed=seed),
                     lambda q: f"caption match {q['caption_match']:.1%}, valid proposals {q['proposals_valid']:.1%}, "
@@ -310,11 +312,13 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=preview)
     b = commands.add_parser("build", help="train the world's models from seeds (resumes a killed run)")
-    stages = ["vae", "vae_decoder", "teacher", "teacher_anneal", "critic", "critic_customization", "builder"]
+    stages = ["vae", "vae_decoder", "teacher", "teacher_anneal", "critic", "critic_customization", "critic_anneal",
+              "builder"]
     b.add_argument("--models", nargs="+", choices=stages + ["critic_outputs"], default=stages,
                    help="which models, in this order (vae_decoder sharpens the VAE's decoder, its encoder frozen; "
                         "teacher_anneal continues the teacher with its learning rate annealed to zero; "
-                        "critic_customization continues the critic on the customization questions too; "
+                        "critic_customization continues the critic on the customization questions too, "
+                        "critic_anneal then with its rate annealed to zero; "
                         "critic_outputs continues it on --editors' outputs answered by the verifier)")
     b.add_argument("--editors", type=Path, nargs="+", default=[],
                    help="for critic_outputs: editor checkpoints (e.g. an experiment's "

@@ -151,10 +151,26 @@ def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_budgeted_runs_rate_warms_up_then_holds_or_anneals_to_zero(tmp_path):
+    from world.budget import BudgetedRun
+
+    layer = torch.nn.Linear(2, 2)
+    run = BudgetedRun(tmp_path / "state.pt", {"layer": layer}, torch.optim.SGD(layer.parameters(), lr=1.0),
+                      random.Random(0), minutes=1e6, max_steps=1000, progress=False)
+    rates = {}
+    for step in (0, 49, 500, 999, 1000):
+        run.step = step
+        rates[step] = (run.rate(1.0, anneal=False), run.rate(1.0, anneal=True))
+    assert rates[0] == pytest.approx((0.01, 0.01), rel=1e-3) and rates[49][0] == pytest.approx(0.5)
+    assert rates[500] == pytest.approx((1.0, 0.5), abs=1e-3)  # half the step budget: cosine at its midpoint
+    assert rates[999][1] < 1e-4 and rates[1000] == (1.0, 0.0)
+
+
 def test_continuing_a_model_that_was_never_built_is_a_one_line_error(tmp_path):
     from npedit.cli import main
 
-    for stage, name in (("vae_decoder", "vae"), ("teacher_anneal", "teacher"), ("critic_customization", "critic")):
+    for stage, name in (("vae_decoder", "vae"), ("teacher_anneal", "teacher"), ("critic_customization", "critic"),
+                        ("critic_anneal", "critic")):
         with pytest.raises(SystemExit, match=f"{stage} continues the {name} in .*: build it first"):
             main(["world", "build", "--out", str(tmp_path), "--models", stage, "--minutes", "1"])
 

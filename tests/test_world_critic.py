@@ -150,3 +150,6 @@ def test_trained_critic_saves_and_loads_by_path(tmp_path):
     assert tuned["steps"] == 3 and tuned["finetune"]["steps"] == 2  # the first phase's record stays
     assert set(tuned["quality"]["per_kind"]) == set(KINDS + CUSTOMIZATION_KINDS)
     assert not torch.equal(load_critic(tmp_path / "critic").model.lm_head.weight, critic.model.lm_head.weight)
+    annealed = finetune_critic(tmp_path, minutes=5, max_steps=2, anneal=True, eval_per_kind=1, progress=False)
+    assert annealed["finetune"]["steps"] == 2 and annealed["anneal"]["steps"] == 2  # each phase keeps its record
+    assert (tmp_path / "critic_anneal_state.pt").exists()

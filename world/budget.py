@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -40,6 +41,13 @@ class BudgetedRun:
 
     def total_minutes(self) -> float:
         return (self.spent_s + time.monotonic() - self.start) / 60
+
+    def rate(self, lr: float, *, anneal: bool, warmup_steps: int = 100) -> float:
+        """`lr` warmed up linearly over `warmup_steps`, then constant or, with `anneal`, cosine to zero at the end of
+        the budget (of minutes, or of steps when that ends first)."""
+        done = max(self.total_minutes() / self.minutes, self.step / self.max_steps if self.max_steps else 0.0)
+        return lr * min(1.0, (self.step + 1) / warmup_steps) * (
+            0.5 * (1 + math.cos(math.pi * min(done, 1.0))) if anneal else 1.0)
 
     def after_step(self, loss: float, evaluate: Callable[[], dict]) -> None:
         """Count the step; evaluate and save on their cadences."""

@@ -111,29 +111,33 @@ def train_critic(out_dir: Path, *, minutes: float, max_steps: int | None = None,
 
 
 def finetune_critic(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
-                    batch_size: int = 32, lr: float = 5e-4, aux_weight: float = 0.5, eval_every_s: float = 600,
-                    eval_per_kind: int = 24, kinds: tuple[str, ...] = ALL_KINDS, progress: bool = True) -> dict:
+                    batch_size: int = 32, lr: float = 5e-4, anneal: bool = False, aux_weight: float = 0.5,
+                    eval_every_s: float = 600, eval_per_kind: int = 24, kinds: tuple[str, ...] = ALL_KINDS,
+                    progress: bool = True) -> dict:
     """Continue the critic in `out_dir/critic/` on `kinds` (by default the editing questions and the customization
-    ones, so it learns the new without forgetting the old); rewrites it and adds this phase to its manifest. A killed
-    run resumes from `critic_finetune_state.pt`."""
+    ones, so it learns the new without forgetting the old), at a constant rate or, with `anneal`, one cosine-annealed
+    to zero over the budget; rewrites it and adds this phase ("finetune" or "anneal") to its manifest. A killed run
+    resumes from `critic_<phase>_state.pt`."""
     out_dir = Path(out_dir)
+    phase = "anneal" if anneal else "finetune"
     critic = QwenVLCritic.from_pretrained(out_dir / "critic", dtype=torch.float32)
     manifest = json.loads((out_dir / "critic" / "manifest.json").read_text())
-    facts, quality = fit_critic(critic, out_dir / "critic_finetune_state.pt", minutes=minutes, max_steps=max_steps,
-                                seed=seed + 1, batch_size=batch_size, lr=lr, aux_weight=aux_weight,
-                                eval_every_s=eval_every_s, eval_per_kind=eval_per_kind, kinds=kinds,
-                                desc="world critic fine-tune", progress=progress)
-    manifest.update(quality=quality, finetune={"kinds": list(kinds), "seed": seed, "batch_size": batch_size, "lr": lr,
-                                               "aux_weight": aux_weight, **facts, "command": invocation()})
+    facts, quality = fit_critic(critic, out_dir / f"critic_{phase}_state.pt", minutes=minutes, max_steps=max_steps,
+                                seed=seed + (3 if anneal else 1), batch_size=batch_size, lr=lr, anneal=anneal,
+                                aux_weight=aux_weight, eval_every_s=eval_every_s, eval_per_kind=eval_per_kind,
+                                kinds=kinds, desc=f"world critic {phase}", progress=progress)
+    manifest.update(quality=quality, **{phase: {"kinds": list(kinds), "seed": seed, "batch_size": batch_size,
+                                                "lr": lr, "aux_weight": aux_weight, **facts,
+                                                "command": invocation()}})
     return save_with_manifest(critic, out_dir / "critic", manifest)
 
 
 def fit_critic(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
                batch_size: int, lr: float, aux_weight: float, eval_every_s: float, eval_per_kind: int,
-               kinds: tuple[str, ...], desc: str, progress: bool, extra=None, extra_share: float = 0.0,
+               kinds: tuple[str, ...], desc: str, progress: bool, anneal: bool = False, extra=None, extra_share: float = 0.0,
                extra_eval=None) -> tuple[dict, dict]:
-    """Train `critic` on Yes/No questions of `kinds` plus the auxiliary objectives under a resumable time budget;
-    returns the run's facts and the final held-out quality. `extra(rng)`, when given, draws a question from elsewhere
+    """Train `critic` on Yes/No questions of `kinds` plus the auxiliary objectives under a resumable time budget (the
+    rate as `BudgetedRun.rate`); returns the run's facts and the final held-out quality. `extra(rng)`, when given, draws a question from elsewhere
     (e.g. about editors' outputs) for `extra_share` of every batch; `extra_eval()` adds its measure to each
     evaluation, under "extra"."""
     critic.model.requires_grad_(True).train()
@@ -152,7 +156,7 @@ def fit_critic(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_st
 
     while run.running():
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (run.step + 1) / 100)
+            group["lr"] = run.rate(lr, anneal=anneal)
         n_extra = round(batch_size * extra_share) if extra else 0
         questions = [labelled_question(rng, kind) for kind in rng.choices(kinds, weights=kind_weights(),
                                                                           k=batch_size - n_extra)]

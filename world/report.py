@@ -17,8 +17,8 @@ GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
 
 # a `world build` stage that continues a model -> the entry recording that phase in the model's manifest
 CONTINUED = {"vae_decoder": "decoder_finetune", "teacher_anneal": "anneal", "critic_customization": "finetune",
-             "critic_outputs": "outputs_finetune"}
-PHASES = tuple(CONTINUED.values())
+             "critic_anneal": "anneal", "critic_outputs": "outputs_finetune"}
+PHASES = ("decoder_finetune", "finetune", "anneal", "outputs_finetune")  # in the order they run
 
 
 def model_quality(models: Path) -> dict:

@@ -7,7 +7,6 @@ Saved as a diffusers `ZImagePipeline` (fp16 safetensors) that `ZImageBackbone.fr
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 from collections import Counter
@@ -179,13 +178,9 @@ def _fit(backbone: ZImageBackbone, state_path: Path, *, minutes: float, max_step
         backbone.text_encoder.train()
         return result
 
-    def rate() -> float:
-        done = max(run.total_minutes() / minutes, (run.step / max_steps) if max_steps else 0.0)
-        return lr * min(1.0, (run.step + 1) / 100) * (0.5 * (1 + math.cos(math.pi * min(done, 1.0))) if anneal else 1)
-
     while run.running():
         for group in optimizer.param_groups:
-            group["lr"] = rate()
+            group["lr"] = run.rate(lr, anneal=anneal)
         scenes = [random_scene(rng) for _ in range(batch_size)]
         pixels = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
         with torch.no_grad():
