@@ -134,12 +134,12 @@ def finetune_critic(out_dir: Path, *, minutes: float, max_steps: int | None = No
 
 def fit_critic(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
                batch_size: int, lr: float, aux_weight: float, eval_every_s: float, eval_per_kind: int,
-               kinds: tuple[str, ...], desc: str, progress: bool, anneal: bool = False, extra=None, extra_share: float = 0.0,
-               extra_eval=None) -> tuple[dict, dict]:
+               kinds: tuple[str, ...], desc: str, progress: bool, anneal: bool = False, extra=None,
+               extra_share: float = 0.0, extra_eval=None) -> tuple[dict, dict]:
     """Train `critic` on Yes/No questions of `kinds` plus the auxiliary objectives under a resumable time budget (the
-    rate as `BudgetedRun.rate`); returns the run's facts and the final held-out quality. `extra(rng)`, when given, draws a question from elsewhere
-    (e.g. about editors' outputs) for `extra_share` of every batch; `extra_eval()` adds its measure to each
-    evaluation, under "extra"."""
+    rate as `BudgetedRun.rate`); returns the run's facts and the final held-out quality. `extra(rng)`, when given,
+    draws a question from elsewhere (e.g. about editors' outputs) for `extra_share` of every batch; `extra_eval()`
+    adds its measure to each evaluation, under "extra"."""
     critic.model.requires_grad_(True).train()
     heads = AuxiliaryObjectives(critic)
     params = list(critic.model.parameters()) + list(heads.parameters())
