@@ -15,10 +15,11 @@ from world.ceilings import CEILINGS
 GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
 
 
-# a `world build` stage that continues a model -> the entry recording that phase in the model's manifest
-CONTINUED = {"vae_decoder": "decoder_finetune", "teacher_anneal": "anneal", "critic_customization": "finetune",
+# a `world build` stage that continues a model -> the entry recording that phase in the model's manifest, each
+# model's phases in the order they run
+CONTINUED = {"vae_decoder": "decoder_finetune", "critic_customization": "finetune", "teacher_anneal": "anneal",
              "critic_anneal": "anneal", "critic_outputs": "outputs_finetune"}
-PHASES = ("decoder_finetune", "finetune", "anneal", "outputs_finetune")  # in the order they run
+PHASES = tuple(dict.fromkeys(CONTINUED.values()))
 
 
 def model_quality(models: Path) -> dict:
