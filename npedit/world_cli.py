@@ -41,6 +41,7 @@ def _summaries(editors: list[Path] = ()) -> dict[str, tuple]:
     from world.builder_vlm import train_builder
     from world.critic import finetune_critic, train_critic
     from world.critic_outputs import finetune_on_outputs
+    from world.critic_robust import finetune_on_degraded
     from world.teacher import anneal_teacher, train_teacher
     from world.vae import finetune_decoder, train_vae
 
@@ -61,10 +62,16 @@ def _summaries(editors: list[Path] = ()) -> dict[str, tuple]:
                 f"{q['small_shape_match']:.1%}, large {q['large_shape_match']:.1%})")
 
     def critic_line(q: dict) -> str:
-        outputs = q.get("editor_outputs")
-        return (f"held-out accuracy {q['accuracy']:.1%} (weakest question kind {q['weakest']:.1%})" + (
-            f"; on editors' outputs {outputs['accuracy']:.1%} balanced (weakest {outputs['weakest']:.1%})"
-            if outputs else ""))
+        line = f"held-out accuracy {q['accuracy']:.1%} (weakest question kind {q['weakest']:.1%})"
+        for key, what in (("degraded_renders", "degraded renders"), ("editor_outputs", "editors' outputs")):
+            if q.get(key):
+                line += f"; on {what} {q[key]['accuracy']:.1%} balanced (weakest {q[key]['weakest']:.1%})"
+        return line
+
+    def on_degraded(out: Path, minutes: float, seed: int) -> dict:
+        vae = out / "vae" if (out / "vae").exists() else PRETRAINED / "vae"
+        print(f"critic_robust: degrading renders through the VAE in {vae}")
+        return finetune_on_degraded(out, vae, minutes=minutes, seed=seed)
 
     def on_outputs(out: Path, minutes: float, seed: int) -> dict:
         try:
@@ -84,6 +91,7 @@ def _summaries(editors: list[Path] = ()) -> dict[str, tuple]:
         "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed), critic_line),
         "critic_customization": (continued("critic", "critic_customization", finetune_critic), critic_line),
         "critic_anneal": (continued("critic", "critic_anneal", partial(finetune_critic, anneal=True)), critic_line),
+        "critic_robust": (continued("critic", "critic_robust", on_degraded), critic_line),
         "critic_outputs": (continued("critic", "critic_outputs", on_outputs), critic_line),
         "builder": (lambda out, minutes, seed: train_builder(out, minutes=minutes, seed=seed),
                     lambda q: f"caption match {q['caption_match']:.1%}, valid proposals {q['proposals_valid']:.1%}, "
@@ -179,9 +187,12 @@ def probe_critic(args: argparse.Namespace) -> int:
         raise SystemExit(f"npedit: error: no critic in {args.models / 'critic'}")
     _check_editors_and_threads(args)
     critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
-    for editor in args.editors:
-        found = evaluate_on_outputs(critic, editor_questions([editor], args.per_type, seed=HELD_OUT_OUTPUTS_SEED))
-        print(f"{editor}: balanced accuracy {found['accuracy']:.1%} over {found['n']} questions, weakest kind "
+    asked = {str(e): editor_questions([e], args.per_type, seed=HELD_OUT_OUTPUTS_SEED) for e in args.editors}
+    if len(asked) > 1:
+        asked["all editors pooled"] = [q for questions in asked.values() for q in questions]
+    for name, questions in asked.items():
+        found = evaluate_on_outputs(critic, questions)
+        print(f"{name}: balanced accuracy {found['accuracy']:.1%} over {found['n']} questions, weakest kind "
               f"{found['weakest']:.1%}")
         for kind, accuracy in found["per_kind"].items():
             print(f"  {kind:30s} {accuracy:6.1%}  (true answer Yes in {found['yes_share'][kind]:.0%})")
@@ -314,11 +325,13 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     b = commands.add_parser("build", help="train the world's models from seeds (resumes a killed run)")
     stages = ["vae", "vae_decoder", "teacher", "teacher_anneal", "critic", "critic_customization", "critic_anneal",
               "builder"]
-    b.add_argument("--models", nargs="+", choices=stages + ["critic_outputs"], default=stages,
+    b.add_argument("--models", nargs="+", choices=stages + ["critic_robust", "critic_outputs"], default=stages,
                    help="which models, in this order (vae_decoder sharpens the VAE's decoder, its encoder frozen; "
                         "teacher_anneal continues the teacher with its learning rate annealed to zero; "
                         "critic_customization continues the critic on the customization questions too, "
-                        "critic_anneal then with its rate annealed to zero; "
+                        "critic_anneal then with its rate annealed to zero; critic_robust continues it on "
+                        "renders degraded as editors degrade them, answered by the verifier (through DIR/vae/, "
+                        "else the committed VAE); "
                         "critic_outputs continues it on --editors' outputs answered by the verifier)")
     b.add_argument("--editors", type=Path, nargs="+", default=[],
                    help="for critic_outputs: editor checkpoints (e.g. an experiment's "

@@ -91,10 +91,12 @@ def test_the_critic_continues_on_an_editors_outputs_and_records_it(tmp_path, cap
     new = weights()
     assert any(not torch.equal(old[k], new[k]) for k in old)
 
+    shutil.copytree(PRETRAINED / "teacher", tmp_path / "second")
     assert main(["world", "probe-critic", "--models", str(tmp_path), "--editors", str(PRETRAINED / "teacher"),
-                 "--per-type", "1"]) == 0
+                 str(tmp_path / "second"), "--per-type", "1"]) == 0
     printed = capsys.readouterr().out
     assert "balanced accuracy" in printed and "local_color_change/edit" in printed
+    assert "all editors pooled: balanced accuracy" in printed and "over 32 questions" in printed
     with pytest.raises(SystemExit, match="critic_outputs needs editors"):
         main(["world", "build", "--out", str(tmp_path), "--models", "critic_outputs", "--minutes", "1"])
     with pytest.raises(SystemExit, match=r"not an editor checkpoint \(no model_index.json\): .*nowhere"):

@@ -52,7 +52,7 @@ def _other_edit(rng: random.Random, scene: Scene, edit: WorldEdit, *, same_type:
     return None
 
 
-def _extra_change(rng: random.Random, edit: WorldEdit, scene: Scene) -> Scene | None:
+def extra_change(rng: random.Random, edit: WorldEdit, scene: Scene) -> Scene | None:
     """`scene` with one more change that `edit` does not ask for and that leaves what `edit` touched alone."""
     for _ in range(20):
         edit_type = rng.choice([t for t in EDIT_TYPES if t != edit.edit_type and t != "style"])
@@ -83,7 +83,7 @@ def _no_output(rng: random.Random, edit: WorldEdit, kind: str):
     if roll < 0.2:
         return random_scene(rng, size=source.size)
     if kind == "identity":
-        changed = _extra_change(rng, edit, target if rng.random() < 0.7 else source)
+        changed = extra_change(rng, edit, target if rng.random() < 0.7 else source)
         return changed or random_scene(rng, size=source.size)
     if roll < 0.5:
         return source  # nothing happened
@@ -100,8 +100,8 @@ def _yes_output(rng: random.Random, edit: WorldEdit, kind: str):
 def _contains_case(rng: random.Random, edit: WorldEdit, answer: str):
     """For "Does this image contain X?": an image with X (the source, perhaps changed elsewhere) or without it."""
     if answer == "No":
-        return edit.target if rng.random() < 0.7 else _extra_change(rng, edit, edit.target) or edit.target
-    return edit.source if rng.random() < 0.6 else _extra_change(rng, edit, edit.source) or edit.source
+        return edit.target if rng.random() < 0.7 else extra_change(rng, edit, edit.target) or edit.target
+    return edit.source if rng.random() < 0.6 else extra_change(rng, edit, edit.source) or edit.source
 
 
 def degrade(rng: random.Random, image) -> np.ndarray:
@@ -217,4 +217,5 @@ def question_set(seed: int, per_kind: int, *, size: int = 64, kinds=KINDS) -> li
             for kind in kinds for i in range(per_kind)]
 
 
-__all__ = ["ALL_KINDS", "CUSTOMIZATION_KINDS", "KINDS", "LabelledQuestion", "degrade", "labelled_question", "question_set"]
+__all__ = ["ALL_KINDS", "CUSTOMIZATION_KINDS", "KINDS", "LabelledQuestion", "degrade", "extra_change", "labelled_question",
+           "question_set"]

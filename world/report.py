@@ -18,7 +18,7 @@ GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
 # a `world build` stage that continues a model -> the entry recording that phase in the model's manifest, each
 # model's phases in the order they run
 CONTINUED = {"vae_decoder": "decoder_finetune", "critic_customization": "finetune", "teacher_anneal": "anneal",
-             "critic_anneal": "anneal", "critic_outputs": "outputs_finetune"}
+             "critic_anneal": "anneal", "critic_robust": "robust", "critic_outputs": "outputs_finetune"}
 PHASES = tuple(dict.fromkeys(CONTINUED.values()))
 
 
@@ -40,9 +40,9 @@ def quality_line(name: str, facts: dict) -> str:
     """One line per model: its steps, minutes and headline figures (the critic's per-kind table left out)."""
     quality = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in (facts.get("quality") or {}).items()
                if not isinstance(v, dict)}
-    outputs = (facts.get("quality") or {}).get("editor_outputs")
-    if outputs:
-        quality["editor_outputs_balanced_accuracy"] = round(outputs["accuracy"], 3)
+    for measured in ("degraded_renders", "editor_outputs"):
+        if (facts.get("quality") or {}).get(measured):
+            quality[f"{measured}_balanced_accuracy"] = round(facts["quality"][measured]["accuracy"], 3)
     continued = f" (then {' and '.join(facts['phases'])})" if facts.get("phases") else ""
     return f"{name}: {facts['steps']} steps, {facts['train_minutes']} min{continued}; " + ", ".join(
         f"{k} {v}" for k, v in quality.items())
