@@ -71,7 +71,8 @@ def _round_trip(rng: random.Random, pixels: np.ndarray, vae: AutoencoderKL) -> n
     with torch.no_grad():
         latent = vae.encode(image).latent_dist.mode()
         if rng.random() < 0.4:
-            latent = latent + rng.uniform(0.05, 0.5) * latent.std() * torch.randn_like(latent)
+            noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(rng.getrandbits(32)))
+            latent = latent + rng.uniform(0.05, 0.5) * latent.std() * noise
         if rng.random() < 0.3:
             smooth = torch.nn.functional.avg_pool2d(latent, 3, stride=1, padding=1, count_include_pad=False)
             weight = rng.uniform(0.2, 1.0)
