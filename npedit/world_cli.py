@@ -201,19 +201,36 @@ def probe_critic(args: argparse.Namespace) -> int:
 
 def score(args: argparse.Namespace) -> int:
     """Score editor checkpoints on the experiment's held-out world edits with the verifier: one line per editor, edit
-    type and number of sampling steps (a checkpoint mid-run, or the same editor sampled in more steps)."""
+    type and number of sampling steps (a checkpoint mid-run, or the same editor sampled in more steps); with --curve,
+    one run's checkpoints as a learning curve (curve.json, curve.png)."""
+    import sys
+
     from training.backbones import ZImageBackbone
+    from world.curve import curve_points, write_curve
     from world.evaluate import held_out_edits, score_editor
 
+    if args.curve and len(args.sampling_steps) > 1:
+        raise SystemExit("npedit: error: --curve scores one number of sampling steps; give one --sampling-steps")
     _check_editors_and_threads(args)
     edits = held_out_edits(args.per_type, edit_types=args.edit_types)
+    scored = []
     for editor_path in args.editors:
         editor = ZImageBackbone.from_pretrained(editor_path)
         for steps in args.sampling_steps:
-            for edit_type, s in score_editor(editor, edits, num_steps=steps).items():
+            scores = score_editor(editor, edits, num_steps=steps, seed=args.seed)
+            scored.append((editor_path, scores))
+            for edit_type, s in scores.items():
                 kept = "n/a" if s["preservation_db"] is None else f"{s['preservation_db']:.1f} dB"
                 print(f"{editor_path} [{steps} steps] {edit_type:18s} success {s['success']:4.0%}  edit made "
-                      f"{s['applied']:4.0%}  preservation {kept}  realism {s['realism']:4.0%}  n {s['n']}")
+                      f"{s['applied']:4.0%}  preservation {kept}  realism {s['realism']:4.0%}  n {s['n']}",
+                      flush=True)
+    if args.curve:
+        try:
+            points = curve_points(scored)
+        except ValueError as error:
+            raise SystemExit(f"npedit: error: {error}") from None
+        data, plot = write_curve(points, args.curve, command=" ".join(["npedit", *sys.argv[1:]]))
+        print(f"wrote {data} and {plot}")
     return 0
 
 
@@ -365,6 +382,10 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--edit-types", nargs="+", choices=EDIT_TYPES, default=list(EDIT_TYPES), metavar="TYPE")
     sc.add_argument("--per-type", type=int, default=24, help="held-out edits per edit type (the experiment's)")
     sc.add_argument("--sampling-steps", type=int, nargs="+", default=[4], help="editor sampling steps to try")
+    sc.add_argument("--seed", type=int, default=0, help="the sampling noise's seed (an experiment uses its run's)")
+    sc.add_argument("--curve", type=Path, default=None,
+                    help="also write DIR/curve.json and DIR/curve.png: the editors as one run's checkpoints, "
+                         "scored against the step in their paths (none: step 0, the untrained editor)")
     sc.add_argument("--threads", type=int, default=0)
     sc.set_defaults(func=score)
     e = commands.add_parser("experiment", help="NP-Edit vs its ablations and a supervised editor, scored by the verifier")

@@ -178,3 +178,28 @@ def test_world_score_prints_the_verifiers_scores_of_an_editor_checkpoint(tmp_pat
     assert f"n {expected['n']}" in lines[2]
     with pytest.raises(SystemExit, match="not an editor checkpoint"):
         main(["world", "score", str(tmp_path)])
+
+
+def test_world_score_curve_orders_one_runs_checkpoints_by_step_and_refuses_two_runs(tmp_path, capsys):
+    import shutil
+
+    from npedit.cli import main
+    from world import PRETRAINED
+    from world.curve import checkpoint_step
+
+    assert checkpoint_step(tmp_path / "runs/np_edit_seed0/checkpoints/step-0000500/generator") == 500
+    assert checkpoint_step(PRETRAINED / "teacher") == 0
+    later = tmp_path / "run" / "checkpoints" / "step-0000010" / "generator"
+    shutil.copytree(PRETRAINED / "teacher", later)  # the same weights at step 10: the same scores
+    assert main(["world", "score", str(later), str(PRETRAINED / "teacher"), "--edit-types", "background",
+                 "--per-type", "2", "--sampling-steps", "1", "--threads", "1", "--curve", str(tmp_path / "c")]) == 0
+    assert "curve.png" in capsys.readouterr().out
+    points = json.loads((tmp_path / "c" / "curve.json").read_text())["points"]
+    assert [p["step"] for p in points] == [0, 10]
+    assert points[0]["scores"] == points[1]["scores"] and set(points[0]["scores"]) == {"background", "mean"}
+    assert (tmp_path / "c" / "curve.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="two editors at step 0"):
+        main(["world", "score", str(PRETRAINED / "teacher"), str(PRETRAINED / "teacher"), "--edit-types", "background",
+              "--per-type", "1", "--sampling-steps", "1", "--curve", str(tmp_path / "d")])
+    with pytest.raises(SystemExit, match="one --sampling-steps"):
+        main(["world", "score", str(later), "--sampling-steps", "1", "2", "--curve", str(tmp_path / "d")])

@@ -1,0 +1,66 @@
+"""A run's learning curve in verifier terms: each saved generator checkpoint scored on the same held-out world edits,
+written as `curve.json` and `curve.png` (mean success, edit made and realism, preservation, and success per edit type,
+against the generator step)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+STEP = re.compile(r"step-(\d+)")
+
+
+def checkpoint_step(editor: Path) -> int:
+    """The generator step an editor checkpoint's path names (`.../step-0000500/generator`); 0 where it names none (the
+    teacher-initialised editor before training)."""
+    found = STEP.findall(str(editor))
+    return int(found[-1]) if found else 0
+
+
+def curve_points(scored: list[tuple[Path, dict[str, dict]]]) -> list[dict]:
+    """(editor path, its per-type scores) pairs as curve points ordered by step; a step named twice is an error (the
+    checkpoints of two runs in one curve)."""
+    points = sorted(({"step": checkpoint_step(editor), "editor": str(editor), "scores": scores}
+                     for editor, scores in scored), key=lambda p: p["step"])
+    steps = [p["step"] for p in points]
+    repeated = sorted({s for s in steps if steps.count(s) > 1})
+    if repeated:
+        raise ValueError(f"two editors at step {repeated[0]}: a curve holds the checkpoints of one run")
+    return points
+
+
+def plot_curve(points: list[dict], path: Path) -> Path:
+    """Three panels against the generator step: the mean success, edit made and realism; the mean preservation
+    outside the edit mask; success per edit type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p["step"] for p in points]
+    fig, (means, kept, per_type) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, label in (("success", "success"), ("applied", "edit made"), ("realism", "realism")):
+        means.plot(steps, [100 * p["scores"]["mean"][key] for p in points], marker="o", label=label)
+    means.set(title="mean over edit types", xlabel="generator step", ylabel="% of held-out edits", ylim=(0, 100))
+    means.legend(fontsize=8)
+    kept.plot(steps, [p["scores"]["mean"]["preservation_db"] for p in points], marker="o", color="tab:purple")
+    kept.set(title="preservation outside the edit mask", xlabel="generator step", ylabel="PSNR (dB)")
+    types = [t for t in points[0]["scores"] if t != "mean"]
+    for edit_type in types:
+        per_type.plot(steps, [100 * p["scores"][edit_type]["success"] for p in points], marker=".", label=edit_type)
+    per_type.set(title="success per edit type", xlabel="generator step", ylabel="%", ylim=(0, 100))
+    per_type.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_curve(points: list[dict], out: Path, *, command: str = "") -> tuple[Path, Path]:
+    """`out/curve.json` (the command and every point) and `out/curve.png`."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "curve.json"
+    data.write_text(json.dumps({"command": command, "points": points}, indent=2))
+    return data, plot_curve(points, out / "curve.png")
