@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from schemas.edit_types import EDIT_TYPES
+from npedit.world_probe_cli import probe_critic, probe_teacher, score
 from world import PRETRAINED
 
 
@@ -130,107 +131,6 @@ def models(args: argparse.Namespace) -> int:
         print(quality_line(name, facts))
     if "critic" in found:
         print("\n".join(critic_table(found["critic"]["quality"] or {})))
-    return 0
-
-
-def probe_teacher(args: argparse.Namespace) -> int:
-    """The teacher's held-out samples at each sampling setting: its figures, what small objects' shapes come out as,
-    and why the verifier rejects samples."""
-    import itertools
-
-    import torch
-
-    from training.backbones import ZImageBackbone
-    from world.teacher import probe_teacher as probe
-
-    if not (args.models / "teacher").exists():
-        raise SystemExit(f"npedit: error: no teacher in {args.models / 'teacher'}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    teacher = ZImageBackbone.from_pretrained(args.models / "teacher")
-    own_shift = teacher.shift
-    for steps, cfg, shift in itertools.product(args.steps, args.cfg, args.shift or [own_shift]):
-        teacher.shift = shift
-        found = probe(teacher, n=args.samples, cfg_scale=cfg, steps=steps)
-        print(f"{steps} steps, guidance {cfg:g}, time shift {shift:g}: caption match {found['caption_match']:.1%}, "
-              f"layout {found['layout_match']:.1%}, shapes small {found['small_shape_match']:.1%} / large "
-              f"{found['large_shape_match']:.1%}")
-        print("  small objects drawn as: " + ", ".join(f"{k} {v}" for k, v in found["small_shapes"].items()))
-        print("  first problem of rejected samples: " + (", ".join(f"{k} ({v})" for k, v in found["problems"].items())
-                                                        or "none"))
-    return 0
-
-
-def _check_editors_and_threads(args: argparse.Namespace) -> None:
-    """One line and exit for a path in `args.editors` that is not an editor checkpoint; then `args.threads` applied."""
-    import torch
-
-    from world.critic_outputs import check_editors
-
-    try:
-        check_editors(args.editors)
-    except ValueError as error:
-        raise SystemExit(f"npedit: error: {error}") from None
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-
-def probe_critic(args: argparse.Namespace) -> int:
-    """How often the critic is right about editors' outputs on fresh world edits, per question kind, with the true
-    answers from the verifier: is it fooled by what these editors draw?"""
-    import torch
-
-    from training.critics.qwen import QwenVLCritic
-    from world.critic_outputs import HELD_OUT_OUTPUTS_SEED, editor_questions, evaluate_on_outputs
-
-    if not (args.models / "critic").exists():
-        raise SystemExit(f"npedit: error: no critic in {args.models / 'critic'}")
-    _check_editors_and_threads(args)
-    critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
-    asked = {str(e): editor_questions([e], args.per_type, seed=HELD_OUT_OUTPUTS_SEED) for e in args.editors}
-    if len(asked) > 1:
-        asked["all editors pooled"] = [q for questions in asked.values() for q in questions]
-    for name, questions in asked.items():
-        found = evaluate_on_outputs(critic, questions)
-        print(f"{name}: balanced accuracy {found['accuracy']:.1%} over {found['n']} questions, weakest kind "
-              f"{found['weakest']:.1%}")
-        for kind, accuracy in found["per_kind"].items():
-            print(f"  {kind:30s} {accuracy:6.1%}  (true answer Yes in {found['yes_share'][kind]:.0%})")
-    return 0
-
-
-def score(args: argparse.Namespace) -> int:
-    """Score editor checkpoints on the experiment's held-out world edits with the verifier: one line per editor, edit
-    type and number of sampling steps (a checkpoint mid-run, or the same editor sampled in more steps); with --curve,
-    one run's checkpoints as a learning curve (curve.json, curve.png)."""
-    import sys
-
-    from training.backbones import ZImageBackbone
-    from world.curve import curve_points, write_curve
-    from world.evaluate import held_out_edits, score_editor
-
-    if args.curve and len(args.sampling_steps) > 1:
-        raise SystemExit("npedit: error: --curve scores one number of sampling steps; give one --sampling-steps")
-    _check_editors_and_threads(args)
-    edits = held_out_edits(args.per_type, edit_types=args.edit_types)
-    scored = []
-    for editor_path in args.editors:
-        editor = ZImageBackbone.from_pretrained(editor_path)
-        for steps in args.sampling_steps:
-            scores = score_editor(editor, edits, num_steps=steps, seed=args.seed)
-            scored.append((editor_path, scores))
-            for edit_type, s in scores.items():
-                kept = "n/a" if s["preservation_db"] is None else f"{s['preservation_db']:.1f} dB"
-                print(f"{editor_path} [{steps} steps] {edit_type:18s} success {s['success']:4.0%}  edit made "
-                      f"{s['applied']:4.0%}  preservation {kept}  realism {s['realism']:4.0%}  n {s['n']}",
-                      flush=True)
-    if args.curve:
-        try:
-            points = curve_points(scored)
-        except ValueError as error:
-            raise SystemExit(f"npedit: error: {error}") from None
-        data, plot = write_curve(points, args.curve, command=" ".join(["npedit", *sys.argv[1:]]))
-        print(f"wrote {data} and {plot}")
     return 0
 
 
