@@ -106,6 +106,32 @@ def test_dmd_alone_moves_the_generator_toward_the_teacher(lake_dir, tiny_models,
     assert mean_output() > before + 0.3
 
 
+@pytest.mark.parametrize("weights", [{"loss.lambda_dmd": 0.0}, {"loss.lambda_vlm": 0.0}])
+def test_a_loss_term_weighted_zero_is_not_computed(lake_dir, tiny_models, tmp_path, weights):
+    config = fixture_train_config(lake_dir, tiny_models, **{**PURE, "schedule.fake_steps_per_generator_step": 2},
+                                  **weights)
+    trainer = build_trainer(config, tmp_path)
+    calls = {"teacher": 0, "fake_update": 0, "critic": 0}
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    trainer.teacher.predict_velocity = counted("teacher", trainer.teacher.predict_velocity)
+    trainer.fake_score_step = counted("fake_update", trainer.fake_score_step)
+    trainer.critic.answer_logits = counted("critic", trainer.critic.answer_logits)
+    history = trainer.train(until=2, progress=False)
+    if weights.get("loss.lambda_dmd") == 0.0:  # VLM only: no teacher, no fake score, the critic every step
+        assert calls == {"teacher": 0, "fake_update": 0, "critic": 2}
+        assert "loss/dmd" not in history[-1] and "loss/vlm" in history[-1]
+    else:  # DMD only: the teacher and 2 fake-score updates every step, no critic
+        assert calls == {"teacher": 2, "fake_update": 4, "critic": 0}
+        assert "loss/vlm" not in history[-1] and "loss/dmd" in history[-1]
+    assert all(torch.isfinite(torch.tensor(row["loss/total"])) for row in history)
+
+
 @pytest.mark.parametrize("interrupt_at", [1, 3])  # 1: still in warmup, the fake optimizer has not stepped
 def test_interrupted_and_resumed_run_ends_with_identical_weights(lake_dir, tiny_models, tmp_path, interrupt_at):
     overrides = {"schedule.total_steps": 6, "schedule.warmup_steps": 2, "schedule.single_step_steps": 1,

@@ -210,14 +210,20 @@ class Trainer:
         plan = plan_unroll(self.step, self.config.schedule, self.generator, self.config.seed)
         x0 = unroll(self.generator, self._noise(references), text, references, plan, self.rng)
         edit = (~do_nothing).float().to(references.device)
-        l_dmd = self._dmd(x0, batch)
-        l_vlm, metrics = self._vlm(self.generator.decode_latents(x0), batch)
+        per_sample, metrics = torch.zeros_like(edit), {}
+        if loss_config.lambda_dmd > 0:  # a term weighted 0 (an ablation) is not computed
+            l_dmd = self._dmd(x0, batch)
+            per_sample = per_sample + loss_config.lambda_dmd * l_dmd * edit
+            metrics["loss/dmd"] = l_dmd.mean().item()
+        if loss_config.lambda_vlm > 0:
+            l_vlm, metrics_vlm = self._vlm(self.generator.decode_latents(x0), batch)
+            per_sample = per_sample + loss_config.lambda_vlm * l_vlm * edit
+            metrics.update({**metrics_vlm, "loss/vlm": l_vlm.mean().item(),
+                            "vlm/temperature": self.critic_temperature()})
         l_rec = reconstruction_loss(x0, references)
-        per_sample = (loss_config.lambda_vlm * l_vlm + loss_config.lambda_dmd * l_dmd) * edit \
-            + loss_config.lambda_reconstruction * l_rec * (1 - edit)
-        metrics.update({"loss/vlm": l_vlm.mean().item(), "loss/dmd": l_dmd.mean().item(),
-                        "loss/do_nothing": (l_rec * (1 - edit)).sum().item() / max(1.0, (1 - edit).sum().item()),
-                        "unroll/steps": float(plan.num_steps), "vlm/temperature": self.critic_temperature()})
+        per_sample = per_sample + loss_config.lambda_reconstruction * l_rec * (1 - edit)
+        metrics.update({"loss/do_nothing": (l_rec * (1 - edit)).sum().item() / max(1.0, (1 - edit).sum().item()),
+                        "unroll/steps": float(plan.num_steps)})
         return per_sample.mean(), metrics, x0.detach()
 
     def generator_step(self, *micro_batches: EditBatch) -> StepOutput:
@@ -295,7 +301,7 @@ class Trainer:
         bar = tqdm(total=until, initial=self.step, disable=not progress, desc="train", dynamic_ncols=True)
         while self.step < until:
             metrics: dict[str, float] = {}
-            if phase(self.step, schedule) != "warmup":
+            if phase(self.step, schedule) != "warmup" and self.config.loss.lambda_dmd > 0:  # the fake score serves DMD
                 for _ in range(schedule.fake_steps_per_generator_step):
                     metrics.update(self.fake_score_step(*self._micro_batches()))
             micro_batches = self._micro_batches()
