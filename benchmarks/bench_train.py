@@ -4,7 +4,9 @@ Reports, from one run: the step-time share of generator forward, VAE decode, VLM
 backward + optimizer, fake-score updates and data loading; the loader's throughput as a multiple of what the trainer
 consumes; step time, trainable parameters and peak memory per backbone (Z-Image, Z-Image omni with SigLIP2,
 FLUX.2 klein), full fine-tuning vs LoRA; FLOPs per training sample for the tiny run (counted) and for the real Z-Image and klein base 4B shapes
-(counted on the meta device, no weights needed). Run: .venv/bin/python -m benchmarks.bench_train [--steps 10]
+(counted on the meta device, no weights needed); with --world only the step-time shares of the `world_cpu` recipe
+(committed world models, batch 8, two-step unrolls, one thread). Run: .venv/bin/python -m benchmarks.bench_train
+[--steps 10] [--world]
 """
 
 from __future__ import annotations
@@ -48,16 +50,24 @@ class Timers:
         return timed
 
 
-def tiny_breakdown(steps: int) -> None:
-    torch.set_num_threads(2)
-    models = build_tiny_models()
+def step_breakdown(steps: int, world: bool = False) -> None:
+    """Step-time shares of the tiny zoo models under `debug_tiny` (batch 2), or with `world` of the committed world
+    models under `world_cpu` (batch 8, two-step unrolls, one thread: the proof world's runs)."""
+    from world import PRETRAINED
+
+    torch.set_num_threads(1 if world else 2)
+    models = None if world else build_tiny_models()
     with tempfile.TemporaryDirectory() as tmp:
         write_fixture_snapshot(Path(tmp) / "lake")
-        config = load_config("debug_tiny", overrides={
-            "data.lake_dir": str(Path(tmp) / "lake"), "model.generator": str(models.generator),
-            "model.critic": str(models.vlm), "schedule.warmup_steps": 0, "schedule.single_step_steps": 0,
-            "schedule.fake_steps_per_generator_step": 2, "data.batch_size": 2})
+        recipe = "world_cpu" if world else "debug_tiny"
+        overrides = {"model.generator": str(PRETRAINED / "teacher"), "model.critic": str(PRETRAINED / "critic")} \
+            if world else {"model.generator": str(models.generator), "model.critic": str(models.vlm),
+                           "data.batch_size": 2, "schedule.single_step_steps": 0}
+        config = load_config(recipe, overrides={
+            "data.lake_dir": str(Path(tmp) / "lake"), "schedule.warmup_steps": 0,
+            "schedule.fake_steps_per_generator_step": 2, **overrides})
         trainer = build_trainer(config, Path(tmp) / "run")
+        trainer.step = config.schedule.single_step_steps  # the two-step unrolls, most of a world run
         timers = Timers()
         trainer.generator.predict_velocity = timers.wrap("generator forward", trainer.generator.predict_velocity)
         trainer.generator.decode_latents = timers.wrap("VAE decode", trainer.generator.decode_latents)
@@ -80,7 +90,7 @@ def tiny_breakdown(steps: int) -> None:
             timers.seconds["backward + optimizer + rest"] += (time.perf_counter() - step_start) - (inner - before)
             trainer.step += 1
         total = time.perf_counter() - started
-        print(f"tiny models, 64 px, batch {config.data.batch_size}, {config.schedule.fake_steps_per_generator_step} "
+        print(f"{'world' if world else 'tiny'} models, 64 px, batch {config.data.batch_size}, {config.schedule.fake_steps_per_generator_step} "
               f"fake-score updates per step: {total / steps:.3f} s/step")
         for name, seconds in sorted(timers.seconds.items(), key=lambda kv: -kv[1]):
             print(f"  {name:30s} {seconds / steps:7.4f} s  {100 * seconds / total:5.1f} %")
@@ -99,7 +109,7 @@ def tiny_breakdown(steps: int) -> None:
             for _ in range(config.schedule.fake_steps_per_generator_step):
                 trainer.fake_score_step(next(loader))
             trainer.generator_step(next(loader))
-        print(f"counted FLOPs per training sample (tiny, incl. fake updates): "
+        print(f"counted FLOPs per training sample ({'world' if world else 'tiny'}, incl. fake updates): "
               f"{counter.get_total_flops() / config.data.batch_size / 1e9:.2f} GFLOP")
 
 
@@ -181,8 +191,12 @@ def real_shapes_flops() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--world", action="store_true", help="only the step-time shares of the world_cpu recipe")
     args = parser.parse_args()
-    tiny_breakdown(args.steps)
+    if args.world:
+        step_breakdown(args.steps, world=True)
+        return
+    step_breakdown(args.steps)
     print("tiny models, full fine-tuning vs LoRA:")
     backbones_and_lora(args.steps)
     real_shapes_flops()
