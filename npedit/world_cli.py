@@ -285,7 +285,8 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--seed", type=int, default=0, help="the sampling noise's seed (an experiment uses its run's)")
     sc.add_argument("--curve", type=Path, default=None,
                     help="also write DIR/curve.json and DIR/curve.png: the editors as one run's checkpoints, "
-                         "scored against the step in their paths (none: step 0, the untrained editor)")
+                         "scored against the step in their paths (none: step 0, the untrained editor); a rerun "
+                         "into the same DIR scores only the checkpoints not yet in it")
     sc.add_argument("--threads", type=int, default=0)
     sc.set_defaults(func=score)
     e = commands.add_parser("experiment", help="NP-Edit vs its ablations and a supervised editor, scored by the verifier")

@@ -4,6 +4,7 @@ verifier's truth."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def probe_teacher(args: argparse.Namespace) -> int:
@@ -79,19 +80,30 @@ def score(args: argparse.Namespace) -> int:
     import sys
 
     from training.backbones import ZImageBackbone
-    from world.curve import curve_points, write_curve
+    from world.curve import curve_points, read_curve, write_curve
     from world.evaluate import held_out_edits, score_editor
 
     if args.curve and len(args.sampling_steps) > 1:
         raise SystemExit("npedit: error: --curve scores one number of sampling steps; give one --sampling-steps")
     _check_editors_and_threads(args)
+    settings = {"per_type": args.per_type, "edit_types": list(args.edit_types), "sampling_steps": args.sampling_steps[0],
+                "seed": args.seed}
+    try:
+        earlier = read_curve(args.curve, settings) if args.curve else {}
+    except ValueError as error:
+        raise SystemExit(f"npedit: error: {error}") from None
     edits = held_out_edits(args.per_type, edit_types=args.edit_types)
-    scored = []
+    given = {str(e.resolve()) for e in args.editors}
+    scored = [(Path(editor), scores) for editor, scores in earlier.items() if editor not in given]
     for editor_path in args.editors:
+        if str(editor_path.resolve()) in earlier:
+            print(f"{editor_path}: already in {args.curve / 'curve.json'}")
+            scored.append((editor_path.resolve(), earlier[str(editor_path.resolve())]))
+            continue
         editor = ZImageBackbone.from_pretrained(editor_path)
         for steps in args.sampling_steps:
             scores = score_editor(editor, edits, num_steps=steps, seed=args.seed)
-            scored.append((editor_path, scores))
+            scored.append((editor_path.resolve(), scores))
             for edit_type, s in scores.items():
                 kept = "n/a" if s["preservation_db"] is None else f"{s['preservation_db']:.1f} dB"
                 print(f"{editor_path} [{steps} steps] {edit_type:18s} success {s['success']:4.0%}  edit made "
@@ -102,6 +114,6 @@ def score(args: argparse.Namespace) -> int:
             points = curve_points(scored)
         except ValueError as error:
             raise SystemExit(f"npedit: error: {error}") from None
-        data, plot = write_curve(points, args.curve, command=" ".join(["npedit", *sys.argv[1:]]))
+        data, plot = write_curve(points, args.curve, settings=settings, command=" ".join(["npedit", *sys.argv[1:]]))
         print(f"wrote {data} and {plot}")
     return 0

@@ -198,6 +198,16 @@ def test_world_score_curve_orders_one_runs_checkpoints_by_step_and_refuses_two_r
     assert [p["step"] for p in points] == [0, 10]
     assert points[0]["scores"] == points[1]["scores"] and set(points[0]["scores"]) == {"background", "mean"}
     assert (tmp_path / "c" / "curve.png").stat().st_size > 0
+    latest = tmp_path / "run" / "checkpoints" / "step-0000020" / "generator"
+    shutil.copytree(PRETRAINED / "teacher", latest)  # a rerun adds the new checkpoint and scores only it
+    assert main(["world", "score", str(later), str(latest), "--edit-types", "background", "--per-type", "2",
+                 "--sampling-steps", "1", "--curve", str(tmp_path / "c")]) == 0
+    assert capsys.readouterr().out.count("already in") == 1
+    points = json.loads((tmp_path / "c" / "curve.json").read_text())["points"]
+    assert [p["step"] for p in points] == [0, 10, 20] and points[2]["scores"] == points[0]["scores"]
+    with pytest.raises(SystemExit, match="was scored with"):
+        main(["world", "score", str(latest), "--edit-types", "background", "--per-type", "3", "--sampling-steps", "1",
+              "--curve", str(tmp_path / "c")])
     with pytest.raises(SystemExit, match="two editors at step 0"):
         main(["world", "score", str(PRETRAINED / "teacher"), str(PRETRAINED / "teacher"), "--edit-types", "background",
               "--per-type", "1", "--sampling-steps", "1", "--curve", str(tmp_path / "d")])

@@ -18,6 +18,18 @@ def checkpoint_step(editor: Path) -> int:
     return int(found[-1]) if found else 0
 
 
+def read_curve(out: Path, settings: dict) -> dict[str, dict]:
+    """The editors already scored in `out/curve.json` (path -> per-type scores), so a rerun adds only new checkpoints;
+    scores made with other settings (edits per type, types, sampling steps, seed) are an error, not a mixed curve."""
+    path = out / "curve.json"
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("settings") != settings:
+        raise ValueError(f"{path} was scored with {saved.get('settings')}, not {settings}: give another --curve folder")
+    return {p["editor"]: p["scores"] for p in saved["points"]}
+
+
 def curve_points(scored: list[tuple[Path, dict[str, dict]]]) -> list[dict]:
     """(editor path, its per-type scores) pairs as curve points ordered by step; a step named twice is an error (the
     checkpoints of two runs in one curve)."""
@@ -58,9 +70,9 @@ def plot_curve(points: list[dict], path: Path) -> Path:
     return path
 
 
-def write_curve(points: list[dict], out: Path, *, command: str = "") -> tuple[Path, Path]:
-    """`out/curve.json` (the command and every point) and `out/curve.png`."""
+def write_curve(points: list[dict], out: Path, *, settings: dict, command: str = "") -> tuple[Path, Path]:
+    """`out/curve.json` (the command, the scoring settings and every point) and `out/curve.png`."""
     out.mkdir(parents=True, exist_ok=True)
     data = out / "curve.json"
-    data.write_text(json.dumps({"command": command, "points": points}, indent=2))
+    data.write_text(json.dumps({"command": command, "settings": settings, "points": points}, indent=2))
     return data, plot_curve(points, out / "curve.png")
