@@ -208,6 +208,10 @@ def test_world_score_curve_orders_one_runs_checkpoints_by_step_and_refuses_two_r
     with pytest.raises(SystemExit, match="was scored with"):
         main(["world", "score", str(latest), "--edit-types", "background", "--per-type", "3", "--sampling-steps", "1",
               "--curve", str(tmp_path / "c")])
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "curve.json").write_text("{truncated")
+    with pytest.raises(SystemExit, match="is not a curve written by"):
+        main(["world", "score", str(later), "--sampling-steps", "1", "--curve", str(tmp_path / "e")])
     with pytest.raises(SystemExit, match="two editors at step 0"):
         main(["world", "score", str(PRETRAINED / "teacher"), str(PRETRAINED / "teacher"), "--edit-types", "background",
               "--per-type", "1", "--sampling-steps", "1", "--curve", str(tmp_path / "d")])

@@ -24,7 +24,10 @@ def read_curve(out: Path, settings: dict) -> dict[str, dict]:
     path = out / "curve.json"
     if not path.exists():
         return {}
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ValueError(f"{path} is not a curve written by `npedit world score --curve`") from None
     if saved.get("settings") != settings:
         raise ValueError(f"{path} was scored with {saved.get('settings')}, not {settings}: give another --curve folder")
     return {p["editor"]: p["scores"] for p in saved["points"]}
