@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from schemas.edit_types import EDIT_TYPES
 from snapshot_fixture import write_fixture_snapshot
+from training.backbones import ZImageBackbone
 from world.ceilings import CEILINGS
 from world.critic import train_critic
 from world.experiment import Experiment, run_experiment
@@ -52,6 +54,9 @@ def test_experiment_writes_results_and_report_and_resumes(smoke_world_models, tm
     assert (tmp_path / "exp" / "grids" / "np_edit_seed0_customization.png").exists() and (tmp_path / "exp" / "grids" / "supervised_seed1.png").exists()
     saved = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert len(saved["runs"]) == 5
+    trained = ZImageBackbone.from_pretrained(tmp_path / "exp" / "runs" / "supervised_seed1" / "generator")
+    teacher = ZImageBackbone.from_pretrained(smoke_world_models / "teacher")  # saved, so `world score` can sample it
+    assert any(not torch.equal(a, b) for a, b in zip(trained.transformer.parameters(), teacher.transformer.parameters()))
     logged.clear()
     run_experiment(experiment, log=logged.append)  # everything is done: nothing trains again
     assert logged == []

@@ -20,8 +20,8 @@ from world.vae import renders
 def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_size: int = 8, lr: float = 1e-4,
                      seed: int = 0, edit_types: tuple[str, ...] = EDIT_TYPES, progress: bool = True
                      ) -> tuple[ZImageBackbone, list[dict[str, float]]]:
-    """Fine-tune the teacher into an editor on rendered pairs (`edit_types` in turn); returns it and its loss
-    curve."""
+    """Fine-tune the teacher into an editor on rendered pairs (`edit_types` in turn); saves it to
+    `out_dir/generator` (loadable as any editor checkpoint) and returns it with its loss curve."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     backbone = ZImageBackbone.from_pretrained(teacher)
@@ -46,4 +46,5 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
         history.append({"step": step + 1, "loss/supervised": loss.item()})
     backbone.transformer.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
+    backbone.save_pretrained(out_dir / "generator")
     return backbone, history
