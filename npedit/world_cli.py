@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from schemas.edit_types import EDIT_TYPES
-from npedit.world_probe_cli import probe_critic, probe_teacher, score
+from npedit.world_probe_cli import curves, probe_critic, probe_teacher, score
 from world import PRETRAINED
 
 
@@ -289,6 +289,11 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                          "into the same DIR scores only the checkpoints not yet in it")
     sc.add_argument("--threads", type=int, default=0)
     sc.set_defaults(func=score)
+    cv = commands.add_parser("curves", help="overlay several runs' learning curves (from world score --curve)")
+    cv.add_argument("curves", type=Path, nargs="+", help="folders holding a curve.json, e.g. one per seed")
+    cv.add_argument("--labels", nargs="+", default=None, help="one label per curve (default: the folder names)")
+    cv.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    cv.set_defaults(func=curves)
     e = commands.add_parser("experiment", help="NP-Edit vs its ablations and a supervised editor, scored by the verifier")
     e.add_argument("--out", type=Path, required=True, help="writes results.json, report.md, grids/ and runs/ here")
     e.add_argument("--models", type=Path, default=PRETRAINED,

@@ -1,4 +1,4 @@
-"""`npedit world probe-teacher / probe-critic / score`: measure the world's teacher, critic and editors with the
+"""`npedit world probe-teacher / probe-critic / score / curves`: measure the world's teacher, critic and editors with the
 verifier's truth."""
 
 from __future__ import annotations
@@ -116,4 +116,27 @@ def score(args: argparse.Namespace) -> int:
             raise SystemExit(f"npedit: error: {error}") from None
         data, plot = write_curve(points, args.curve, settings=settings, command=" ".join(["npedit", *sys.argv[1:]]))
         print(f"wrote {data} and {plot}")
+    return 0
+
+
+def curves(args: argparse.Namespace) -> int:
+    """Several runs' curves (written by `score --curve`) overlaid in one PNG, with the last point of each printed."""
+    from world.curve import compare_curves, load_curve
+
+    labels = args.labels or [folder.name for folder in args.curves]
+    if len(labels) != len(args.curves):
+        raise SystemExit(f"npedit: error: {len(labels)} labels for {len(args.curves)} curves")
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"npedit: error: two curves are labelled alike ({labels}): give --labels")
+    try:
+        loaded = {label: load_curve(folder) for label, folder in zip(labels, args.curves)}
+        compare_curves(loaded, args.out)
+    except ValueError as error:
+        raise SystemExit(f"npedit: error: {error}") from None
+    for label, curve in loaded.items():
+        last = curve["points"][-1]
+        mean = last["scores"]["mean"]
+        print(f"{label}: step {last['step']}, success {mean['success']:.1%}, edit made {mean['applied']:.1%}, "
+              f"realism {mean['realism']:.1%}, preservation {mean['preservation_db']:.1f} dB")
+    print(f"wrote {args.out}")
     return 0

@@ -222,3 +222,34 @@ def test_world_score_curve_orders_one_runs_checkpoints_by_step_and_refuses_two_r
               "--per-type", "1", "--sampling-steps", "1", "--curve", str(tmp_path / "d")])
     with pytest.raises(SystemExit, match="one --sampling-steps"):
         main(["world", "score", str(later), "--sampling-steps", "1", "2", "--curve", str(tmp_path / "d")])
+
+
+def test_world_curves_overlays_runs_scored_alike_and_refuses_the_rest(tmp_path, capsys):
+    from npedit.cli import main
+    from world.curve import write_curve
+
+    def point(step, success):
+        mean = {"success": success, "applied": 2 * success, "realism": 0.5, "preservation_db": 28.0, "n": 16}
+        return {"step": step, "editor": f"run/step-{step}/generator", "scores": {"background": mean, "mean": mean}}
+
+    settings = {"per_type": 2, "edit_types": ["background"], "sampling_steps": 4, "seed": 0}
+    write_curve([point(0, 0.0), point(500, 0.25)], tmp_path / "seed0", settings=settings)
+    write_curve([point(0, 0.0), point(500, 0.125)], tmp_path / "seed1", settings=settings)
+    png = tmp_path / "both.png"
+    assert main(["world", "curves", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--out", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "seed0: step 500, success 25.0%, edit made 50.0%" in printed and "seed1: step 500, success 12.5%" in printed
+    assert png.stat().st_size > 0
+    write_curve([point(0, 0.0)], tmp_path / "other", settings={**settings, "sampling_steps": 8})
+    with pytest.raises(SystemExit, match="other was scored with .* not comparable"):
+        main(["world", "curves", str(tmp_path / "seed0"), str(tmp_path / "other"), "--out", str(png)])
+    with pytest.raises(SystemExit, match="does not exist: write it with"):
+        main(["world", "curves", str(tmp_path / "seed0"), str(tmp_path / "missing"), "--out", str(png)])
+    with pytest.raises(SystemExit, match="1 labels for 2 curves"):
+        main(["world", "curves", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--labels", "a", "--out", str(png)])
+    with pytest.raises(SystemExit, match="labelled alike"):
+        main(["world", "curves", str(tmp_path / "seed0"), str(tmp_path / "seed0"), "--out", str(png)])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "curve.json").write_text("[]")
+    with pytest.raises(SystemExit, match="is not a curve written by"):
+        main(["world", "curves", str(tmp_path / "bad"), "--out", str(png)])

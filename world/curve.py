@@ -18,16 +18,27 @@ def checkpoint_step(editor: Path) -> int:
     return int(found[-1]) if found else 0
 
 
-def read_curve(out: Path, settings: dict) -> dict[str, dict]:
-    """The editors already scored in `out/curve.json` (path -> per-type scores), so a rerun adds only new checkpoints;
-    scores made with other settings (edits per type, types, sampling steps, seed) are an error, not a mixed curve."""
+def load_curve(out: Path) -> dict:
+    """`out/curve.json` as written by `write_curve`; a missing or corrupt one is a ValueError."""
     path = out / "curve.json"
     if not path.exists():
-        return {}
+        raise ValueError(f"{path} does not exist: write it with `npedit world score ... --curve {out}`")
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError:
-        raise ValueError(f"{path} is not a curve written by `npedit world score --curve`") from None
+        saved = None
+    if not isinstance(saved, dict) or not {"settings", "points"} <= set(saved):
+        raise ValueError(f"{path} is not a curve written by `npedit world score --curve`")
+    return saved
+
+
+def read_curve(out: Path, settings: dict) -> dict[str, dict]:
+    """The editors already scored in `out/curve.json` (path -> per-type scores), so a rerun adds only new checkpoints;
+    scores made with other settings (edits per type, types, sampling steps, seed) are an error, not a mixed curve."""
+    if not (out / "curve.json").exists():
+        return {}
+    saved = load_curve(out)
+    path = out / "curve.json"
     if saved.get("settings") != settings:
         raise ValueError(f"{path} was scored with {saved.get('settings')}, not {settings}: give another --curve folder")
     return {p["editor"]: p["scores"] for p in saved["points"]}
@@ -79,3 +90,36 @@ def write_curve(points: list[dict], out: Path, *, settings: dict, command: str =
     data = out / "curve.json"
     data.write_text(json.dumps({"command": command, "settings": settings, "points": points}, indent=2))
     return data, plot_curve(points, out / "curve.png")
+
+
+def compare_curves(curves: dict[str, dict], path: Path) -> Path:
+    """Several runs' curves (label -> a `load_curve` result, e.g. the seeds of one recipe, or NP-Edit beside an
+    ablation) overlaid in four panels: mean success, edit made, realism and preservation against the generator step.
+    Curves scored with different settings are not comparable: a ValueError."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = {label: curve["settings"] for label, curve in curves.items()}
+    first = next(iter(settings.values()))
+    other = next((label for label, s in settings.items() if s != first), None)
+    if other is not None:
+        raise ValueError(f"{other} was scored with {settings[other]}, the first curve with {first}: not comparable")
+    panels = (("success", "success (%)"), ("applied", "edit made (%)"), ("realism", "realism (%)"),
+              ("preservation_db", "preservation outside the mask (dB)"))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    for label, curve in curves.items():
+        steps = [p["step"] for p in curve["points"]]
+        for ax, (key, _) in zip(axes, panels):
+            scale = 1 if key == "preservation_db" else 100
+            ax.plot(steps, [scale * p["scores"]["mean"][key] for p in curve["points"]], marker="o", label=label)
+    for ax, (key, title) in zip(axes, panels):
+        ax.set(title=title, xlabel="generator step", **({} if key == "preservation_db" else {"ylim": (0, 100)}))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"mean over edit types, {first.get('per_type')} held-out edits per type", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
