@@ -35,10 +35,10 @@ def load_curve(out: Path) -> dict:
 def read_curve(out: Path, settings: dict) -> dict[str, dict]:
     """The editors already scored in `out/curve.json` (path -> per-type scores), so a rerun adds only new checkpoints;
     scores made with other settings (edits per type, types, sampling steps, seed) are an error, not a mixed curve."""
-    if not (out / "curve.json").exists():
+    path = out / "curve.json"
+    if not path.exists():
         return {}
     saved = load_curve(out)
-    path = out / "curve.json"
     if saved.get("settings") != settings:
         raise ValueError(f"{path} was scored with {saved.get('settings')}, not {settings}: give another --curve folder")
     return {p["editor"]: p["scores"] for p in saved["points"]}
@@ -77,11 +77,7 @@ def plot_curve(points: list[dict], path: Path) -> Path:
         per_type.plot(steps, [100 * p["scores"][edit_type]["success"] for p in points], marker=".", label=edit_type)
     per_type.set(title="success per edit type", xlabel="generator step", ylabel="%", ylim=(0, 100))
     per_type.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def write_curve(points: list[dict], out: Path, *, settings: dict, command: str = "") -> tuple[Path, Path]:
@@ -118,6 +114,13 @@ def compare_curves(curves: dict[str, dict], path: Path) -> Path:
         ax.set(title=title, xlabel="generator step", **({} if key == "preservation_db" else {"ylim": (0, 100)}))
     axes[0].legend(fontsize=8)
     fig.suptitle(f"mean over edit types, {first.get('per_type')} held-out edits per type", fontsize=9)
+    return _saved(fig, path)
+
+
+def _saved(fig, path: Path) -> Path:
+    """Write a finished figure to `path` (its folder made) and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
