@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from schemas.edit_types import EDIT_TYPES
-from npedit.world_probe_cli import curves, probe_critic, probe_teacher, score
+from npedit.world_probe_cli import ceilings, curves, probe_critic, probe_teacher, score
 from world import PRETRAINED
 
 
@@ -43,7 +43,7 @@ def _summaries(editors: list[Path] = ()) -> dict[str, tuple]:
     from world.critic import finetune_critic, train_critic
     from world.critic_outputs import finetune_on_outputs
     from world.critic_robust import finetune_on_degraded
-    from world.teacher import anneal_teacher, train_teacher
+    from world.teacher import anneal_teacher, focus_small_objects, train_teacher
     from world.vae import finetune_decoder, train_vae
 
     def teacher(out: Path, minutes: float, seed: int) -> dict:
@@ -82,13 +82,17 @@ def _summaries(editors: list[Path] = ()) -> dict[str, tuple]:
 
     def vae_line(q: dict) -> str:
         return (f"held-out PSNR {q['psnr_db']:.1f} dB, the verifier parses {q['parse_rate']:.1%} of reconstructions "
-                f"(shapes: small {q['small_shape_match']:.1%}, large {q['large_shape_match']:.1%})")
+                f"(shapes: small {q['small_shape_match']:.1%}, large {q['large_shape_match']:.1%})" +
+                (f"; {q['degraded_parse_rate']:.1%} of degraded latents" if "degraded_parse_rate" in q else ""))
 
     return {
         "vae": (lambda out, minutes, seed: train_vae(out, minutes=minutes, seed=seed), vae_line),
         "vae_decoder": (continued("vae", "vae_decoder", finetune_decoder), vae_line),
+        "vae_decoder_robust": (continued("vae", "vae_decoder_robust", partial(finetune_decoder, degrade=1.0)),
+                               vae_line),
         "teacher": (teacher, teacher_line),
         "teacher_anneal": (continued("teacher", "teacher_anneal", anneal_teacher), teacher_line),
+        "teacher_small_objects": (continued("teacher", "teacher_small_objects", focus_small_objects), teacher_line),
         "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed), critic_line),
         "critic_customization": (continued("critic", "critic_customization", finetune_critic), critic_line),
         "critic_anneal": (continued("critic", "critic_anneal", partial(finetune_critic, anneal=True)), critic_line),
@@ -242,9 +246,13 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     b = commands.add_parser("build", help="train the world's models from seeds (resumes a killed run)")
     stages = ["vae", "vae_decoder", "teacher", "teacher_anneal", "critic", "critic_customization", "critic_anneal",
               "builder"]
-    b.add_argument("--models", nargs="+", choices=stages + ["critic_robust", "critic_outputs"], default=stages,
+    b.add_argument("--models", nargs="+", choices=stages + ["vae_decoder_robust", "teacher_small_objects", "critic_robust",
+                                                              "critic_outputs"],
+                   default=stages,
                    help="which models, in this order (vae_decoder sharpens the VAE's decoder, its encoder frozen; "
+                        "vae_decoder_robust continues it on latents degraded as editors degrade them; "
                         "teacher_anneal continues the teacher with its learning rate annealed to zero; "
+                        "teacher_small_objects then with its loss weighted toward small objects; "
                         "critic_customization continues the critic on the customization questions too, "
                         "critic_anneal then with its rate annealed to zero; critic_robust continues it on "
                         "renders degraded as editors degrade them, answered by the verifier (through DIR/vae/, "
@@ -267,6 +275,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--steps", type=int, nargs="+", default=[20], help="sampling steps to try")
     pt.add_argument("--cfg", type=float, nargs="+", default=[3.0], help="guidance scales to try")
     pt.add_argument("--shift", type=float, nargs="+", default=None, help="time shifts to try (default: the teacher's)")
+    pt.add_argument("--vae", type=Path, default=None, metavar="DIR",
+                    help="decode through the VAE in DIR (a decoder continued with the same encoder, e.g. by "
+                         "world build --models vae_decoder_robust)")
     pt.add_argument("--threads", type=int, default=0)
     pt.set_defaults(func=probe_teacher)
     pc = commands.add_parser("probe-critic", help="how often the critic is right about editors' outputs (verifier truth)")
@@ -287,8 +298,22 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                     help="also write DIR/curve.json and DIR/curve.png: the editors as one run's checkpoints, "
                          "scored against the step in their paths (none: step 0, the untrained editor); a rerun "
                          "into the same DIR scores only the checkpoints not yet in it")
+    sc.add_argument("--vae", type=Path, default=None, metavar="DIR",
+                    help="decode through the VAE in DIR (a decoder continued with the same encoder, e.g. by "
+                         "world build --models vae_decoder_robust)")
     sc.add_argument("--threads", type=int, default=0)
     sc.set_defaults(func=score)
+    ce = commands.add_parser("ceilings", help="score the true targets through the VAE and the teacher's drawings of "
+                                              "them on the held-out edits")
+    ce.add_argument("--models", type=Path, default=PRETRAINED, help="holds teacher/ (default: the committed one)")
+    ce.add_argument("--edit-types", nargs="+", choices=EDIT_TYPES, default=list(EDIT_TYPES), metavar="TYPE")
+    ce.add_argument("--per-type", type=int, default=24, help="held-out edits per edit type (the experiment's)")
+    ce.add_argument("--seed", type=int, default=0, help="the teacher's sampling noise")
+    ce.add_argument("--vae", type=Path, default=None, metavar="DIR",
+                    help="decode through the VAE in DIR (a decoder continued with the same encoder, e.g. by "
+                         "world build --models vae_decoder_robust)")
+    ce.add_argument("--threads", type=int, default=0)
+    ce.set_defaults(func=ceilings)
     cv = commands.add_parser("curves", help="overlay several runs' learning curves (from world score --curve)")
     cv.add_argument("curves", type=Path, nargs="+", help="folders holding a curve.json, e.g. one per seed")
     cv.add_argument("--labels", nargs="+", default=None, help="one label per curve (default: the folder names)")

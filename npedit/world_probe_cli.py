@@ -21,7 +21,7 @@ def probe_teacher(args: argparse.Namespace) -> int:
         raise SystemExit(f"npedit: error: no teacher in {args.models / 'teacher'}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    teacher = ZImageBackbone.from_pretrained(args.models / "teacher")
+    teacher = _decoding_with(ZImageBackbone.from_pretrained(args.models / "teacher"), args.vae)
     own_shift = teacher.shift
     for steps, cfg, shift in itertools.product(args.steps, args.cfg, args.shift or [own_shift]):
         teacher.shift = shift
@@ -32,6 +32,44 @@ def probe_teacher(args: argparse.Namespace) -> int:
         print("  small objects drawn as: " + ", ".join(f"{k} {v}" for k, v in found["small_shapes"].items()))
         print("  first problem of rejected samples: " + (", ".join(f"{k} ({v})" for k, v in found["problems"].items())
                                                         or "none"))
+    return 0
+
+
+def _decoding_with(backbone, vae: Path | None):
+    """`backbone`, decoding through the VAE in `vae` when one is given (one line and exit when it cannot)."""
+    from world.vae import decode_with
+
+    if vae is not None:
+        if not (vae / "config.json").exists():
+            raise SystemExit(f"npedit: error: no VAE in {vae} (a folder with config.json, e.g. world_models/vae)")
+        try:
+            decode_with(backbone, vae)
+        except ValueError as error:
+            raise SystemExit(f"npedit: error: {error}") from None
+    return backbone
+
+
+def ceilings(args: argparse.Namespace) -> int:
+    """The two reference points of `world.ceilings` on the experiment's held-out edits, per edit type: the true
+    targets through the VAE, and the teacher drawing the targets' captions."""
+    import torch
+
+    from training.backbones import ZImageBackbone
+    from world.ceilings import CEILINGS, ceilings as score_ceilings
+    from world.evaluate import held_out_edits
+
+    if not (args.models / "teacher").exists():
+        raise SystemExit(f"npedit: error: no teacher in {args.models / 'teacher'}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher = _decoding_with(ZImageBackbone.from_pretrained(args.models / "teacher"), args.vae)
+    found = score_ceilings(teacher, held_out_edits(args.per_type, edit_types=args.edit_types), seed=args.seed)
+    for name, table in found.items():
+        print(f"{name} ({CEILINGS[name]}):")
+        for edit_type, s in table.items():
+            kept = "n/a" if s["preservation_db"] is None else f"{s['preservation_db']:.1f} dB"
+            print(f"  {edit_type:18s} success {s['success']:4.0%}  edit made {s['applied']:4.0%}  preservation {kept}  "
+                  f"realism {s['realism']:4.0%}  n {s['n']}")
     return 0
 
 
@@ -87,7 +125,7 @@ def score(args: argparse.Namespace) -> int:
         raise SystemExit("npedit: error: --curve scores one number of sampling steps; give one --sampling-steps")
     _check_editors_and_threads(args)
     settings = {"per_type": args.per_type, "edit_types": list(args.edit_types), "sampling_steps": args.sampling_steps[0],
-                "seed": args.seed}
+                "seed": args.seed} | ({"vae": str(args.vae.resolve())} if args.vae else {})
     try:
         earlier = read_curve(args.curve, settings) if args.curve else {}
     except ValueError as error:
@@ -100,7 +138,7 @@ def score(args: argparse.Namespace) -> int:
             print(f"{editor_path}: already in {args.curve / 'curve.json'}")
             scored.append((editor_path.resolve(), earlier[str(editor_path.resolve())]))
             continue
-        editor = ZImageBackbone.from_pretrained(editor_path)
+        editor = _decoding_with(ZImageBackbone.from_pretrained(editor_path), args.vae)
         for steps in args.sampling_steps:
             scores = score_editor(editor, edits, num_steps=steps, seed=args.seed)
             scored.append((editor_path.resolve(), scores))

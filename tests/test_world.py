@@ -133,7 +133,7 @@ def test_the_world_vae_trains_resumes_and_loads(tmp_path):
 
 def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
     from training.backbones import ZImageBackbone
-    from world.teacher import anneal_teacher, train_teacher
+    from world.teacher import anneal_teacher, focus_small_objects, train_teacher
     from world.vae import train_vae
 
     train_vae(tmp_path, minutes=10, max_steps=2, batch_size=4, eval_scenes=4, progress=False)
@@ -149,6 +149,33 @@ def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
     assert annealed["steps"] == 30 and annealed["anneal"]["steps"] == 4  # the first phase's record stays
     after = ZImageBackbone.from_pretrained(tmp_path / "teacher").transformer.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    focused = focus_small_objects(tmp_path, minutes=10, max_steps=2, batch_size=4, eval_samples=2, progress=False)
+    assert focused["anneal"]["steps"] == 4 and focused["small_objects"]["steps"] == 2
+    assert focused["small_objects"]["weight"] == 8.0
+    final = ZImageBackbone.from_pretrained(tmp_path / "teacher").transformer.state_dict()
+    assert any(not torch.equal(after[k], final[k]) for k in after)
+
+
+def test_the_small_object_loss_weights_the_latent_pixels_a_small_object_touches():
+    from training.losses import flow_matching_loss
+    from world.scene import Scene, WorldObject
+    from world.teacher import small_object_weights, weighted_flow_matching_loss
+
+    small = Scene("white", (WorldObject("square", "red", 0, size="small"),))
+    large = Scene("white", (WorldObject("square", "red", 0, size="large"),))
+    weights = small_object_weights([small, large], latent_size=16, weight=8.0)
+    assert weights.shape == (2, 1, 16, 16) and torch.all(weights[1] == 1)  # a large object is not weighted
+    assert set(weights[0].unique().tolist()) == {1.0, 9.0}
+    assert weights[0, 0, :6, :6].eq(9).any() and weights[0, 0, 8:, 8:].eq(1).all()  # in its cell, top left only
+    v, x0, eps = torch.randn(2, 16, 16, 16), torch.randn(2, 16, 16, 16), torch.randn(2, 16, 16, 16)
+    assert torch.allclose(weighted_flow_matching_loss(v, x0, eps, torch.ones(2, 1, 16, 16)),
+                          flow_matching_loss(v, x0, eps))
+    error = torch.zeros(1, 16, 16, 16)
+    error[..., 0, 0] = 1.0  # unit error on one latent pixel of weight 9 among 255 others of weight 1 (hand case)
+    w = torch.ones(1, 1, 16, 16)
+    w[..., 0, 0] = 9.0
+    assert weighted_flow_matching_loss(error, torch.zeros_like(error), torch.zeros_like(error), w).item() == \
+        pytest.approx(9 / (9 + 255))
 
 
 def test_a_budgeted_runs_rate_warms_up_then_holds_or_anneals_to_zero(tmp_path):
@@ -166,11 +193,48 @@ def test_a_budgeted_runs_rate_warms_up_then_holds_or_anneals_to_zero(tmp_path):
     assert rates[999][1] < 1e-4 and rates[1000] == (1.0, 0.0)
 
 
+def test_degraded_latents_are_a_fixed_draw_that_leaves_a_share_clean():
+    from world.vae import degrade_latents
+
+    latents = torch.randn(64, 16, 4, 4)
+    assert torch.equal(degrade_latents(latents, torch.Generator().manual_seed(0), strength=0.0), latents)
+    first = degrade_latents(latents, torch.Generator().manual_seed(0))
+    assert torch.equal(first, degrade_latents(latents, torch.Generator().manual_seed(0)))
+    unchanged = sum(torch.equal(a, b) for a, b in zip(first, latents))
+    assert 6 <= unchanged <= 28  # a quarter of the samples on average
+
+
+def test_the_robust_decoder_phase_keeps_the_encoder_and_resumes(tmp_path):
+    from world.vae import decode_with, finetune_decoder, load_vae, train_vae
+
+    train_vae(tmp_path, minutes=10, max_steps=2, batch_size=4, eval_scenes=4, progress=False)
+    before = load_vae(tmp_path / "vae")
+    finetune_decoder(tmp_path, minutes=10, max_steps=3, batch_size=4, eval_scenes=4, degrade=1.0, progress=False)
+    manifest = finetune_decoder(tmp_path, minutes=10, max_steps=5, batch_size=4, eval_scenes=4, degrade=1.0,
+                                progress=False)
+    assert manifest["decoder_robust"]["steps"] == 5 and manifest["decoder_robust"]["degrade"] == 1.0
+    assert "decoder_finetune" not in manifest and 0 <= manifest["quality"]["degraded_parse_rate"] <= 1
+    after = load_vae(tmp_path / "vae")
+    assert all(torch.equal(a, b) for a, b in zip(before.encoder.state_dict().values(),
+                                                 after.encoder.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(before.decoder.state_dict().values(),
+                                                     after.decoder.state_dict().values()))
+
+    class Holder:
+        vae = before
+    holder = Holder()
+    decode_with(holder, tmp_path / "vae")
+    assert holder.vae is not before and not holder.vae.training
+    train_vae(tmp_path / "other", minutes=10, max_steps=1, batch_size=4, eval_scenes=4, seed=1, progress=False)
+    with pytest.raises(ValueError, match="another encoder or latent statistics"):
+        decode_with(holder, tmp_path / "other" / "vae")
+
+
 def test_continuing_a_model_that_was_never_built_is_a_one_line_error(tmp_path):
     from npedit.cli import main
 
-    for stage, name in (("vae_decoder", "vae"), ("teacher_anneal", "teacher"), ("critic_customization", "critic"),
-                        ("critic_anneal", "critic")):
+    for stage, name in (("vae_decoder", "vae"), ("vae_decoder_robust", "vae"), ("teacher_anneal", "teacher"),
+                        ("critic_customization", "critic"), ("critic_anneal", "critic")):
         with pytest.raises(SystemExit, match=f"{stage} continues the {name} in .*: build it first"):
             main(["world", "build", "--out", str(tmp_path), "--models", stage, "--minutes", "1"])
 

@@ -185,6 +185,36 @@ def test_world_score_prints_the_verifiers_scores_of_an_editor_checkpoint(tmp_pat
         main(["world", "score", str(tmp_path)])
 
 
+def test_world_score_and_ceilings_decode_through_another_vae_only_when_it_reads_the_same_latents(tmp_path, capsys):
+    import shutil
+
+    from npedit.cli import main
+    from world import PRETRAINED
+    from world.vae import load_vae, train_vae
+
+    teacher, args = PRETRAINED / "teacher", ["--edit-types", "background", "--per-type", "2", "--threads", "1"]
+    assert main(["world", "score", str(teacher), "--sampling-steps", "1", *args]) == 0
+    own = capsys.readouterr().out
+    robust = tmp_path / "robust"
+    shutil.copytree(PRETRAINED / "vae", robust)
+    vae = load_vae(robust)
+    with torch.no_grad():  # another decoder over the same encoder: the outputs (and so the scores' line) change
+        vae.decoder.conv_out.bias.add_(0.8)
+    vae.to(torch.float16).save_pretrained(robust)
+    assert main(["world", "score", str(teacher), "--sampling-steps", "1", "--vae", str(robust), *args]) == 0
+    assert capsys.readouterr().out != own
+    assert main(["world", "ceilings", "--vae", str(PRETRAINED / "vae"), *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("target_through_vae") and "background" in lines[1] and "n 2" in lines[1]
+    assert any(line.startswith("teacher_draws_target") for line in lines)
+    train_vae(tmp_path / "other", minutes=10, max_steps=1, batch_size=4, eval_scenes=4, progress=False)
+    for command in (["score", str(teacher)], ["ceilings"]):
+        with pytest.raises(SystemExit, match="another encoder or latent statistics"):
+            main(["world", *command, "--vae", str(tmp_path / "other" / "vae"), *args])
+    with pytest.raises(SystemExit, match="no VAE in"):
+        main(["world", "score", str(teacher), "--vae", str(tmp_path), *args])
+
+
 def test_world_score_curve_orders_one_runs_checkpoints_by_step_and_refuses_two_runs(tmp_path, capsys):
     import shutil
 

@@ -17,8 +17,10 @@ GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
 
 # a `world build` stage that continues a model -> the entry recording that phase in the model's manifest, each
 # model's phases in the order they run
-CONTINUED = {"vae_decoder": "decoder_finetune", "critic_customization": "finetune", "teacher_anneal": "anneal",
-             "critic_anneal": "anneal", "critic_robust": "robust", "critic_outputs": "outputs_finetune"}
+CONTINUED = {"vae_decoder": "decoder_finetune", "vae_decoder_robust": "decoder_robust",
+             "teacher_anneal": "anneal", "teacher_small_objects": "small_objects",
+             "critic_customization": "finetune", "critic_anneal": "anneal", "critic_robust": "robust",
+             "critic_outputs": "outputs_finetune"}
 PHASES = tuple(dict.fromkeys(CONTINUED.values()))
 
 

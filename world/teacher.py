@@ -23,7 +23,7 @@ from training.losses import flow_matching_loss
 from training.sampling import generate_images
 from world.budget import BudgetedRun
 from world.edits import PHRASINGS
-from world.scene import COLOURS, caption, parse_caption, random_scene, render
+from world.scene import COLOURS, caption, object_coverage, parse_caption, random_scene, render
 from world.vae import HELD_OUT_SEED, invocation, load_vae
 from world.verify import as_array, parse_image, shape_rates
 
@@ -157,11 +157,52 @@ def anneal_teacher(out_dir: Path, *, minutes: float, max_steps: int | None = Non
     return manifest
 
 
+def small_object_weights(scenes, latent_size: int, weight: float) -> torch.Tensor:
+    """(B,1,h,w) loss weights over the latent grid: 1, plus `weight` on latent pixels a small object touches (grown
+    by one latent pixel), where the shape that the teacher gets wrong is drawn in a few latent pixels."""
+    size = scenes[0].size
+    masks = np.zeros((len(scenes), 1, size, size), np.float32)
+    for i, scene in enumerate(scenes):
+        for obj in scene.objects:
+            if obj.size == "small":
+                masks[i, 0] = np.maximum(masks[i, 0], object_coverage(obj, size) > 0)
+    touched = torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(masks), latent_size)
+    return 1 + weight * torch.nn.functional.max_pool2d(touched, 3, stride=1, padding=1)
+
+
+def weighted_flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
+                                weights: torch.Tensor) -> torch.Tensor:
+    """Rectified flow ||v_pred - (eps - x0)||^2 averaged over the latent with per-pixel `weights`; per sample."""
+    error = ((v_pred - (eps - x0)) ** 2).mean(1, keepdim=True)
+    return (weights * error).flatten(1).sum(1) / weights.flatten(1).sum(1)
+
+
+def focus_small_objects(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
+                        batch_size: int = 32, lr: float = 2e-4, weight: float = 8.0, caption_dropout: float = 0.1,
+                        eval_every_s: float = 600, eval_samples: int = 64, progress: bool = True) -> dict:
+    """Continue the teacher in `out_dir/teacher/` with its flow-matching loss weighted `1 + weight` on small objects
+    (`small_object_weights`), the rate annealed to zero; rewrites it and adds this phase to its manifest. A killed
+    run resumes from `teacher_small_objects_state.pt`."""
+    out_dir = Path(out_dir)
+    backbone = ZImageBackbone.from_pretrained(out_dir / "teacher")
+    manifest = json.loads((out_dir / "teacher" / "manifest.json").read_text())
+    facts, quality = _fit(backbone, out_dir / "teacher_small_objects_state.pt", minutes=minutes, max_steps=max_steps,
+                          seed=seed + 2, batch_size=batch_size, lr=lr, anneal=True, caption_dropout=caption_dropout,
+                          eval_every_s=eval_every_s, eval_samples=eval_samples, desc="world teacher small objects",
+                          progress=progress, small_object_weight=weight)
+    save_teacher(backbone, out_dir / "teacher")
+    manifest.update(quality=quality, small_objects={"seed": seed, "batch_size": batch_size, "lr": lr,
+                                                    "weight": weight, **facts, "command": invocation()})
+    (out_dir / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
 def _fit(backbone: ZImageBackbone, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
          batch_size: int, lr: float, anneal: bool, caption_dropout: float, eval_every_s: float, eval_samples: int,
-         desc: str, progress: bool) -> tuple[dict, dict]:
+         desc: str, progress: bool, small_object_weight: float = 0.0) -> tuple[dict, dict]:
     """Flow matching on world images and their captions under a resumable time budget (the rate warmed up over 100
-    steps, then constant or, with `anneal`, cosine to zero at the budget's end); the run's facts and final quality."""
+    steps, then constant or, with `anneal`, cosine to zero at the budget's end), the loss weighted toward small
+    objects when `small_object_weight` > 0; the run's facts and final quality."""
     backbone.text_encoder.requires_grad_(True).train()
     backbone.transformer.requires_grad_(True).train()
     params = list(backbone.transformer.parameters()) + list(backbone.text_encoder.parameters())
@@ -191,7 +232,8 @@ def _fit(backbone: ZImageBackbone, state_path: Path, *, minutes: float, max_step
         t = backbone.shift_time(torch.sigmoid(torch.randn(batch_size)))
         eps = torch.randn_like(x0)
         v = backbone.predict_velocity(noise_to(x0, eps, t), t, backbone.text_features(captions))
-        loss = flow_matching_loss(v, x0, eps).mean()
+        loss = (weighted_flow_matching_loss(v, x0, eps, small_object_weights(scenes, x0.shape[-1], small_object_weight))
+                if small_object_weight > 0 else flow_matching_loss(v, x0, eps)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -118,37 +118,80 @@ def train_vae(out_dir: Path, *, minutes: float, max_steps: int | None = None, se
     return manifest
 
 
+def degrade_latents(latents: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+    """Latents drawn the way an editor draws them, one degradation per sample, a third left clean: noised (up to
+    `strength` x the latents' std), blended toward another sample's latent (a ghost of another scene, up to 40 %
+    times `strength`) or spatially smoothed (3x3 mean, mixed in up to `strength`)."""
+    n = latents.shape[0]
+    u = lambda: torch.rand(n, 1, 1, 1, generator=generator) * strength  # noqa: E731
+    kind = torch.randint(0, 4, (n, 1, 1, 1), generator=generator)  # 0 clean, 1 noise, 2 ghost, 3 smoothed
+    noised = latents + u() * latents.std() * torch.randn(latents.shape, generator=generator)
+    ghost = latents + 0.4 * u() * (latents.roll(1, 0) - latents)
+    smooth = F.avg_pool2d(latents, 3, stride=1, padding=1, count_include_pad=False)
+    smoothed = latents + u() * (smooth - latents)
+    return torch.where(kind == 1, noised, torch.where(kind == 2, ghost, torch.where(kind == 3, smoothed, latents)))
+
+
+def evaluate_degraded(vae: AutoencoderKL, n: int = 128, size: int = 64, seed: int = HELD_OUT_SEED,
+                      strength: float = 1.0) -> dict[str, float]:
+    """The share of held-out scenes whose degraded latents (`degrade_latents`, a fixed draw) still decode to a scene
+    the verifier parses as theirs: how much of an editor's imprecision the decoder absorbs."""
+    scenes, images = scene_batch(random.Random(seed), n, size)
+    vae.eval()
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mode()
+        latents = degrade_latents(latents, torch.Generator().manual_seed(seed), strength)
+        outputs = torch.cat([vae.decode(latents[i:i + 64]).sample.clamp(-1, 1) for i in range(0, n, 64)])
+    vae.train()
+    to_array = lambda t: ((t.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)  # noqa: E731
+    return {"degraded_parse_rate": float(np.mean([matches_scene(parse_image(to_array(o)), s)
+                                                  for o, s in zip(outputs, scenes)])), "degraded_n": n}
+
+
 def finetune_decoder(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
                      batch_size: int = 16, lr: float = 5e-4, size: int = 64, eval_every_s: float = 300,
-                     eval_scenes: int = 256, edge_weight: float = 4.0, progress: bool = True) -> dict:
+                     eval_scenes: int = 256, edge_weight: float = 4.0, degrade: float = 0.0,
+                     progress: bool = True) -> dict:
     """Sharpen the decoder of the VAE in `out_dir/vae/` with its encoder frozen (reconstructing from the posterior
     mode), so latents, their statistics and any teacher trained on them stay valid; rewrites `out_dir/vae/` and adds
-    this phase to its manifest. A killed run resumes from `vae_decoder_state.pt`."""
+    this phase to its manifest. A killed run resumes from its state file.
+
+    With `degrade` > 0 (the `vae_decoder_robust` stage) the decoder learns to draw the clean scene from latents
+    degraded by `degrade_latents` at that strength: a decoder that absorbs what editors get wrong in latent space, from
+    world images alone (no pairs, no editor)."""
     out_dir = Path(out_dir)
     vae = load_vae(out_dir / "vae")
     manifest = json.loads((out_dir / "vae" / "manifest.json").read_text())
     vae.encoder.requires_grad_(False)
     optimizer = torch.optim.AdamW(vae.decoder.parameters(), lr=lr, weight_decay=0.0)
-    rng = random.Random(seed + 1)
-    run = BudgetedRun(out_dir / "vae_decoder_state.pt", {"decoder": vae.decoder}, optimizer, rng, minutes=minutes,
-                      max_steps=max_steps, eval_every_s=eval_every_s, desc="world vae decoder", progress=progress)
+    rng = random.Random(seed + 1 + 7 * (degrade > 0))
+    phase = "decoder_robust" if degrade > 0 else "decoder_finetune"
+    measure = (lambda: evaluate(vae, 64, size) | evaluate_degraded(vae, 64, size, strength=degrade)) if degrade > 0 \
+        else (lambda: evaluate(vae, 64, size))
+    run = BudgetedRun(out_dir / f"vae_{phase}_state.pt" if degrade > 0 else out_dir / "vae_decoder_state.pt",
+                      {"decoder": vae.decoder}, optimizer, rng, minutes=minutes, max_steps=max_steps,
+                      eval_every_s=eval_every_s, desc=f"world vae {phase.replace('_', ' ')}", progress=progress)
     while run.running():
-        for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (run.step + 1) / 50)
+        for group in optimizer.param_groups:  # the robust phase anneals its rate to zero over its budget
+            group["lr"] = run.rate(lr, anneal=degrade > 0, warmup_steps=50)
         _, images = scene_batch(rng, batch_size, size)
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.mode()
+            if degrade > 0:
+                generator = torch.Generator().manual_seed(seed * 1_000_003 + run.step)  # the same after a resume
+                latents = degrade_latents(latents, generator, degrade)
         output = vae.decode(latents).sample
         loss = reconstruction_loss(output, images, edge_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.decoder.parameters(), 1.0)
         optimizer.step()
-        run.after_step(loss.item(), lambda: evaluate(vae, 64, size))
+        run.after_step(loss.item(), measure)
     facts = run.finish()
-    manifest["quality"] = evaluate(vae, eval_scenes, size)
-    manifest["decoder_finetune"] = {"batch_size": batch_size, "lr": lr, "edge_weight": edge_weight, **facts,
-                                    "command": invocation()}
+    manifest["quality"] = evaluate(vae, eval_scenes, size) | (
+        evaluate_degraded(vae, eval_scenes, size, strength=degrade) if degrade > 0 else {})
+    manifest[phase] = {"batch_size": batch_size, "lr": lr, "edge_weight": edge_weight, **facts,
+                       "command": invocation()} | ({"degrade": degrade} if degrade > 0 else {})
     vae.to(torch.float16).save_pretrained(out_dir / "vae", safe_serialization=True)
     (out_dir / "vae" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -162,3 +205,18 @@ def invocation() -> str:
 def load_vae(path: Path | str) -> AutoencoderKL:
     """The world VAE from its folder (fp16 on disk), in float32."""
     return AutoencoderKL.from_pretrained(path, torch_dtype=torch.float32)
+
+
+def decode_with(backbone, path: Path | str) -> None:
+    """Make `backbone` decode its latents with the VAE in `path`: one with the backbone's own encoder and latent
+    statistics (a decoder continued with its encoder frozen), so the editor's latent space is unchanged. A VAE with
+    another encoder raises ValueError."""
+    vae, own = load_vae(path), backbone.vae
+    same_encoder = all(torch.equal(a, b.to(a.dtype)) for a, b in zip(own.encoder.state_dict().values(),
+                                                                     vae.encoder.state_dict().values()))
+    same_statistics = (vae.config.shift_factor, vae.config.scaling_factor) == (own.config.shift_factor,
+                                                                               own.config.scaling_factor)
+    if not (same_encoder and same_statistics):
+        raise ValueError(f"the VAE in {path} has another encoder or latent statistics than the editor's: its decoder "
+                         f"does not read the editor's latents")
+    backbone.vae = vae.to(own.dtype).requires_grad_(False).eval()
