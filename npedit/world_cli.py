@@ -275,6 +275,8 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--steps", type=int, nargs="+", default=[20], help="sampling steps to try")
     pt.add_argument("--cfg", type=float, nargs="+", default=[3.0], help="guidance scales to try")
     pt.add_argument("--shift", type=float, nargs="+", default=None, help="time shifts to try (default: the teacher's)")
+    pt.add_argument("--grid", type=Path, default=None, metavar="PNG",
+                    help="also write the first setting's first 16 samples beside their captions' renders")
     pt.add_argument("--vae", type=Path, default=None, metavar="DIR",
                     help="decode through the VAE in DIR (a decoder continued with the same encoder, e.g. by "
                          "world build --models vae_decoder_robust)")

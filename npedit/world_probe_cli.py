@@ -23,15 +23,17 @@ def probe_teacher(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     teacher = _decoding_with(ZImageBackbone.from_pretrained(args.models / "teacher"), args.vae)
     own_shift = teacher.shift
-    for steps, cfg, shift in itertools.product(args.steps, args.cfg, args.shift or [own_shift]):
+    for i, (steps, cfg, shift) in enumerate(itertools.product(args.steps, args.cfg, args.shift or [own_shift])):
         teacher.shift = shift
-        found = probe(teacher, n=args.samples, cfg_scale=cfg, steps=steps)
+        found = probe(teacher, n=args.samples, cfg_scale=cfg, steps=steps, grid=args.grid if i == 0 else None)
         print(f"{steps} steps, guidance {cfg:g}, time shift {shift:g}: caption match {found['caption_match']:.1%}, "
               f"layout {found['layout_match']:.1%}, shapes small {found['small_shape_match']:.1%} / large "
               f"{found['large_shape_match']:.1%}")
         print("  small objects drawn as: " + ", ".join(f"{k} {v}" for k, v in found["small_shapes"].items()))
         print("  first problem of rejected samples: " + (", ".join(f"{k} ({v})" for k, v in found["problems"].items())
                                                         or "none"))
+    if args.grid:
+        print(f"wrote {args.grid} (the first setting's first 16 samples)")
     return 0
 
 

@@ -215,6 +215,20 @@ def test_world_score_and_ceilings_decode_through_another_vae_only_when_it_reads_
         main(["world", "score", str(teacher), "--vae", str(tmp_path), *args])
 
 
+def test_probe_teacher_prints_where_samples_go_wrong_and_draws_them_beside_their_captions(tmp_path, capsys):
+    from PIL import Image
+
+    from npedit.cli import main
+    from world import PRETRAINED
+
+    grid = tmp_path / "samples.png"
+    assert main(["world", "probe-teacher", "--samples", "3", "--steps", "2", "--grid", str(grid), "--vae",
+                 str(PRETRAINED / "vae"), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 steps, guidance 3" in out and "small objects drawn as" in out and f"wrote {grid}" in out
+    assert Image.open(grid).size == (3 * 128, 3 * 128)  # one row per sample: render | caption and verdict | sample
+
+
 def test_world_score_curve_orders_one_runs_checkpoints_by_step_and_refuses_two_runs(tmp_path, capsys):
     import shutil
 

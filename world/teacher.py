@@ -54,14 +54,16 @@ def new_teacher(vae_dir: Path, seed: int) -> ZImageBackbone:
     return ZImageBackbone(transformer, text_encoder_for(tokenizer), tokenizer, load_vae(vae_dir), shift=TIME_SHIFT)
 
 
-def _held_out_samples(backbone: ZImageBackbone, n: int, cfg_scale: float, steps: int, seed: int) -> list[tuple]:
-    """(parse of the sample, the scene its caption names) for `n` held-out captions."""
+def _held_out_samples(backbone: ZImageBackbone, n: int, cfg_scale: float, steps: int, seed: int,
+                      with_images: bool = False) -> list[tuple]:
+    """(parse of the sample, the scene its caption names[, the sample, the caption]) for `n` held-out captions."""
     rng = random.Random(seed)
     scenes = [random_scene(rng, pastel_prob=0.0) for _ in range(n)]
     captions = [caption(s, i) for i, s in enumerate(scenes)]
     images = generate_images(backbone, captions, size=(scenes[0].size,) * 2, num_steps=steps, cfg_scale=cfg_scale,
                              generator=torch.Generator().manual_seed(0))
-    return [(parse_image(as_array(image)), parse_caption(text)) for image, text in zip(images, captions)]
+    return [(parse_image(as_array(image)), parse_caption(text)) + ((image, text) if with_images else ())
+            for image, text in zip(images, captions)]
 
 
 def evaluate_teacher(backbone: ZImageBackbone, n: int = 64, cfg_scale: float = 3.0, steps: int = 20,
@@ -90,11 +92,15 @@ def _problem_kind(problem: str) -> str:
 
 
 def probe_teacher(backbone: ZImageBackbone, *, n: int = 64, cfg_scale: float = 3.0, steps: int = 20,
-                  seed: int = HELD_OUT_SEED + 2) -> dict:
+                  seed: int = HELD_OUT_SEED + 2, grid: Path | None = None, grid_rows: int = 16) -> dict:
     """`evaluate_teacher`'s figures at these sampling settings, and where samples go wrong: what each small object's
     shape came out as (`small_shapes`: "wanted -> drawn" counts) and the verifier's first problem with each sample
-    it rejects (`problems`, its kind without sizes or colours)."""
-    pairs = _held_out_samples(backbone, n, cfg_scale, steps, seed)
+    it rejects (`problems`, its kind without sizes or colours). With `grid`, a PNG of the first `grid_rows`
+    captions: the caption's render | the caption and verdict | the sample."""
+    samples = _held_out_samples(backbone, n, cfg_scale, steps, seed, with_images=True)
+    pairs = [sample[:2] for sample in samples]
+    if grid is not None:
+        _save_sample_grid(samples[:grid_rows], grid)
     drawn, problems = Counter(), Counter()
     for parsed, wanted in pairs:
         for o in wanted.objects:
@@ -105,6 +111,24 @@ def probe_teacher(backbone: ZImageBackbone, *, n: int = 64, cfg_scale: float = 3
             problems[_problem_kind(parsed.problems[0])] += 1
     return _figures(pairs) | {"cfg_scale": cfg_scale, "steps": steps, "small_shapes": dict(sorted(drawn.items())),
                               "problems": dict(problems.most_common())}
+
+
+def _save_sample_grid(samples: list[tuple], path: Path) -> None:
+    from PIL import Image
+
+    from training.visualize import save_edit_grid
+
+    def verdict(parsed, wanted) -> str:
+        if parsed.realistic and parsed.key() == wanted.key():
+            return "matches its caption"
+        wrong = [f"{o.size} {o.shape} drawn as {found.shape if found else 'nothing'}" for o in wanted.objects
+                 if (found := parsed.object_at(o.cell)) is None or found.shape != o.shape]
+        return "; ".join(wrong) or (parsed.problems[0] if parsed.problems else "another scene")
+
+    drawn = [Image.fromarray(as_array(image).round().astype(np.uint8)) for _, _, image, _ in samples]
+    save_edit_grid([render(wanted) for _, wanted, _, _ in samples],
+                   [f"{text}\n-> {verdict(parsed, wanted)}" for parsed, wanted, _, text in samples], drawn, path,
+                   cell=128)
 
 
 def save_teacher(backbone: ZImageBackbone, out: Path) -> None:

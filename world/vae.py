@@ -119,7 +119,7 @@ def train_vae(out_dir: Path, *, minutes: float, max_steps: int | None = None, se
 
 
 def degrade_latents(latents: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
-    """Latents drawn the way an editor draws them, one degradation per sample, a third left clean: noised (up to
+    """Latents drawn the way an editor draws them, one degradation per sample, a quarter left clean: noised (up to
     `strength` x the latents' std), blended toward another sample's latent (a ghost of another scene, up to 40 %
     times `strength`) or spatially smoothed (3x3 mean, mixed in up to `strength`)."""
     n = latents.shape[0]
@@ -168,9 +168,10 @@ def finetune_decoder(out_dir: Path, *, minutes: float, max_steps: int | None = N
     phase = "decoder_robust" if degrade > 0 else "decoder_finetune"
     measure = (lambda: evaluate(vae, 64, size) | evaluate_degraded(vae, 64, size, strength=degrade)) if degrade > 0 \
         else (lambda: evaluate(vae, 64, size))
-    run = BudgetedRun(out_dir / f"vae_{phase}_state.pt" if degrade > 0 else out_dir / "vae_decoder_state.pt",
-                      {"decoder": vae.decoder}, optimizer, rng, minutes=minutes, max_steps=max_steps,
-                      eval_every_s=eval_every_s, desc=f"world vae {phase.replace('_', ' ')}", progress=progress)
+    state_file = "vae_decoder_robust_state.pt" if degrade > 0 else "vae_decoder_state.pt"
+    run = BudgetedRun(out_dir / state_file, {"decoder": vae.decoder}, optimizer, rng, minutes=minutes,
+                      max_steps=max_steps, eval_every_s=eval_every_s, desc=f"world vae {phase.replace('_', ' ')}",
+                      progress=progress)
     while run.running():
         for group in optimizer.param_groups:  # the robust phase anneals its rate to zero over its budget
             group["lr"] = run.rate(lr, anneal=degrade > 0, warmup_steps=50)
