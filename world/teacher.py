@@ -167,16 +167,21 @@ def anneal_teacher(out_dir: Path, *, minutes: float, max_steps: int | None = Non
     """Continue the teacher in `out_dir/teacher/` with its learning rate annealed from `lr` to zero over the budget
     (a constant rate leaves the weights noisy); rewrites it and adds this phase to its manifest. A killed run resumes
     from `teacher_anneal_state.pt`."""
+    return _continue_teacher(out_dir, "anneal", {"seed": seed, "batch_size": batch_size, "lr": lr},
+                             minutes=minutes, max_steps=max_steps, seed=seed + 1, batch_size=batch_size, lr=lr,
+                             caption_dropout=caption_dropout, eval_every_s=eval_every_s, eval_samples=eval_samples,
+                             desc="world teacher anneal", progress=progress)
+
+
+def _continue_teacher(out_dir: Path, phase: str, record: dict, **fit) -> dict:
+    """Fit the teacher in `out_dir/teacher/` further with its rate annealed to zero (resuming from
+    `teacher_<phase>_state.pt`), rewrite it, and record the phase under `phase` in its manifest."""
     out_dir = Path(out_dir)
     backbone = ZImageBackbone.from_pretrained(out_dir / "teacher")
     manifest = json.loads((out_dir / "teacher" / "manifest.json").read_text())
-    facts, quality = _fit(backbone, out_dir / "teacher_anneal_state.pt", minutes=minutes, max_steps=max_steps,
-                          seed=seed + 1, batch_size=batch_size, lr=lr, anneal=True, caption_dropout=caption_dropout,
-                          eval_every_s=eval_every_s, eval_samples=eval_samples, desc="world teacher anneal",
-                          progress=progress)
+    facts, quality = _fit(backbone, out_dir / f"teacher_{phase}_state.pt", anneal=True, **fit)
     save_teacher(backbone, out_dir / "teacher")
-    manifest.update(quality=quality, anneal={"seed": seed, "batch_size": batch_size, "lr": lr, **facts,
-                                             "command": invocation()})
+    manifest.update({"quality": quality, phase: record | facts | {"command": invocation()}})
     (out_dir / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
@@ -207,18 +212,11 @@ def focus_small_objects(out_dir: Path, *, minutes: float, max_steps: int | None 
     """Continue the teacher in `out_dir/teacher/` with its flow-matching loss weighted `1 + weight` on small objects
     (`small_object_weights`), the rate annealed to zero; rewrites it and adds this phase to its manifest. A killed
     run resumes from `teacher_small_objects_state.pt`."""
-    out_dir = Path(out_dir)
-    backbone = ZImageBackbone.from_pretrained(out_dir / "teacher")
-    manifest = json.loads((out_dir / "teacher" / "manifest.json").read_text())
-    facts, quality = _fit(backbone, out_dir / "teacher_small_objects_state.pt", minutes=minutes, max_steps=max_steps,
-                          seed=seed + 2, batch_size=batch_size, lr=lr, anneal=True, caption_dropout=caption_dropout,
-                          eval_every_s=eval_every_s, eval_samples=eval_samples, desc="world teacher small objects",
-                          progress=progress, small_object_weight=weight)
-    save_teacher(backbone, out_dir / "teacher")
-    manifest.update(quality=quality, small_objects={"seed": seed, "batch_size": batch_size, "lr": lr,
-                                                    "weight": weight, **facts, "command": invocation()})
-    (out_dir / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    return _continue_teacher(out_dir, "small_objects",
+                             {"seed": seed, "batch_size": batch_size, "lr": lr, "weight": weight},
+                             minutes=minutes, max_steps=max_steps, seed=seed + 2, batch_size=batch_size, lr=lr,
+                             caption_dropout=caption_dropout, eval_every_s=eval_every_s, eval_samples=eval_samples,
+                             desc="world teacher small objects", progress=progress, small_object_weight=weight)
 
 
 def _fit(backbone: ZImageBackbone, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
