@@ -213,6 +213,8 @@ def test_world_score_and_ceilings_decode_through_another_vae_only_when_it_reads_
             main(["world", *command, "--vae", str(tmp_path / "other" / "vae"), *args])
     with pytest.raises(SystemExit, match="no VAE in"):
         main(["world", "score", str(teacher), "--vae", str(tmp_path), *args])
+    with pytest.raises(SystemExit, match="no teacher in"):
+        main(["world", "ceilings", "--models", str(tmp_path), *args])
 
 
 def test_probe_teacher_prints_where_samples_go_wrong_and_draws_them_beside_their_captions(tmp_path, capsys):
