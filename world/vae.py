@@ -43,15 +43,19 @@ def reconstruct(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
         return vae.decode(vae.encode(images).latent_dist.mode()).sample.clamp(-1, 1)
 
 
+def _to_pixels(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) rounded to 0..255, as the image would be saved."""
+    return ((image.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)
+
+
 def evaluate(vae: AutoencoderKL, n: int = 256, size: int = 64, seed: int = HELD_OUT_SEED) -> dict[str, float]:
     """PSNR and verifier parse rate of reconstructions of `n` held-out scenes (another seed: a fresh sample)."""
     scenes, images = scene_batch(random.Random(seed), n, size)
     vae.eval()
     outputs = torch.cat([reconstruct(vae, images[i:i + 64]) for i in range(0, n, 64)])
     vae.train()
-    to_array = lambda t: ((t.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)  # noqa: E731
-    values = [psnr(to_array(o), to_array(i)) for o, i in zip(outputs, images)]
-    parsed = [(parse_image(to_array(o)), s) for o, s in zip(outputs, scenes)]
+    values = [psnr(_to_pixels(o), _to_pixels(i)) for o, i in zip(outputs, images)]
+    parsed = [(parse_image(_to_pixels(o)), s) for o, s in zip(outputs, scenes)]
     return {"psnr_db": float(np.mean(values)), "parse_rate": float(np.mean([matches_scene(*p) for p in parsed])),
             **shape_rates(parsed), "n": n}
 
@@ -143,8 +147,7 @@ def evaluate_degraded(vae: AutoencoderKL, n: int = 128, size: int = 64, seed: in
         latents = degrade_latents(latents, torch.Generator().manual_seed(seed), strength)
         outputs = torch.cat([vae.decode(latents[i:i + 64]).sample.clamp(-1, 1) for i in range(0, n, 64)])
     vae.train()
-    to_array = lambda t: ((t.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)  # noqa: E731
-    return {"degraded_parse_rate": float(np.mean([matches_scene(parse_image(to_array(o)), s)
+    return {"degraded_parse_rate": float(np.mean([matches_scene(parse_image(_to_pixels(o)), s)
                                                   for o, s in zip(outputs, scenes)])), "degraded_n": n}
 
 
