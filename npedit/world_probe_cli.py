@@ -69,10 +69,15 @@ def ceilings(args: argparse.Namespace) -> int:
     for name, table in found.items():
         print(f"{name} ({CEILINGS[name]}):")
         for edit_type, s in table.items():
-            kept = "n/a" if s["preservation_db"] is None else f"{s['preservation_db']:.1f} dB"
-            print(f"  {edit_type:18s} success {s['success']:4.0%}  edit made {s['applied']:4.0%}  preservation {kept}  "
-                  f"realism {s['realism']:4.0%}  n {s['n']}")
+            print(f"  {_type_scores_line(edit_type, s)}")
     return 0
+
+
+def _type_scores_line(edit_type: str, s: dict) -> str:
+    """One edit type's verifier scores on one line, as `world ceilings` and `world score` print them."""
+    kept = "n/a" if s["preservation_db"] is None else f"{s['preservation_db']:.1f} dB"
+    return (f"{edit_type:18s} success {s['success']:4.0%}  edit made {s['applied']:4.0%}  preservation {kept}  "
+            f"realism {s['realism']:4.0%}  n {s['n']}")
 
 
 def _check_editors_and_threads(args: argparse.Namespace) -> None:
@@ -145,10 +150,7 @@ def score(args: argparse.Namespace) -> int:
             scores = score_editor(editor, edits, num_steps=steps, seed=args.seed)
             scored.append((editor_path.resolve(), scores))
             for edit_type, s in scores.items():
-                kept = "n/a" if s["preservation_db"] is None else f"{s['preservation_db']:.1f} dB"
-                print(f"{editor_path} [{steps} steps] {edit_type:18s} success {s['success']:4.0%}  edit made "
-                      f"{s['applied']:4.0%}  preservation {kept}  realism {s['realism']:4.0%}  n {s['n']}",
-                      flush=True)
+                print(f"{editor_path} [{steps} steps] {_type_scores_line(edit_type, s)}", flush=True)
     if args.curve:
         try:
             points = curve_points(scored)
