@@ -5,8 +5,9 @@ backward + optimizer, fake-score updates and data loading; the loader's throughp
 consumes; step time, trainable parameters and peak memory per backbone (Z-Image, Z-Image omni with SigLIP2,
 FLUX.2 klein), full fine-tuning vs LoRA; FLOPs per training sample for the tiny run (counted) and for the real Z-Image and klein base 4B shapes
 (counted on the meta device, no weights needed); with --world only the step-time shares of the `world_cpu` recipe
-(committed world models, batch 8, two-step unrolls, one thread). Run: .venv/bin/python -m benchmarks.bench_train
-[--steps 10] [--world]
+(committed world models, batch 8, two-step unrolls, one thread); the world teacher's training step with a token
+per latent pixel against the committed teacher's 2x2 (`--teacher-patch` for it alone). Run:
+.venv/bin/python -m benchmarks.bench_train [--steps 10] [--world | --teacher-patch]
 """
 
 from __future__ import annotations
@@ -188,18 +189,54 @@ def real_shapes_flops() -> None:
           f"{total / 1e12:.0f} TFLOP (full fine-tuning; LoRA saves the weight gradients' share of the backward)")
 
 
+def teacher_patch_cost(steps: int) -> None:
+    """The world teacher's training step (batch 32, 64 px, one thread) with a token per 2x2 latent pixels (the
+    committed teacher's) against one per latent pixel: FLOPs counted, median wall time, and their ratios."""
+    import random
+
+    from world import PRETRAINED
+    from world.scene import caption, random_scene
+    from world.teacher import flow_matching_batch_loss, new_teacher
+
+    torch.set_num_threads(1)
+    rng = random.Random(0)
+    scenes = [random_scene(rng) for _ in range(32)]
+    captions = [caption(s, i % 3) for i, s in enumerate(scenes)]
+    found = {}
+    for patch in (2, 1):
+        backbone = new_teacher(PRETRAINED / "vae", seed=0, patch_size=patch)
+        with FlopCounterMode(display=False) as counter:
+            flow_matching_batch_loss(backbone, scenes, captions).backward()
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            flow_matching_batch_loss(backbone, scenes, captions).backward()
+            times.append(time.perf_counter() - start)
+        found[patch] = (counter.get_total_flops(), sorted(times)[len(times) // 2])
+        print(f"world teacher, patch {patch} ({(64 // backbone.spatial_factor) ** 2} image tokens): "
+              f"{found[patch][0] / 1e9:.1f} GFLOP and {found[patch][1] * 1e3:.0f} ms per training step (median of "
+              f"{steps})")
+    print(f"  patch 1 / patch 2: {found[1][0] / found[2][0]:.2f}x FLOPs, {found[1][1] / found[2][1]:.2f}x step time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--world", action="store_true", help="only the step-time shares of the world_cpu recipe")
+    parser.add_argument("--teacher-patch", action="store_true",
+                        help="only the world teacher's training step with patch 1 against patch 2")
     args = parser.parse_args()
     if args.world:
         step_breakdown(args.steps, world=True)
+        return
+    if args.teacher_patch:
+        teacher_patch_cost(args.steps)
         return
     step_breakdown(args.steps)
     print("tiny models, full fine-tuning vs LoRA:")
     backbones_and_lora(args.steps)
     real_shapes_flops()
+    teacher_patch_cost(args.steps)
 
 
 if __name__ == "__main__":

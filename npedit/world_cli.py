@@ -37,7 +37,7 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summaries(editors: list[Path] = ()) -> dict[str, tuple]:
+def _summaries(editors: list[Path] = (), teacher_patch: int = 2) -> dict[str, tuple]:
     """Per world model: how to train it (out_dir, minutes, seed) and the one line that states its quality."""
     from world.builder_vlm import train_builder
     from world.critic import finetune_critic, train_critic
@@ -49,7 +49,7 @@ def _summaries(editors: list[Path] = ()) -> dict[str, tuple]:
     def teacher(out: Path, minutes: float, seed: int) -> dict:
         if not (out / "vae").exists():
             raise SystemExit(f"npedit: error: the teacher needs a world VAE in {out / 'vae'}: build it first")
-        return train_teacher(out, out / "vae", minutes=minutes, seed=seed)
+        return train_teacher(out, out / "vae", minutes=minutes, seed=seed, patch_size=teacher_patch)
 
     def continued(name: str, stage: str, run):
         def train(out: Path, minutes: float, seed: int) -> dict:
@@ -114,10 +114,13 @@ def build(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    summaries = _summaries(args.editors)
+    summaries = _summaries(args.editors, args.teacher_patch)
     for name in args.models:
         train, summary = summaries[name]
-        manifest = train(args.out, args.minutes, args.seed)
+        try:
+            manifest = train(args.out, args.minutes, args.seed)
+        except ValueError as error:
+            raise SystemExit(f"npedit: error: {error}") from None
         phase = manifest.get(CONTINUED.get(name), manifest)
         print(f"{name}: {phase['steps']} steps, {phase['train_minutes']} min; {summary(manifest['quality'])}")
     print(f"models in {args.out}")
@@ -261,6 +264,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--editors", type=Path, nargs="+", default=[],
                    help="for critic_outputs: editor checkpoints (e.g. an experiment's "
                         "runs/*/checkpoints/step-*/generator, or a teacher/)")
+    b.add_argument("--teacher-patch", type=int, choices=[1, 2], default=2,
+                   help="latent pixels per teacher token side, for a new teacher: 2 (the committed one's, a token per "
+                        "8x8 world pixels) or 1 (four times the tokens, a token per 4x4 pixels)")
     b.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per model; a rerun continues")
     b.add_argument("--out", type=Path, default=Path("world_models"))
     b.add_argument("--seed", type=int, default=0)

@@ -156,6 +156,27 @@ def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
     assert any(not torch.equal(after[k], final[k]) for k in after)
 
 
+def test_a_teacher_with_one_latent_pixel_per_token_trains_edits_and_refuses_to_resume_as_another(tmp_path):
+    import shutil
+
+    from npedit.cli import main
+    from training.backbones import ZImageBackbone
+    from world import PRETRAINED
+    from world.evaluate import held_out_edits, score_editor
+    from world.teacher import train_teacher
+
+    shutil.copytree(PRETRAINED / "vae", tmp_path / "vae")
+    manifest = train_teacher(tmp_path, tmp_path / "vae", minutes=10, max_steps=3, batch_size=4, eval_every_s=1e9,
+                             eval_samples=2, patch_size=1, progress=False)
+    assert manifest["transformer"]["all_patch_size"] == [1]
+    teacher = ZImageBackbone.from_pretrained(tmp_path / "teacher")
+    assert (teacher.patch_size, teacher.spatial_factor) == (1, 4)  # a token per 4x4 world pixels
+    scores = score_editor(teacher, held_out_edits(1, edit_types=["insertion"]), num_steps=1)  # the editing path
+    assert scores["insertion"]["n"] == 1
+    with pytest.raises(SystemExit, match="resumes another transformer .*: continue it with the settings"):
+        main(["world", "build", "--out", str(tmp_path), "--models", "teacher", "--minutes", "1", "--threads", "1"])
+
+
 def test_the_small_object_loss_weights_the_latent_pixels_a_small_object_touches():
     from training.losses import flow_matching_loss
     from world.scene import Scene, WorldObject

@@ -27,7 +27,11 @@ class BudgetedRun:
         if self.state_path.exists():
             state = torch.load(self.state_path, weights_only=False)
             for name, module in modules.items():
-                module.load_state_dict(state[name])
+                try:
+                    module.load_state_dict(state[name])
+                except RuntimeError:
+                    raise ValueError(f"{self.state_path} resumes another {name} (its shapes differ): continue it "
+                                     "with the settings it started with, or start in another folder") from None
             optimizer.load_state_dict(state["optimizer"])
             self.step, self.spent_s, self.history = state["step"], state["spent_s"], state["history"]
             rng.setstate(state["rng"])

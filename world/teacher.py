@@ -46,10 +46,14 @@ def text_encoder_for(tokenizer) -> Qwen3Model:
                                   max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id))
 
 
-def new_teacher(vae_dir: Path, seed: int) -> ZImageBackbone:
+def new_teacher(vae_dir: Path, seed: int, patch_size: int = 2) -> ZImageBackbone:
+    """A randomly initialised teacher over the VAE in `vae_dir`; `patch_size` latent pixels per token side (2, as
+    the released Z-Image: a token per 8x8 world pixels; 1: four times the tokens, a token per 4x4 pixels)."""
+    if patch_size not in (1, 2):
+        raise ValueError(f"a teacher patch is 1 or 2 latent pixels, not {patch_size}")
     tokenizer = build_qwen_tokenizer(extra_text=world_vocabulary())
     torch.manual_seed(seed)
-    transformer = ZImageTransformer2DModel(**TRANSFORMER)
+    transformer = ZImageTransformer2DModel(**TRANSFORMER, all_patch_size=(patch_size,))
     torch.manual_seed(seed + 1)
     return ZImageBackbone(transformer, text_encoder_for(tokenizer), tokenizer, load_vae(vae_dir), shift=TIME_SHIFT)
 
@@ -145,17 +149,18 @@ def save_teacher(backbone: ZImageBackbone, out: Path) -> None:
 
 def train_teacher(out_dir: Path, vae_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
                   batch_size: int = 32, lr: float = 8e-4, caption_dropout: float = 0.1, eval_every_s: float = 600,
-                  eval_samples: int = 64, progress: bool = True) -> dict:
-    """Train (or continue) the teacher under `out_dir`; writes `out_dir/teacher/` and its `manifest.json`."""
+                  eval_samples: int = 64, patch_size: int = 2, progress: bool = True) -> dict:
+    """Train (or continue) the teacher under `out_dir`, `patch_size` as in `new_teacher`; writes `out_dir/teacher/`
+    and its `manifest.json`."""
     out_dir = Path(out_dir)
-    backbone = new_teacher(vae_dir, seed)
+    backbone = new_teacher(vae_dir, seed, patch_size)
     facts, quality = _fit(backbone, out_dir / "teacher_train_state.pt", minutes=minutes, max_steps=max_steps,
                           seed=seed, batch_size=batch_size, lr=lr, anneal=False, caption_dropout=caption_dropout,
                           eval_every_s=eval_every_s, eval_samples=eval_samples, desc="world teacher",
                           progress=progress)
     save_teacher(backbone, out_dir / "teacher")
     manifest = {"model": "teacher", "architecture": "diffusers ZImageTransformer2DModel + transformers Qwen3Model",
-                "transformer": TRANSFORMER, "seed": seed, "batch_size": batch_size, "lr": lr, **facts,
+                "transformer": TRANSFORMER | {"all_patch_size": [patch_size]}, "seed": seed, "batch_size": batch_size, "lr": lr, **facts,
                 "command": invocation(), "quality": quality}
     (out_dir / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -219,6 +224,24 @@ def focus_small_objects(out_dir: Path, *, minutes: float, max_steps: int | None 
                              desc="world teacher small objects", progress=progress, small_object_weight=weight)
 
 
+def flow_matching_batch_loss(backbone: ZImageBackbone, scenes: list, captions: list[str],
+                             small_object_weight: float = 0.0) -> torch.Tensor:
+    """The teacher's training loss on rendered `scenes` and their `captions`: rectified flow at a random time per
+    scene, weighted 1 + `small_object_weight` on small objects when it is > 0."""
+    pixels = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
+    with torch.no_grad():
+        x0 = backbone.encode_images(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    # logit-normal(0, 1) through the sampler's time shift: without the shift, t > 0.95 (where the sampler starts
+    # and a scene's layout is decided) is 0.2 % of training and samples ignored their caption's background
+    t = backbone.shift_time(torch.sigmoid(torch.randn(len(scenes))))
+    eps = torch.randn_like(x0)
+    v = backbone.predict_velocity(noise_to(x0, eps, t), t, backbone.text_features(captions))
+    if small_object_weight > 0:
+        return weighted_flow_matching_loss(v, x0, eps, small_object_weights(scenes, x0.shape[-1],
+                                                                            small_object_weight)).mean()
+    return flow_matching_loss(v, x0, eps).mean()
+
+
 def _fit(backbone: ZImageBackbone, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
          batch_size: int, lr: float, anneal: bool, caption_dropout: float, eval_every_s: float, eval_samples: int,
          desc: str, progress: bool, small_object_weight: float = 0.0) -> tuple[dict, dict]:
@@ -245,17 +268,8 @@ def _fit(backbone: ZImageBackbone, state_path: Path, *, minutes: float, max_step
         for group in optimizer.param_groups:
             group["lr"] = run.rate(lr, anneal=anneal)
         scenes = [random_scene(rng) for _ in range(batch_size)]
-        pixels = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
-        with torch.no_grad():
-            x0 = backbone.encode_images(torch.from_numpy(pixels).permute(0, 3, 1, 2))
         captions = ["" if rng.random() < caption_dropout else caption(s, rng.randrange(3)) for s in scenes]
-        # logit-normal(0, 1) through the sampler's time shift: without the shift, t > 0.95 (where the sampler starts
-        # and a scene's layout is decided) is 0.2 % of training and samples ignored their caption's background
-        t = backbone.shift_time(torch.sigmoid(torch.randn(batch_size)))
-        eps = torch.randn_like(x0)
-        v = backbone.predict_velocity(noise_to(x0, eps, t), t, backbone.text_features(captions))
-        loss = (weighted_flow_matching_loss(v, x0, eps, small_object_weights(scenes, x0.shape[-1], small_object_weight))
-                if small_object_weight > 0 else flow_matching_loss(v, x0, eps)).mean()
+        loss = flow_matching_batch_loss(backbone, scenes, captions, small_object_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

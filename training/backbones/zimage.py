@@ -53,7 +53,8 @@ class ZImageBackbone(FrozenPartsBackbone):
         self.pipeline = "ZImagePipeline" if siglip is None else "ZImageOmniPipeline"
         self.latent_channels = vae.config.latent_channels
         # pixels per latent-patch side: VAE downsampling (x8 for Z-Image) times the patch size (2): multiples of 16
-        self.spatial_factor = 2 ** (len(vae.config.block_out_channels) - 1) * transformer.config.all_patch_size[0]
+        self.patch_size = transformer.config.all_patch_size[0]  # 2 in the released models
+        self.spatial_factor = 2 ** (len(vae.config.block_out_channels) - 1) * self.patch_size
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32,
@@ -192,10 +193,12 @@ class ZImageBackbone(FrozenPartsBackbone):
                 siglip_feats=[None] * len(targets) if text.reference_tokens is None else
                 [[r.to(dtype) for r in refs] + [None] for refs in text.reference_tokens],  # the target has none
                 image_noise_mask=[[0, 1]] * len(targets),
+                patch_size=self.patch_size,
                 return_dict=False,
             )[0]
         else:
             out = self.transformer(
-                x=targets, t=t_model, cap_feats=[segs[0].to(dtype) for segs in text.segments], return_dict=False
+                x=targets, t=t_model, cap_feats=[segs[0].to(dtype) for segs in text.segments],
+                patch_size=self.patch_size, return_dict=False,
             )[0]
         return -torch.stack([o.squeeze(1) for o in out]).to(x_t.dtype)  # Z-Image predicts x0 - eps
