@@ -160,7 +160,8 @@ def train_teacher(out_dir: Path, vae_dir: Path, *, minutes: float, max_steps: in
                           progress=progress)
     save_teacher(backbone, out_dir / "teacher")
     manifest = {"model": "teacher", "architecture": "diffusers ZImageTransformer2DModel + transformers Qwen3Model",
-                "transformer": TRANSFORMER | {"all_patch_size": [patch_size]}, "seed": seed, "batch_size": batch_size, "lr": lr, **facts,
+                "transformer": TRANSFORMER | {"all_patch_size": [patch_size]}, "seed": seed, "batch_size": batch_size,
+                "lr": lr, **facts,
                 "command": invocation(), "quality": quality}
     (out_dir / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
