@@ -213,7 +213,7 @@ def teacher_patch_cost(steps: int) -> None:
             flow_matching_batch_loss(backbone, scenes, captions).backward()
             times.append(time.perf_counter() - start)
         found[patch] = (counter.get_total_flops(), sorted(times)[len(times) // 2])
-        print(f"world teacher, patch {patch} ({(64 // backbone.spatial_factor) ** 2} image tokens): "
+        print(f"world teacher, patch {patch} ({(scenes[0].size // backbone.spatial_factor) ** 2} image tokens): "
               f"{found[patch][0] / 1e9:.1f} GFLOP and {found[patch][1] * 1e3:.0f} ms per training step (median of "
               f"{steps})")
     print(f"  patch 1 / patch 2: {found[1][0] / found[2][0]:.2f}x FLOPs, {found[1][1] / found[2][1]:.2f}x step time")

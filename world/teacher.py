@@ -24,7 +24,7 @@ from training.sampling import generate_images
 from world.budget import BudgetedRun
 from world.edits import PHRASINGS
 from world.scene import COLOURS, caption, object_coverage, parse_caption, random_scene, render
-from world.vae import HELD_OUT_SEED, invocation, load_vae
+from world.vae import HELD_OUT_SEED, invocation, load_vae, renders
 from world.verify import as_array, parse_image, shape_rates
 
 TRANSFORMER = dict(in_channels=16, dim=128, n_layers=4, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=64,
@@ -229,9 +229,8 @@ def flow_matching_batch_loss(backbone: ZImageBackbone, scenes: list, captions: l
                              small_object_weight: float = 0.0) -> torch.Tensor:
     """The teacher's training loss on rendered `scenes` and their `captions`: rectified flow at a random time per
     scene, weighted 1 + `small_object_weight` on small objects when it is > 0."""
-    pixels = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
     with torch.no_grad():
-        x0 = backbone.encode_images(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+        x0 = backbone.encode_images(renders(scenes))
     # logit-normal(0, 1) through the sampler's time shift: without the shift, t > 0.95 (where the sampler starts
     # and a scene's layout is decided) is 0.2 % of training and samples ignored their caption's background
     t = backbone.shift_time(torch.sigmoid(torch.randn(len(scenes))))
