@@ -37,8 +37,13 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summaries(editors: list[Path] = (), teacher_patch: int = 2) -> dict[str, tuple]:
-    """Per world model: how to train it (out_dir, minutes, seed) and the one line that states its quality."""
+TEACHER_STAGES = ("teacher", "teacher_anneal", "teacher_small_objects")  # the models `--device` may move
+
+
+def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "cpu",
+               render_workers: int = 0) -> dict[str, tuple]:
+    """Per world model: how to train it (out_dir, minutes, seed) and the one line that states its quality; the
+    teacher's stages on `device`, their scenes drawn by `render_workers` processes."""
     from world.builder_vlm import train_builder
     from world.critic import finetune_critic, train_critic
     from world.critic_outputs import finetune_on_outputs
@@ -49,7 +54,10 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2) -> dict[str, tu
     def teacher(out: Path, minutes: float, seed: int) -> dict:
         if not (out / "vae").exists():
             raise SystemExit(f"npedit: error: the teacher needs a world VAE in {out / 'vae'}: build it first")
-        return train_teacher(out, out / "vae", minutes=minutes, seed=seed, patch_size=teacher_patch)
+        return train_teacher(out, out / "vae", minutes=minutes, seed=seed, patch_size=teacher_patch, device=device,
+                             render_workers=render_workers)
+
+    on_device = {"device": device, "render_workers": render_workers}
 
     def continued(name: str, stage: str, run):
         def train(out: Path, minutes: float, seed: int) -> dict:
@@ -91,8 +99,10 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2) -> dict[str, tu
         "vae_decoder_robust": (continued("vae", "vae_decoder_robust", partial(finetune_decoder, degrade=1.0)),
                                vae_line),
         "teacher": (teacher, teacher_line),
-        "teacher_anneal": (continued("teacher", "teacher_anneal", anneal_teacher), teacher_line),
-        "teacher_small_objects": (continued("teacher", "teacher_small_objects", focus_small_objects), teacher_line),
+        "teacher_anneal": (continued("teacher", "teacher_anneal", partial(anneal_teacher, **on_device)),
+                           teacher_line),
+        "teacher_small_objects": (continued("teacher", "teacher_small_objects",
+                                            partial(focus_small_objects, **on_device)), teacher_line),
         "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed), critic_line),
         "critic_customization": (continued("critic", "critic_customization", finetune_critic), critic_line),
         "critic_anneal": (continued("critic", "critic_anneal", partial(finetune_critic, anneal=True)), critic_line),
@@ -114,7 +124,13 @@ def build(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    summaries = _summaries(args.editors, args.teacher_patch)
+    elsewhere = [name for name in args.models if name not in TEACHER_STAGES]
+    if args.device != "cpu" and elsewhere:
+        raise SystemExit(f"npedit: error: --device moves only the teacher's stages ({', '.join(TEACHER_STAGES)}); "
+                         f"build {', '.join(elsewhere)} on the CPU")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"npedit: error: --device {args.device}: torch sees no CUDA device here")
+    summaries = _summaries(args.editors, args.teacher_patch, args.device, args.render_workers)
     for name in args.models:
         train, summary = summaries[name]
         try:
@@ -271,6 +287,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", type=Path, default=Path("world_models"))
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=0, help="torch threads (1 is fastest on a shared 2-core machine)")
+    b.add_argument("--device", default="cpu", help="where the teacher's stages train (e.g. cuda); the others: cpu")
+    b.add_argument("--render-workers", type=int, default=0,
+                   help="processes drawing the teacher's training scenes (a GPU outruns one; 0: the trainer's own)")
     b.set_defaults(func=build)
     m = commands.add_parser("models", help="the world models' measured quality, from their manifests")
     m.add_argument("--models", type=Path, default=PRETRAINED, help="default: the committed world models")

@@ -177,6 +177,29 @@ def test_a_teacher_with_one_latent_pixel_per_token_trains_edits_and_refuses_to_r
         main(["world", "build", "--out", str(tmp_path), "--models", "teacher", "--minutes", "1", "--threads", "1"])
 
 
+def test_scenes_drawn_by_render_workers_train_the_same_teacher_and_only_the_teacher_moves_device(tmp_path):
+    import shutil
+
+    from npedit.cli import main
+    from world import PRETRAINED
+    from world.teacher import train_teacher
+
+    weights = {}
+    for workers in (0, 2):
+        out = tmp_path / f"workers{workers}"
+        shutil.copytree(PRETRAINED / "vae", out / "vae")
+        manifest = train_teacher(out, out / "vae", minutes=10, max_steps=2, batch_size=4, eval_every_s=1e9,
+                                 eval_samples=1, render_workers=workers, progress=False)
+        assert manifest["device"] == "cpu"
+        weights[workers] = torch.load(out / "teacher_train_state.pt", weights_only=False)["transformer"]
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])  # the same scenes, the same steps
+    with pytest.raises(SystemExit, match=r"--device moves only the teacher's stages .*; build critic on the CPU"):
+        main(["world", "build", "--out", str(tmp_path), "--models", "teacher", "critic", "--device", "cuda:0"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda: torch sees no CUDA device here"):
+            main(["world", "build", "--out", str(tmp_path), "--models", "teacher", "--device", "cuda"])
+
+
 def test_the_small_object_loss_weights_the_latent_pixels_a_small_object_touches():
     from training.losses import flow_matching_loss
     from world.scene import Scene, WorldObject

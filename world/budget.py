@@ -25,7 +25,7 @@ class BudgetedRun:
         self.minutes, self.max_steps, self.eval_every_s = minutes, max_steps, eval_every_s
         self.step, self.spent_s, self.history, self.losses = 0, 0.0, [], []
         if self.state_path.exists():
-            state = torch.load(self.state_path, weights_only=False)
+            state = torch.load(self.state_path, map_location="cpu", weights_only=False)
             for name, module in modules.items():
                 try:
                     module.load_state_dict(state[name])

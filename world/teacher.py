@@ -10,6 +10,9 @@ import json
 import random
 import re
 from collections import Counter
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import nullcontext
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -149,19 +152,20 @@ def save_teacher(backbone: ZImageBackbone, out: Path) -> None:
 
 def train_teacher(out_dir: Path, vae_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
                   batch_size: int = 32, lr: float = 8e-4, caption_dropout: float = 0.1, eval_every_s: float = 600,
-                  eval_samples: int = 64, patch_size: int = 2, progress: bool = True) -> dict:
-    """Train (or continue) the teacher under `out_dir`, `patch_size` as in `new_teacher`; writes `out_dir/teacher/`
-    and its `manifest.json`."""
+                  eval_samples: int = 64, patch_size: int = 2, device: str = "cpu", render_workers: int = 0,
+                  progress: bool = True) -> dict:
+    """Train (or continue) the teacher under `out_dir`, `patch_size` as in `new_teacher`, on `device` with scenes
+    drawn by `render_workers` processes (0: in this one); writes `out_dir/teacher/` and its `manifest.json`."""
     out_dir = Path(out_dir)
     backbone = new_teacher(vae_dir, seed, patch_size)
     facts, quality = _fit(backbone, out_dir / "teacher_train_state.pt", minutes=minutes, max_steps=max_steps,
                           seed=seed, batch_size=batch_size, lr=lr, anneal=False, caption_dropout=caption_dropout,
                           eval_every_s=eval_every_s, eval_samples=eval_samples, desc="world teacher",
-                          progress=progress)
+                          device=device, render_workers=render_workers, progress=progress)
     save_teacher(backbone, out_dir / "teacher")
     manifest = {"model": "teacher", "architecture": "diffusers ZImageTransformer2DModel + transformers Qwen3Model",
                 "transformer": TRANSFORMER | {"all_patch_size": [patch_size]}, "seed": seed, "batch_size": batch_size,
-                "lr": lr, **facts,
+                "lr": lr, "device": str(device), **facts,
                 "command": invocation(), "quality": quality}
     (out_dir / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -169,14 +173,15 @@ def train_teacher(out_dir: Path, vae_dir: Path, *, minutes: float, max_steps: in
 
 def anneal_teacher(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
                    batch_size: int = 32, lr: float = 4e-4, caption_dropout: float = 0.1, eval_every_s: float = 600,
-                   eval_samples: int = 64, progress: bool = True) -> dict:
-    """Continue the teacher in `out_dir/teacher/` with its learning rate annealed from `lr` to zero over the budget
-    (a constant rate leaves the weights noisy); rewrites it and adds this phase to its manifest. A killed run resumes
-    from `teacher_anneal_state.pt`."""
-    return _continue_teacher(out_dir, "anneal", {"seed": seed, "batch_size": batch_size, "lr": lr},
+                   eval_samples: int = 64, device: str = "cpu", render_workers: int = 0, progress: bool = True) -> dict:
+    """Continue the teacher in `out_dir/teacher/` (on `device`, as `train_teacher`) with its learning rate annealed
+    from `lr` to zero over the budget (a constant rate leaves the weights noisy); rewrites it and adds this phase to
+    its manifest. A killed run resumes from `teacher_anneal_state.pt`."""
+    return _continue_teacher(out_dir, "anneal", {"seed": seed, "batch_size": batch_size, "lr": lr, "device": device},
                              minutes=minutes, max_steps=max_steps, seed=seed + 1, batch_size=batch_size, lr=lr,
                              caption_dropout=caption_dropout, eval_every_s=eval_every_s, eval_samples=eval_samples,
-                             desc="world teacher anneal", progress=progress)
+                             desc="world teacher anneal", device=device, render_workers=render_workers,
+                             progress=progress)
 
 
 def _continue_teacher(out_dir: Path, phase: str, record: dict, **fit) -> dict:
@@ -214,40 +219,46 @@ def weighted_flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, eps: tor
 
 def focus_small_objects(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
                         batch_size: int = 32, lr: float = 2e-4, weight: float = 8.0, caption_dropout: float = 0.1,
-                        eval_every_s: float = 600, eval_samples: int = 64, progress: bool = True) -> dict:
-    """Continue the teacher in `out_dir/teacher/` with its flow-matching loss weighted `1 + weight` on small objects
-    (`small_object_weights`), the rate annealed to zero; rewrites it and adds this phase to its manifest. A killed
-    run resumes from `teacher_small_objects_state.pt`."""
+                        eval_every_s: float = 600, eval_samples: int = 64, device: str = "cpu",
+                        render_workers: int = 0, progress: bool = True) -> dict:
+    """Continue the teacher in `out_dir/teacher/` (on `device`, as `train_teacher`) with its flow-matching loss
+    weighted `1 + weight` on small objects (`small_object_weights`), the rate annealed to zero; rewrites it and adds
+    this phase to its manifest. A killed run resumes from `teacher_small_objects_state.pt`."""
     return _continue_teacher(out_dir, "small_objects",
-                             {"seed": seed, "batch_size": batch_size, "lr": lr, "weight": weight},
+                             {"seed": seed, "batch_size": batch_size, "lr": lr, "weight": weight, "device": device},
                              minutes=minutes, max_steps=max_steps, seed=seed + 2, batch_size=batch_size, lr=lr,
                              caption_dropout=caption_dropout, eval_every_s=eval_every_s, eval_samples=eval_samples,
-                             desc="world teacher small objects", progress=progress, small_object_weight=weight)
+                             desc="world teacher small objects", device=device, render_workers=render_workers,
+                             progress=progress, small_object_weight=weight)
 
 
 def flow_matching_batch_loss(backbone: ZImageBackbone, scenes: list, captions: list[str],
-                             small_object_weight: float = 0.0) -> torch.Tensor:
-    """The teacher's training loss on rendered `scenes` and their `captions`: rectified flow at a random time per
-    scene, weighted 1 + `small_object_weight` on small objects when it is > 0."""
+                             small_object_weight: float = 0.0, pool: Executor | None = None) -> torch.Tensor:
+    """The teacher's training loss on rendered `scenes` (drawn by `pool` when given) and their `captions`: rectified
+    flow at a random time per scene, weighted 1 + `small_object_weight` on small objects when it is > 0. The noise
+    is drawn on the CPU, so a run's draws are the same on every device."""
     with torch.no_grad():
-        x0 = backbone.encode_images(renders(scenes))
+        x0 = backbone.encode_images(renders(scenes, pool))
     # logit-normal(0, 1) through the sampler's time shift: without the shift, t > 0.95 (where the sampler starts
     # and a scene's layout is decided) is 0.2 % of training and samples ignored their caption's background
-    t = backbone.shift_time(torch.sigmoid(torch.randn(len(scenes))))
-    eps = torch.randn_like(x0)
+    t = backbone.shift_time(torch.sigmoid(torch.randn(len(scenes)))).to(x0.device)
+    eps = torch.randn(x0.shape).to(x0)
     v = backbone.predict_velocity(noise_to(x0, eps, t), t, backbone.text_features(captions))
     if small_object_weight > 0:
-        return weighted_flow_matching_loss(v, x0, eps, small_object_weights(scenes, x0.shape[-1],
-                                                                            small_object_weight)).mean()
+        weights = small_object_weights(scenes, x0.shape[-1], small_object_weight).to(x0.device)
+        return weighted_flow_matching_loss(v, x0, eps, weights).mean()
     return flow_matching_loss(v, x0, eps).mean()
 
 
 def _fit(backbone: ZImageBackbone, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
          batch_size: int, lr: float, anneal: bool, caption_dropout: float, eval_every_s: float, eval_samples: int,
-         desc: str, progress: bool, small_object_weight: float = 0.0) -> tuple[dict, dict]:
+         desc: str, progress: bool, small_object_weight: float = 0.0, device: str = "cpu",
+         render_workers: int = 0) -> tuple[dict, dict]:
     """Flow matching on world images and their captions under a resumable time budget (the rate warmed up over 100
     steps, then constant or, with `anneal`, cosine to zero at the budget's end), the loss weighted toward small
-    objects when `small_object_weight` > 0; the run's facts and final quality."""
+    objects when `small_object_weight` > 0, on `device`, scenes drawn by `render_workers` spawned processes when
+    > 0 (a GPU outruns one process drawing them); the run's facts and final quality."""
+    backbone.to(device)
     backbone.text_encoder.requires_grad_(True).train()
     backbone.transformer.requires_grad_(True).train()
     params = list(backbone.transformer.parameters()) + list(backbone.text_encoder.parameters())
@@ -264,16 +275,18 @@ def _fit(backbone: ZImageBackbone, state_path: Path, *, minutes: float, max_step
         backbone.text_encoder.train()
         return result
 
-    while run.running():
-        for group in optimizer.param_groups:
-            group["lr"] = run.rate(lr, anneal=anneal)
-        scenes = [random_scene(rng) for _ in range(batch_size)]
-        captions = ["" if rng.random() < caption_dropout else caption(s, rng.randrange(3)) for s in scenes]
-        loss = flow_matching_batch_loss(backbone, scenes, captions, small_object_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        run.after_step(loss.item(), evaluate)
+    spawned = get_context("spawn")
+    with ProcessPoolExecutor(render_workers, mp_context=spawned) if render_workers else nullcontext() as pool:
+        while run.running():
+            for group in optimizer.param_groups:
+                group["lr"] = run.rate(lr, anneal=anneal)
+            scenes = [random_scene(rng) for _ in range(batch_size)]
+            captions = ["" if rng.random() < caption_dropout else caption(s, rng.randrange(3)) for s in scenes]
+            loss = flow_matching_batch_loss(backbone, scenes, captions, small_object_weight, pool)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            run.after_step(loss.item(), evaluate)
     facts = run.finish()
     return facts, evaluate()

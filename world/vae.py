@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,10 @@ VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderB
 HELD_OUT_SEED = 10_000_019  # scenes no training batch draws
 
 
-def renders(scenes) -> torch.Tensor:
-    """The scenes' renders as a (n, 3, size, size) tensor in [-1, 1]."""
-    pixels = np.stack([np.asarray(render(s), np.float32) for s in scenes]) / 127.5 - 1
+def renders(scenes, pool: Executor | None = None) -> torch.Tensor:
+    """The scenes' renders as a (n, 3, size, size) tensor in [-1, 1], drawn by `pool`'s workers when given."""
+    images = pool.map(render, scenes, chunksize=max(1, len(scenes) // 16)) if pool else map(render, scenes)
+    pixels = np.stack([np.asarray(image, np.float32) for image in images]) / 127.5 - 1
     return torch.from_numpy(pixels).permute(0, 3, 1, 2)
 
 
