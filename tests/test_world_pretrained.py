@@ -9,14 +9,14 @@ import math
 import pytest
 import torch
 
-from world import PRETRAINED
+from world import PRETRAINED, PRETRAINED_PATCH1
 
 pytestmark = pytest.mark.slow
 FRESH_SEED = 77_000_003
 
 
-def manifest(name: str) -> dict:
-    return json.loads((PRETRAINED / name / "manifest.json").read_text())
+def manifest(name: str, models=PRETRAINED) -> dict:
+    return json.loads((models / name / "manifest.json").read_text())
 
 
 def within_sampling_error(measured: float, claimed: float, n: int) -> bool:
@@ -24,11 +24,13 @@ def within_sampling_error(measured: float, claimed: float, n: int) -> bool:
     return measured >= claimed - 3 * math.sqrt(max(claimed * (1 - claimed), 0.01) / n) - 0.03
 
 
-@pytest.mark.parametrize("name", ["vae", "teacher", "critic"])
-def test_every_committed_model_has_a_manifest_with_its_command_and_quality(name):
-    facts = manifest(name)
-    assert facts["model"] == name and facts["steps"] > 0 and facts["quality"] and facts["rebuild"].startswith("npedit")
-    sizes = [p.stat().st_size for p in (PRETRAINED / name).rglob("*.safetensors")]
+@pytest.mark.parametrize("models, name", [(PRETRAINED, "vae"), (PRETRAINED, "teacher"), (PRETRAINED, "critic"),
+                                          (PRETRAINED_PATCH1, "teacher")])
+def test_every_committed_model_has_a_manifest_with_its_command_and_quality(models, name):
+    facts = manifest(name, models)
+    assert facts["model"] == name and facts["steps"] > 0 and facts["quality"]
+    assert "npedit world build" in facts["rebuild"]
+    sizes = [p.stat().st_size for p in (models / name).rglob("*.safetensors")]
     assert sizes and sum(sizes) < 8 * 2**20  # fp16, a few MB
 
 
@@ -41,12 +43,13 @@ def test_vae_reconstructs_fresh_scenes_as_its_manifest_says():
     assert within_sampling_error(measured["parse_rate"], claimed["parse_rate"], 64), (measured, claimed)
 
 
-def test_teacher_draws_fresh_captions_as_its_manifest_says():
+@pytest.mark.parametrize("models", [PRETRAINED, PRETRAINED_PATCH1], ids=["committed", "patch1"])
+def test_teacher_draws_fresh_captions_as_its_manifest_says(models):
     from training.backbones import ZImageBackbone
     from world.teacher import evaluate_teacher
 
-    claimed = manifest("teacher")["quality"]
-    teacher = ZImageBackbone.from_pretrained(PRETRAINED / "teacher")
+    claimed = manifest("teacher", models)["quality"]
+    teacher = ZImageBackbone.from_pretrained(models / "teacher")
     measured = evaluate_teacher(teacher, n=32, seed=FRESH_SEED)
     for key in ("background_match", "layout_match", "caption_match"):
         assert within_sampling_error(measured[key], claimed[key], 32), (key, measured, claimed)

@@ -5,3 +5,5 @@ from pathlib import Path
 
 # The committed world models (vae/, teacher/, critic/), each with a manifest: config, seed, command, measured quality.
 PRETRAINED = Path(__file__).parent / "pretrained"
+# A teacher with a token per latent pixel (`world build --teacher-patch 1`, on a GPU) beside the committed critic.
+PRETRAINED_PATCH1 = Path(__file__).parent / "pretrained_patch1"

@@ -205,7 +205,8 @@ def finetune_decoder(out_dir: Path, *, minutes: float, max_steps: int | None = N
 
 def invocation() -> str:
     """The npedit command that is running, for a manifest ("" when called from Python)."""
-    return " ".join(["npedit", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("npedit") else ""
+    launched = sys.argv and (sys.argv[0].endswith("npedit") or sys.argv[0].endswith("npedit/cli.py"))  # or -m
+    return " ".join(["npedit", *sys.argv[1:]]) if launched else ""
 
 
 def load_vae(path: Path | str) -> AutoencoderKL:
