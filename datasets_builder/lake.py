@@ -45,11 +45,14 @@ class LakeConfig:
 
     `catalog` is a DuckLake metadata location: a file path (`corpus.ducklake`, one writing process), `sqlite:path`, or
     `postgres:dbname=... host=...` for a team. `data_path` is a folder (absolute) or an object-store URL
-    (`s3://bucket/prefix/`, configured from the environment: see `storage`).
+    (`s3://bucket/prefix/`, configured from the environment: see `storage`). A local lake (`local`, or `of` with
+    neither path given) keeps its data beside its catalog and may be moved or copied as a folder: it is opened at
+    the data path where it now is, not the one its catalog recorded at creation.
     """
 
     catalog: str
     data_path: str
+    relocatable: bool = False
 
     def __post_init__(self):
         # One spelling of the data path: the catalog compares file names with what it stored at creation.
@@ -62,12 +65,14 @@ class LakeConfig:
     @classmethod
     def local(cls, root: Path) -> LakeConfig:
         root = Path(root).resolve()
-        return cls(catalog=str(root / "corpus.ducklake"), data_path=str(root / "data") + "/")
+        return cls(catalog=str(root / "corpus.ducklake"), data_path=str(root / "data") + "/", relocatable=True)
 
     @classmethod
     def of(cls, lake_dir: str | Path, catalog: str | None = None, data_path: str | None = None) -> LakeConfig:
         """The lake every entry point addresses the same way: `catalog` and `data_path` default to `lake_dir`."""
         local = cls.local(Path(lake_dir))
+        if catalog is None and data_path is None:
+            return local
         return cls(catalog=catalog or local.catalog, data_path=data_path or local.data_path)
 
     @property
@@ -81,7 +86,8 @@ class LakeConfig:
         return self.catalog.removeprefix("postgres:") if self.catalog.startswith("postgres:") else None
 
     def attach_sql(self, read_only: bool) -> str:
-        options = [f"DATA_PATH {_literal(self.data_path)}"] + (["READ_ONLY"] if read_only else [])
+        options = ([f"DATA_PATH {_literal(self.data_path)}"] + (["READ_ONLY"] if read_only else [])
+                   + (["OVERRIDE_DATA_PATH TRUE"] if self.relocatable else []))
         return f"ATTACH {_literal('ducklake:' + self.catalog)} AS {LAKE} ({', '.join(options)})"
 
     @contextmanager

@@ -39,6 +39,20 @@ def test_publish_time_travel_and_immutability(store):
     assert published.column("message").to_pylist() == ["first", "second"]
 
 
+def test_a_local_lake_moved_as_a_folder_opens_and_publishes_where_it_now_is(tmp_path):
+    before = lake.LakeConfig.of(tmp_path / "here")
+    first = lake.write_staged(before, IMAGES_REJECTED, _rejects("a", 3), "a")
+    v1 = lake.publish(before, {"images_rejected": [first]}, message="first", tag="v1")
+    (tmp_path / "here").rename(tmp_path / "there")
+    moved = lake.LakeConfig.of(tmp_path / "there")
+    assert lake.read_table(moved, "images_rejected", "v1").num_rows == 3
+    first = str(first).replace(str(tmp_path / "here"), str(tmp_path / "there"))
+    second = lake.write_staged(moved, IMAGES_REJECTED, _rejects("b", 2), "b")
+    assert lake.publish(moved, {"images_rejected": [first, second]}, message="second").parent == v1.snapshot_id
+    assert lake.read_table(moved, "images_rejected").num_rows == 5 and lake.verify_content_hash(moved, "v1")
+    assert not (tmp_path / "here").exists()
+
+
 def test_republishing_registers_nothing_twice(store):
     path = lake.write_staged(store, IMAGES_REJECTED, _rejects("a", 3), "a")
     v1 = lake.publish(store, {"images_rejected": [path]}, message="first")
