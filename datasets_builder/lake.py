@@ -45,14 +45,11 @@ class LakeConfig:
 
     `catalog` is a DuckLake metadata location: a file path (`corpus.ducklake`, one writing process), `sqlite:path`, or
     `postgres:dbname=... host=...` for a team. `data_path` is a folder (absolute) or an object-store URL
-    (`s3://bucket/prefix/`, configured from the environment: see `storage`). A local lake (`local`, or `of` with
-    neither path given) keeps its data beside its catalog and may be moved or copied as a folder: it is opened at
-    the data path where it now is, not the one its catalog recorded at creation.
+    (`s3://bucket/prefix/`, configured from the environment: see `storage`).
     """
 
     catalog: str
     data_path: str
-    relocatable: bool = False
 
     def __post_init__(self):
         # One spelling of the data path: the catalog compares file names with what it stored at creation.
@@ -65,20 +62,24 @@ class LakeConfig:
     @classmethod
     def local(cls, root: Path) -> LakeConfig:
         root = Path(root).resolve()
-        return cls(catalog=str(root / "corpus.ducklake"), data_path=str(root / "data") + "/", relocatable=True)
+        return cls(catalog=str(root / "corpus.ducklake"), data_path=str(root / "data") + "/")
 
     @classmethod
     def of(cls, lake_dir: str | Path, catalog: str | None = None, data_path: str | None = None) -> LakeConfig:
         """The lake every entry point addresses the same way: `catalog` and `data_path` default to `lake_dir`."""
         local = cls.local(Path(lake_dir))
-        if catalog is None and data_path is None:
-            return local
         return cls(catalog=catalog or local.catalog, data_path=data_path or local.data_path)
 
     @property
     def is_shared_catalog(self) -> bool:
         """A SQLite or PostgreSQL catalog admits several processes; a DuckDB-file catalog only one."""
         return self.catalog.startswith(("postgres:", "sqlite:"))
+
+    @property
+    def relocatable(self) -> bool:
+        """A catalog file with its data in `data/` beside it: the folder may be moved or copied, and is opened at the
+        data path where it now is, not the one the catalog recorded at creation."""
+        return not self.is_shared_catalog and self.data_path == str(Path(self.catalog).parent / "data") + "/"
 
     @property
     def postgres_dsn(self) -> str | None:
