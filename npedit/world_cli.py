@@ -144,8 +144,12 @@ def build(args: argparse.Namespace) -> int:
 
 
 def models(args: argparse.Namespace) -> int:
-    """Each world model's measured quality (from its manifest), and the critic's accuracy per question kind."""
-    from world.report import critic_table, model_quality, quality_line
+    """Each world model's measured quality (from its manifest), the critic's accuracy per question kind, and the
+    folder's recipe.toml if it has one."""
+    import tomllib
+
+    from world import RECIPE_FILE
+    from world.report import critic_table, model_quality, quality_line, recipe_line
 
     found = model_quality(args.models)
     if not found:
@@ -154,6 +158,8 @@ def models(args: argparse.Namespace) -> int:
         print(quality_line(name, facts))
     if "critic" in found:
         print("\n".join(critic_table(found["critic"]["quality"] or {})))
+    if (args.models / RECIPE_FILE).exists():
+        print(recipe_line(tomllib.loads((args.models / RECIPE_FILE).read_text())))
     return 0
 
 
@@ -163,6 +169,7 @@ def experiment(args: argparse.Namespace) -> int:
 
     import torch
 
+    from world import RECIPE_FILE
     from world.experiment import VARIANTS, Experiment, run_experiment
 
     from npedit.train_cli import _parse_override
@@ -177,7 +184,9 @@ def experiment(args: argparse.Namespace) -> int:
     overrides = dict(_parse_override(s) for s in args.set)
     if args.customization_fraction:
         overrides["data.customization_fraction"] = args.customization_fraction
-    load_config("world_cpu", overrides=overrides)  # an unknown key or a bad value: one line now, not after a run
+    models_recipe = args.models / RECIPE_FILE
+    load_config("world_cpu", models_recipe if models_recipe.exists() else None,
+                overrides=overrides)  # an unknown key or a bad value: one line now, not after a run
     for needed in (args.models / "teacher", args.models / "critic", args.corpus):
         if not needed.exists():
             raise SystemExit(f"npedit: error: {needed} does not exist: run `npedit world build` first")
@@ -364,7 +373,8 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--edit-types", nargs="+", default=list(EDIT_TYPES),
                    help="score (and, when fewer than all, train on) only these edit types")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a world_cpu config override for every NP-Edit run, e.g. --set loss.lambda_dmd=2.0")
+                   help="a world_cpu config override for every NP-Edit run, over the models' own recipe.toml "
+                        "if they have one, e.g. --set loss.lambda_dmd=2.0")
     e.add_argument("--ceilings", action=argparse.BooleanOptionalAction, default=True,
                    help="also score two ceilings once: the true targets through the VAE (no latent editor beats it) "
                         "and the teacher drawing the targets' captions (what DMD pulls toward)")

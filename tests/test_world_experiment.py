@@ -11,6 +11,7 @@ import torch
 from schemas.edit_types import EDIT_TYPES
 from snapshot_fixture import write_fixture_snapshot
 from training.backbones import ZImageBackbone
+from world import PRETRAINED_PATCH1
 from world.ceilings import CEILINGS
 from world.critic import train_critic
 from world.experiment import Experiment, run_experiment
@@ -102,12 +103,13 @@ def test_world_demo_runs_from_the_committed_models_through_the_builder(tmp_path)
     assert "edits from its own training corpus" in _seen_line(results)
 
 
-def _part(folder, runs):
+def _part(folder, runs, recipe=None):
     folder.mkdir()
     scores = {t: {"success": 0.5, "preservation_db": 30.0, "realism": 1.0, "untouched_objects_kept": 1.0, "n": 1}
               for t in [*EDIT_TYPES, "mean"]}
     results = {"command": f"npedit world experiment --out {folder}", "models": {},
-               "runs": [{"variant": v, "seed": s, "steps": n, "train_minutes": 1.0, "scores": scores} for v, s, n in runs]}
+               "runs": [{"variant": v, "seed": s, "steps": n, "train_minutes": 1.0, "scores": scores} for v, s, n in runs],
+               **({"models_recipe": recipe} if recipe else {})}
     (folder / "results.json").write_text(json.dumps(results))
     return folder
 
@@ -128,6 +130,35 @@ def test_runs_split_over_folders_merge_into_one_report_and_mismatches_are_refuse
     d = _part(tmp_path / "d", [("dmd_only", 0, 100)])
     with pytest.raises(SystemExit, match="different step budgets"):
         main(["world", "report", str(a), str(d), "--out", str(tmp_path / "y")])
+    e = _part(tmp_path / "e", [("dmd_only", 0, 300)], recipe={"loss": {"lambda_dmd": 0.1}})
+    with pytest.raises(SystemExit, match="different models' recipe.toml values"):
+        main(["world", "report", str(a), str(e), "--out", str(tmp_path / "z")])
+    f = _part(tmp_path / "f", [("np_edit", 2, 300)], recipe={"loss": {"lambda_dmd": 0.1}})
+    assert main(["world", "report", str(e), str(f), "--out", str(tmp_path / "merged_recipe")]) == 0
+    assert ("The NP-Edit runs train with the models' `recipe.toml` over world_cpu: loss.lambda_dmd = 0.1."
+            in (tmp_path / "merged_recipe" / "report.md").read_text())
+
+
+def test_the_models_recipe_sets_what_the_world_cpu_recipe_does_not_and_set_and_variants_override_it(tmp_path, capsys):
+    from npedit.cli import main
+    from world.experiment import _config
+
+    models = tmp_path / "models"
+    models.mkdir()
+    plain = Experiment(out=tmp_path / "out", models=models, corpus=tmp_path / "lake")
+    assert _config(plain, "np_edit", 0, tmp_path / "run", 300).loss.lambda_dmd == 0.5  # world_cpu's own
+    (models / "recipe.toml").write_text("[loss]\nlambda_dmd = 0.1\n[schedule]\nwarmup_steps = 20\n")
+    config = _config(plain, "np_edit", 0, tmp_path / "run", 300)
+    assert (config.loss.lambda_dmd, config.schedule.warmup_steps) == (0.1, 20)
+    assert _config(plain, "vlm_only", 0, tmp_path / "run", 300).loss.lambda_dmd == 0.0  # the variant wins
+    overridden = Experiment(out=tmp_path / "out", models=models, corpus=tmp_path / "lake",
+                            overrides={"loss.lambda_dmd": 0.25})
+    assert _config(overridden, "np_edit", 0, tmp_path / "run", 300).loss.lambda_dmd == 0.25  # --set wins
+    committed = Experiment(out=tmp_path / "out", models=PRETRAINED_PATCH1, corpus=tmp_path / "lake")
+    assert _config(committed, "np_edit", 0, tmp_path / "run", 300).loss.lambda_dmd == 0.1
+    (models / "recipe.toml").write_text("[loss]\nlambda_dmdd = 0.1\n")
+    assert main(["world", "experiment", "--out", str(tmp_path / "out"), "--models", str(models)]) == 2
+    assert "unknown key 'lambda_dmdd' in [loss]" in capsys.readouterr().err
 
 
 def _scores(applied: float, realism: float, n: int = 24) -> dict:
@@ -162,6 +193,9 @@ def test_world_models_prints_the_committed_models_and_refuses_a_folder_without_a
     printed = capsys.readouterr().out
     assert printed.startswith("vae: ") and "teacher: " in printed and "| background |" in printed
     assert "min (then anneal); caption_match" in printed  # steps and minutes count every phase of its training
+    assert "recipe.toml" not in printed  # the committed models train with world_cpu as it is
+    assert main(["world", "models", "--models", str(PRETRAINED_PATCH1)]) == 0
+    assert "recipe.toml` over world_cpu: loss.lambda_dmd = 0.1." in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no world model manifests in"):
         main(["world", "models", "--models", str(tmp_path)])
 

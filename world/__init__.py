@@ -5,5 +5,8 @@ from pathlib import Path
 
 # The committed world models (vae/, teacher/, critic/), each with a manifest: config, seed, command, measured quality.
 PRETRAINED = Path(__file__).parent / "pretrained"
-# A teacher with a token per latent pixel (`world build --teacher-patch 1`, on a GPU) beside the committed critic.
+# A teacher with a token per latent pixel (`world build --teacher-patch 1`, on a GPU) beside the committed critic,
+# and the DMD weight it trains editors with (its recipe.toml).
 PRETRAINED_PATCH1 = Path(__file__).parent / "pretrained_patch1"
+# A models folder may hold a recipe.toml beside them: the world_cpu values NP-Edit trains with from these models.
+RECIPE_FILE = "recipe.toml"

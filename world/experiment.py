@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from training.backbones import ZImageBackbone
 from training.config import load_config
 from training.monitor import plot_loss_curves
 from training.run import build_trainer, resolved_for
+from world import RECIPE_FILE
 from world.ceilings import ceilings
 from world.customization import held_out_customizations, score_customizer
 from world.evaluate import held_out_edits, score_editor, training_edits
@@ -51,6 +53,12 @@ class Experiment:
     customization: int = 0  # held-out customization cases scored per run beside the edits (0: none)
     ceilings: bool = True  # score the reference points of `world.ceilings` once per experiment
 
+    @property
+    def models_recipe(self) -> Path | None:
+        """The models' own `recipe.toml` (world_cpu values their teacher was tuned for), applied under `overrides`."""
+        path = self.models / RECIPE_FILE
+        return path if path.exists() else None
+
     def runs(self) -> list[tuple[str, int]]:
         order = ["np_edit"] + [v for v in self.variants if v != "np_edit"]  # np_edit first: it sets the steps
         return [(v, s) for v in order if v in self.variants
@@ -62,14 +70,14 @@ def _config(experiment: Experiment, variant: str, seed: int, out_dir: Path, step
     overrides = {"model.generator": str(experiment.models / "teacher"), "model.critic": str(experiment.models / "critic"),
                  "data.lake_dir": str(experiment.corpus), "log.out_dir": str(out_dir), "seed": seed,
                  "schedule.total_steps": steps or 100_000}
-    recipe = load_config("world_cpu").schedule
+    recipe = load_config("world_cpu", experiment.models_recipe).schedule
     if steps is not None:
         overrides["schedule.warmup_steps"] = max(1, min(recipe.warmup_steps, steps // 12))
         overrides["schedule.single_step_steps"] = min(recipe.single_step_steps, steps // 3)
     if set(experiment.edit_types) != set(EDIT_TYPES):
         overrides["data.edit_type_weights"] = {t: 1 / len(experiment.edit_types) for t in experiment.edit_types}
-    return resolved_for(load_config("world_cpu", overrides={**overrides, **experiment.overrides,
-                                                             **VARIANTS[variant]}), 1)
+    return resolved_for(load_config("world_cpu", experiment.models_recipe,
+                                    overrides={**overrides, **experiment.overrides, **VARIANTS[variant]}), 1)
 
 
 def _train_np_edit(experiment: Experiment, variant: str, seed: int, out_dir: Path, steps: int | None):
@@ -114,6 +122,8 @@ def run_experiment(experiment: Experiment, *, command: str = "", log=print) -> d
     path = experiment.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"command": command, "runs": []}
     results.setdefault("models", model_quality(experiment.models))
+    if experiment.models_recipe:
+        results.setdefault("models_recipe", tomllib.loads(experiment.models_recipe.read_text()))
     done = {(r["variant"], r["seed"]) for r in results["runs"]}
     steps = experiment.steps or next((r["steps"] for r in results["runs"] if r["variant"] == "np_edit"), None)
     if steps is None and "np_edit" not in experiment.variants:
@@ -144,7 +154,7 @@ def merge_results(parts: list[Path], out: Path, *, command: str = "") -> dict:
     budget): their results.json merged into `out/results.json`, grids copied, `out/report.md` written."""
     import shutil
 
-    runs, models, commands, bounds = [], {}, [], {}
+    runs, models, commands, bounds, recipes = [], {}, [], {}, []
     for part in parts:
         path = Path(part) / "results.json"
         if not path.exists():
@@ -153,6 +163,7 @@ def merge_results(parts: list[Path], out: Path, *, command: str = "") -> dict:
         runs += results["runs"]
         models = models or results.get("models", {})
         bounds = bounds or results.get("ceilings", {})
+        recipes.append(results.get("models_recipe", {}))
         commands.append(results.get("command", ""))
         for grid in sorted((Path(part) / "grids").glob("*.png")):
             (out / "grids").mkdir(parents=True, exist_ok=True)
@@ -166,9 +177,12 @@ def merge_results(parts: list[Path], out: Path, *, command: str = "") -> dict:
     budgets = {r["steps"] for r in runs if r["variant"] != "teacher"}
     if len(budgets) > 1:
         raise ValueError(f"the parts trained for different step budgets {sorted(budgets)}: not comparable")
+    recipe = recipes[0] if recipes else {}
+    if any(other != recipe for other in recipes):
+        raise ValueError("the parts trained with different models' recipe.toml values: not comparable")
     out.mkdir(parents=True, exist_ok=True)
     merged = {"command": " ; ".join(c for c in [*commands, command] if c), "parts": commands, "models": models,
-              "runs": runs, **({"ceilings": bounds} if bounds else {})}
+              "runs": runs, **({"ceilings": bounds} if bounds else {}), **({"models_recipe": recipe} if recipe else {})}
     (out / "results.json").write_text(json.dumps(merged, indent=2))
     write_report(merged, out)
     return merged

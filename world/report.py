@@ -50,6 +50,12 @@ def quality_line(name: str, facts: dict) -> str:
         f"{k} {v}" for k, v in quality.items())
 
 
+def recipe_line(recipe: dict) -> str:
+    """The values a models folder's `recipe.toml` sets over world_cpu, as one sentence."""
+    settings = ", ".join(f"{table}.{key} = {value}" for table, values in recipe.items() for key, value in values.items())
+    return f"The NP-Edit runs train with the models' `recipe.toml` over world_cpu: {settings}."
+
+
 def critic_table(quality: dict) -> list[str]:
     """The critic's held-out accuracy per question kind as a markdown table (edit types x edit/identity), with the
     customization questions (scene, identity, copy) below when it was measured on them."""
@@ -260,6 +266,8 @@ def write_report(results: dict, out: Path) -> Path:
         if "critic" in results["models"]:
             lines += ["", "The critic's held-out accuracy per question kind:", "",
                       *critic_table(results["models"]["critic"]["quality"] or {})]
+    if results.get("models_recipe"):
+        lines += ["", recipe_line(results["models_recipe"])]
     lines += ["", "![success and edit made per edit type](success_per_type.png)", "",
               "Grids (input | instruction + verdict | output) are in `grids/`, loss curves in `runs/*/`."]
     plot_per_type(grouped, out / "success_per_type.png")
