@@ -159,7 +159,10 @@ def models(args: argparse.Namespace) -> int:
     if "critic" in found:
         print("\n".join(critic_table(found["critic"]["quality"] or {})))
     if (args.models / RECIPE_FILE).exists():
-        print(recipe_line(tomllib.loads((args.models / RECIPE_FILE).read_text())))
+        try:
+            print(recipe_line(tomllib.loads((args.models / RECIPE_FILE).read_text())))
+        except tomllib.TOMLDecodeError as error:
+            raise SystemExit(f"npedit: error: {args.models / RECIPE_FILE}: not valid TOML: {error}") from None
     return 0
 
 

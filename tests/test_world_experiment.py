@@ -159,6 +159,11 @@ def test_the_models_recipe_sets_what_the_world_cpu_recipe_does_not_and_set_and_v
     (models / "recipe.toml").write_text("[loss]\nlambda_dmdd = 0.1\n")
     assert main(["world", "experiment", "--out", str(tmp_path / "out"), "--models", str(models)]) == 2
     assert "unknown key 'lambda_dmdd' in [loss]" in capsys.readouterr().err
+    (models / "teacher").mkdir()
+    (models / "teacher" / "manifest.json").write_text('{"quality": {"caption_match": 0.5}}')
+    (models / "recipe.toml").write_text("[loss\n")
+    with pytest.raises(SystemExit, match="recipe.toml: not valid TOML"):
+        main(["world", "models", "--models", str(models)])
 
 
 def _scores(applied: float, realism: float, n: int = 24) -> dict:
