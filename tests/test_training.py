@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,8 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(lake_dir, tiny_
     straight.train(progress=False)
     first = build_trainer(config, tmp_path / "b")
     first.train(until=interrupt_at, progress=False)
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as log:  # what the killed process logged after its checkpoint
+        log.write(json.dumps({"step": interrupt_at + 1, "loss/total": -1.0}) + "\n" + '{"step": 9, "loss/to')
     del first  # the "killed" process
     resumed = build_trainer(config, tmp_path / "b")
     assert resumed.resume() and resumed.step == interrupt_at
@@ -154,6 +157,9 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(lake_dir, tiny_
     assert (tmp_path / "b" / "images" / "step-0000006.png").exists()
     assert (tmp_path / "b" / "loss_curves.png").exists()
     assert list((tmp_path / "b" / "tensorboard").iterdir())
+    logged = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged] == list(range(1, 7))  # every step once, the killed process's extra gone
+    assert all(row["loss/total"] != -1.0 for row in logged)
 
 
 def test_cli_trains_then_edits_and_the_checkpoint_loads_in_diffusers(lake_dir, tiny_models, tmp_path, monkeypatch):
@@ -161,8 +167,6 @@ def test_cli_trains_then_edits_and_the_checkpoint_loads_in_diffusers(lake_dir, t
     out = tmp_path / "run"
     assert npedit(["train", "--lake-dir", str(lake_dir), "--snapshot", "fixture", "--out", str(out),
                    "--steps", "4", "--set", "log.checkpoint_every=2"]) == 0
-    import json
-
     assert json.loads((out / "config.json").read_text())["data"]["global_batch_size"] == 2  # resolved: 2 x 1 rank
     edited = tmp_path / "edited.png"
     image = Path(__file__).resolve().parents[1] / "datasets_builder" / "sample_images" / "coffee.jpg"

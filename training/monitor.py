@@ -11,16 +11,22 @@ from training.visualize import save_edit_grid, to_pil
 
 
 class Monitor:
-    def __init__(self, out_dir: Path, enabled: bool = True):
-        self.out_dir, self.enabled = Path(out_dir), enabled
+    def __init__(self, out_dir: Path, enabled: bool = True, resumed_at: int = 0):
+        """Telemetry for a run that starts at step `resumed_at`: what an earlier process logged after that step (it
+        was killed before its next checkpoint) is dropped, so a resumed run's log holds every step once."""
+        self.out_dir, self.enabled, self.resumed_at = Path(out_dir), enabled, resumed_at
         self._writer = None
+        metrics = self.out_dir / "metrics.jsonl"
+        if enabled and metrics.exists():
+            kept = [line for line in metrics.read_text().splitlines(keepends=True) if _logged_step(line) <= resumed_at]
+            metrics.write_text("".join(kept))
 
     @property
     def writer(self):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+            self._writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.resumed_at + 1)
         return self._writer
 
     def scalars(self, step: int, metrics: dict[str, float]) -> None:
@@ -42,6 +48,14 @@ class Monitor:
             self._writer.close()
         if self.enabled and history:
             plot_loss_curves(history, self.out_dir / "loss_curves.png")
+
+
+def _logged_step(line: str) -> float:
+    """The step of one metrics.jsonl line; a line cut off by a killed write counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 def plot_loss_curves(history: list[dict[str, float]], path: Path) -> Path:

@@ -296,7 +296,7 @@ class Trainer:
         schedule, log = self.config.schedule, self.config.log
         until = schedule.total_steps if until is None else until
         deadline = None if seconds is None else time.monotonic() + seconds
-        monitor = Monitor(self.out_dir, enabled=self.rank == 0)
+        monitor = Monitor(self.out_dir, enabled=self.rank == 0, resumed_at=self.step)
         history = []
         bar = tqdm(total=until, initial=self.step, disable=not progress, desc="train", dynamic_ncols=True)
         while self.step < until:
