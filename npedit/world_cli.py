@@ -172,7 +172,6 @@ def experiment(args: argparse.Namespace) -> int:
 
     import torch
 
-    from world import RECIPE_FILE
     from world.experiment import VARIANTS, Experiment, run_experiment
 
     from npedit.train_cli import _parse_override
@@ -187,18 +186,17 @@ def experiment(args: argparse.Namespace) -> int:
     overrides = dict(_parse_override(s) for s in args.set)
     if args.customization_fraction:
         overrides["data.customization_fraction"] = args.customization_fraction
-    models_recipe = args.models / RECIPE_FILE
-    load_config("world_cpu", models_recipe if models_recipe.exists() else None,
+    experiment_config = Experiment(out=args.out, models=args.models, corpus=args.corpus, minutes=args.minutes,
+                                   steps=args.steps, variants=tuple(args.variants), seeds=tuple(args.seeds),
+                                   per_type=args.per_type, customization=args.customization,
+                                   edit_types=tuple(args.edit_types), overrides=overrides, ceilings=args.ceilings)
+    load_config("world_cpu", experiment_config.models_recipe,
                 overrides=overrides)  # an unknown key or a bad value: one line now, not after a run
     for needed in (args.models / "teacher", args.models / "critic", args.corpus):
         if not needed.exists():
             raise SystemExit(f"npedit: error: {needed} does not exist: run `npedit world build` first")
     if args.threads:
         torch.set_num_threads(args.threads)
-    experiment_config = Experiment(out=args.out, models=args.models, corpus=args.corpus, minutes=args.minutes,
-                                   steps=args.steps, variants=tuple(args.variants), seeds=tuple(args.seeds),
-                                   per_type=args.per_type, customization=args.customization,
-                                   edit_types=tuple(args.edit_types), overrides=overrides, ceilings=args.ceilings)
     run_experiment(experiment_config, command=" ".join(["npedit", *sys.argv[1:]]))
     print(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
     return 0
