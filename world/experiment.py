@@ -97,8 +97,10 @@ def run_one(experiment: Experiment, variant: str, seed: int, steps: int | None) 
         editor, facts = ZImageBackbone.from_pretrained(experiment.models / "teacher"), {"steps": 0, "train_minutes": 0}
     elif variant == "supervised":
         start = time.monotonic()
+        log_config = load_config("world_cpu", experiment.models_recipe, overrides=experiment.overrides).log
         editor, history = train_supervised(experiment.models / "teacher", out_dir, steps=steps, seed=seed,
-                                           edit_types=experiment.edit_types, progress=False)
+                                           edit_types=experiment.edit_types, progress=False,
+                                           checkpoint_every=log_config.checkpoint_every)
         plot_loss_curves(history, out_dir / "loss_curves.png")
         facts = {"steps": steps, "train_minutes": round((time.monotonic() - start) / 60, 2)}
     else:
