@@ -183,13 +183,16 @@ def experiment(args: argparse.Namespace) -> int:
     unknown = [t for t in args.edit_types if t not in EDIT_TYPES]
     if unknown:
         raise SystemExit(f"npedit: error: unknown edit type {unknown[0]!r}; known: {', '.join(EDIT_TYPES)}")
+    if not args.supervised_edit_weight > 0:
+        raise SystemExit(f"npedit: error: --supervised-edit-weight must be positive, got {args.supervised_edit_weight}")
     overrides = dict(_parse_override(s) for s in args.set)
     if args.customization_fraction:
         overrides["data.customization_fraction"] = args.customization_fraction
     experiment_config = Experiment(out=args.out, models=args.models, corpus=args.corpus, minutes=args.minutes,
                                    steps=args.steps, variants=tuple(args.variants), seeds=tuple(args.seeds),
                                    per_type=args.per_type, customization=args.customization,
-                                   edit_types=tuple(args.edit_types), overrides=overrides, ceilings=args.ceilings)
+                                   edit_types=tuple(args.edit_types), overrides=overrides, ceilings=args.ceilings,
+                                   supervised_edit_weight=args.supervised_edit_weight)
     load_config("world_cpu", experiment_config.models_recipe,
                 overrides=overrides)  # an unknown key or a bad value: one line now, not after a run
     for needed in (args.models / "teacher", args.models / "critic", args.corpus):
@@ -379,6 +382,8 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--ceilings", action=argparse.BooleanOptionalAction, default=True,
                    help="also score two ceilings once: the true targets through the VAE (no latent editor beats it) "
                         "and the teacher drawing the targets' captions (what DMD pulls toward)")
+    e.add_argument("--supervised-edit-weight", type=float, default=1.0,
+                   help="weigh the supervised editor's loss on the pixels an edit may change this many times the rest")
     e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=experiment)
     bm = commands.add_parser("benchmark", help="held-out world edits as an ImgEdit-Bench Basic copy (for npedit eval)")

@@ -133,6 +133,14 @@ def test_runs_split_over_folders_merge_into_one_report_and_mismatches_are_refuse
     e = _part(tmp_path / "e", [("dmd_only", 0, 300)], recipe={"loss": {"lambda_dmd": 0.1}})
     with pytest.raises(SystemExit, match="different models' recipe.toml values"):
         main(["world", "report", str(a), str(e), "--out", str(tmp_path / "z")])
+    f = _part(tmp_path / "weighted", [("supervised", 1, 300)])
+    weighted = json.loads((f / "results.json").read_text())
+    weighted["runs"][0]["edit_weight"] = 10.0
+    (f / "results.json").write_text(json.dumps(weighted))
+    with pytest.raises(SystemExit, match="weigh the edit differently"):
+        main(["world", "report", str(b), str(f), "--out", str(tmp_path / "w")])
+    assert main(["world", "report", str(a), str(f), "--out", str(tmp_path / "v")]) == 0
+    assert "weighs the latent pixels an edit may change 10 times the rest" in (tmp_path / "v" / "report.md").read_text()
     f = _part(tmp_path / "f", [("np_edit", 2, 300)], recipe={"loss": {"lambda_dmd": 0.1}})
     assert main(["world", "report", str(e), str(f), "--out", str(tmp_path / "merged_recipe")]) == 0
     assert ("The NP-Edit runs train with the models' `recipe.toml` over world_cpu: loss.lambda_dmd = 0.1."

@@ -3,13 +3,15 @@ weights of an uninterrupted one, and a folder holding another run's checkpoints 
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
 import world.supervised
 from schemas.errors import Refused
 from world import PRETRAINED
-from world.supervised import train_supervised
+from world.supervised import edit_masks, train_supervised
 
 TEACHER = PRETRAINED / "teacher"
 SMALL = {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "progress": False}
@@ -45,3 +47,26 @@ def test_killed_supervised_run_resumes_to_the_same_weights(tmp_path, monkeypatch
     assert (tmp_path / "killed" / "checkpoints" / "step-0000004" / "generator" / "model_index.json").exists()
     with pytest.raises(Refused, match="other settings"):
         train_supervised(TEACHER, tmp_path / "killed", **{**SMALL, "seed": 1})
+
+
+def test_edit_masks_cover_the_latent_pixels_an_edit_may_change():
+    from world.edits import make_edit
+    from world.scene import Scene, WorldObject
+
+    scene = Scene("white", (WorldObject("square", "red", 0, size="small"), WorldObject("circle", "blue", 8)))
+    rng = random.Random(0)
+    recolour = next(e for e in (make_edit(scene, "local_color_change", rng) for _ in range(20))
+                    if e.target_object == "the red square")
+    masks = edit_masks([recolour, make_edit(scene, "style", rng)], (16, 16))
+    assert masks.shape == (2, 1, 16, 16) and set(masks.unique().tolist()) == {0.0, 1.0}
+    assert masks[0, 0, :5, :5].any() and not masks[0, 0, 8:, :].any() and not masks[0, 0, :, 8:].any()
+    assert masks[1].all()  # a style edit may change every pixel: the weight is uniform, the loss unchanged
+
+
+def test_experiment_refuses_a_supervised_edit_weight_that_is_not_positive(tmp_path, capsys):
+    from npedit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["world", "experiment", "--out", str(tmp_path), "--variants", "supervised", "--steps", "2",
+              "--supervised-edit-weight", "0"])
+    assert "--supervised-edit-weight must be positive" in str(exit_info.value)

@@ -52,6 +52,7 @@ class Experiment:
     overrides: dict = field(default_factory=dict)  # extra config overrides for every NP-Edit run
     customization: int = 0  # held-out customization cases scored per run beside the edits (0: none)
     ceilings: bool = True  # score the reference points of `world.ceilings` once per experiment
+    supervised_edit_weight: float = 1.0  # the supervised loss's weight on the pixels an edit may change
 
     @property
     def models_recipe(self) -> Path | None:
@@ -100,9 +101,11 @@ def run_one(experiment: Experiment, variant: str, seed: int, steps: int | None) 
         log_config = load_config("world_cpu", experiment.models_recipe, overrides=experiment.overrides).log
         editor, history = train_supervised(experiment.models / "teacher", out_dir, steps=steps, seed=seed,
                                            edit_types=experiment.edit_types, progress=False,
-                                           checkpoint_every=log_config.checkpoint_every)
+                                           checkpoint_every=log_config.checkpoint_every,
+                                           edit_weight=experiment.supervised_edit_weight)
         plot_loss_curves(history, out_dir / "loss_curves.png")
-        facts = {"steps": steps, "train_minutes": round((time.monotonic() - start) / 60, 2)}
+        facts = {"steps": steps, "train_minutes": round((time.monotonic() - start) / 60, 2),
+                 "edit_weight": experiment.supervised_edit_weight}
     else:
         editor, facts = _train_np_edit(experiment, variant, seed, out_dir, steps)
     edits = held_out_edits(experiment.per_type, edit_types=experiment.edit_types)
@@ -179,6 +182,9 @@ def merge_results(parts: list[Path], out: Path, *, command: str = "") -> dict:
     budgets = {r["steps"] for r in runs if r["variant"] != "teacher"}
     if len(budgets) > 1:
         raise ValueError(f"the parts trained for different step budgets {sorted(budgets)}: not comparable")
+    weights = {r.get("edit_weight", 1.0) for r in runs if r["variant"] == "supervised"}
+    if len(weights) > 1:
+        raise ValueError(f"the parts' supervised editors weigh the edit differently {sorted(weights)}: not comparable")
     recipe = recipes[0] if recipes else {}
     if any(other != recipe for other in recipes):
         raise ValueError("the parts trained with different models' recipe.toml values: not comparable")

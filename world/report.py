@@ -268,6 +268,10 @@ def write_report(results: dict, out: Path) -> Path:
                       *critic_table(results["models"]["critic"]["quality"] or {})]
     if results.get("models_recipe"):
         lines += ["", recipe_line(results["models_recipe"])]
+    weights = sorted({r["edit_weight"] for r in grouped.get("supervised", []) if r.get("edit_weight", 1.0) != 1.0})
+    if weights:
+        lines += ["", "The supervised editor's loss weighs the latent pixels an edit may change "
+                      f"{' / '.join(f'{w:g}' for w in weights)} times the rest (`--supervised-edit-weight`)."]
     lines += ["", "![success and edit made per edit type](success_per_type.png)", "",
               "Grids (input | instruction + verdict | output) are in `grids/`, loss curves in `runs/*/`."]
     plot_per_type(grouped, out / "success_per_type.png")
