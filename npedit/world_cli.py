@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from schemas.edit_types import EDIT_TYPES
-from npedit.world_probe_cli import ceilings, curves, probe_critic, probe_teacher, score
+from npedit.world_probe_cli import ceilings, curves, probe_critic, probe_instruction, probe_teacher, score
 from world import PRETRAINED
 
 
@@ -327,6 +327,14 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--per-type", type=int, default=12, help="fresh edits per edit type")
     pc.add_argument("--threads", type=int, default=0)
     pc.set_defaults(func=probe_critic)
+    pi = commands.add_parser("probe-instruction", help="whether editors paint the colour their instruction asks for")
+    pi.add_argument("editors", type=Path, nargs="+", help="editor checkpoints (or a teacher: the untrained editor)")
+    pi.add_argument("--per-type", type=int, default=24, help="held-out local colour edits (the experiment's)")
+    pi.add_argument("--phrasing", default="Make {target} {colour}",
+                    help="the instruction asked, naming {target} and {colour} (and may name {shape})")
+    pi.add_argument("--seed", type=int, default=0, help="the sampling noise's seed, the same for every asked colour")
+    pi.add_argument("--threads", type=int, default=0)
+    pi.set_defaults(func=probe_instruction)
     sc = commands.add_parser("score", help="score editor checkpoints on held-out world edits with the verifier")
     sc.add_argument("editors", type=Path, nargs="+",
                     help="editor checkpoints, e.g. an experiment's runs/*/checkpoints/step-*/generator")

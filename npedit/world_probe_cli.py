@@ -182,3 +182,25 @@ def curves(args: argparse.Namespace) -> int:
               f"realism {mean['realism']:.1%}, preservation {mean['preservation_db']:.1f} dB")
     print(f"wrote {args.out}")
     return 0
+
+
+def probe_instruction(args: argparse.Namespace) -> int:
+    """Whether each editor paints the colour its instruction asks for: every held-out local colour edit asked for
+    every other palette colour, one line per editor."""
+    from schemas.errors import Refused
+    from training.backbones import ZImageBackbone
+    from world.evaluate import held_out_edits
+    from world.instruction_probe import check_phrasing, colour_following
+
+    try:
+        check_phrasing(args.phrasing)
+    except Refused as error:
+        raise SystemExit(f"npedit: error: {error}") from None
+    _check_editors_and_threads(args)
+    edits = held_out_edits(args.per_type, edit_types=("local_color_change",))
+    for editor_path in args.editors:
+        found = colour_following(ZImageBackbone.from_pretrained(editor_path), edits, phrasing=args.phrasing,
+                                 seed=args.seed)
+        print(f"{editor_path}: the asked colour {found.asked:.1%}, the source's kept {found.kept:.1%}, interior RGB "
+              f"spread across the asked colours {found.spread:.1f} (n {found.n}; {args.phrasing!r})", flush=True)
+    return 0

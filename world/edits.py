@@ -78,7 +78,8 @@ def _where(cell: int) -> str:
     return "in the center" if POSITIONS[cell] == "center" else f"at the {POSITIONS[cell]}"
 
 
-def _free(scene: Scene, attribute: str, universe) -> list:
+def free_values(scene: Scene, attribute: str, universe) -> list:
+    """The values of `attribute` no object (nor, for a colour, the background) has: what an edit may ask for."""
     taken = {getattr(o, attribute) for o in scene.objects} | ({scene.background} if attribute == "colour" else set())
     return [v for v in universe if v not in taken]
 
@@ -91,9 +92,9 @@ def make_edit(scene: Scene, edit_type: str, rng: random.Random) -> WorldEdit | N
     if edit_type == "insertion":
         if len(objects) >= 3:
             return None
-        new = random_object(rng, shape=rng.choice(_free(scene, "shape", SHAPES)),
-                            colour=rng.choice(_free(scene, "colour", COLOURS)),
-                            cell=rng.choice(_free(scene, "cell", range(len(POSITIONS)))))
+        new = random_object(rng, shape=rng.choice(free_values(scene, "shape", SHAPES)),
+                            colour=rng.choice(free_values(scene, "colour", COLOURS)),
+                            cell=rng.choice(free_values(scene, "cell", range(len(POSITIONS)))))
         text = _fill(edit_type, rng, new=_article(f"{new.colour} {new.shape}"), where=_where(new.cell))
         return WorldEdit(edit_type, text, scene, with_objects(scene, objects + [new]), None, new.cell)
     if edit_type == "style":
@@ -101,7 +102,7 @@ def make_edit(scene: Scene, edit_type: str, rng: random.Random) -> WorldEdit | N
         return WorldEdit(edit_type, _fill(edit_type, rng, style=STYLE_WORDS[style]), scene,
                          replace(scene, style=style), None)
     if edit_type == "background":
-        colour = rng.choice(_free(scene, "colour", COLOURS))
+        colour = rng.choice(free_values(scene, "colour", COLOURS))
         target = replace(scene, background=colour)
         return WorldEdit(edit_type, _fill(edit_type, rng, background=colour), scene, target, None)
     if edit_type == "remove":
@@ -111,7 +112,7 @@ def make_edit(scene: Scene, edit_type: str, rng: random.Random) -> WorldEdit | N
                          obj.name, obj.cell)
     if edit_type == "replace":
         shape = rng.choice([s for s in SHAPES if s not in {o.shape for o in others} and s != obj.shape])
-        colour = rng.choice(_free(scene, "colour", COLOURS))
+        colour = rng.choice(free_values(scene, "colour", COLOURS))
         new = replace(obj, shape=shape, colour=colour)
         text = _fill(edit_type, rng, target=obj.name, new=_article(f"{colour} {shape}"))
         return WorldEdit(edit_type, text, scene, with_objects(scene, others + [new]), obj.name, obj.cell)
@@ -121,12 +122,12 @@ def make_edit(scene: Scene, edit_type: str, rng: random.Random) -> WorldEdit | N
         return WorldEdit(edit_type, text, scene, with_objects(scene, others + [replace(obj, texture=texture)]),
                          obj.name, obj.cell)
     if edit_type == "shape_change":
-        shape = rng.choice(_free(scene, "shape", SHAPES))
+        shape = rng.choice(free_values(scene, "shape", SHAPES))
         text = _fill(edit_type, rng, target=obj.name, shape=shape)
         return WorldEdit(edit_type, text, scene, with_objects(scene, others + [replace(obj, shape=shape)]),
                          obj.name, obj.cell)
     if edit_type == "local_color_change":
-        colour = rng.choice(_free(scene, "colour", COLOURS))
+        colour = rng.choice(free_values(scene, "colour", COLOURS))
         text = _fill(edit_type, rng, target=obj.name, colour=colour)
         return WorldEdit(edit_type, text, scene, with_objects(scene, others + [replace(obj, colour=colour)]),
                          obj.name, obj.cell)
@@ -136,8 +137,8 @@ def make_edit(scene: Scene, edit_type: str, rng: random.Random) -> WorldEdit | N
 def make_invalid_edit(scene: Scene, rng: random.Random) -> WorldEdit:
     """An instruction the validity stage should reject: it names an absent object, or changes nothing."""
     if rng.random() < 0.5:
-        shape = rng.choice(_free(scene, "shape", SHAPES) or list(SHAPES))
-        colour = rng.choice(_free(scene, "colour", COLOURS))
+        shape = rng.choice(free_values(scene, "shape", SHAPES) or list(SHAPES))
+        colour = rng.choice(free_values(scene, "colour", COLOURS))
         absent = f"the {colour} {shape}"
         edit_type = rng.choice(("remove", "local_color_change", "shape_change"))
         fields = dict(target=absent, colour=rng.choice(list(COLOURS)), shape=rng.choice(SHAPES))

@@ -1,0 +1,55 @@
+"""The colour-following probe: an oracle that paints the asked colour scores 100 % asked, a copier 100 % kept with no
+spread; a real editor runs through it; a bad phrasing gets one line."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from schemas.errors import Refused
+from training.backbones import ZImageBackbone
+from world import PRETRAINED
+from world.edits import random_edit
+from world.instruction_probe import asks, check_phrasing, colour_following, measure
+from world.scene import with_objects
+from world.vae import renders
+
+
+def _large_recolour():
+    rng = random.Random(3)
+    while True:
+        edit = random_edit(rng, "local_color_change")
+        if next(o for o in edit.source.objects if o.cell == edit.cell).size == "large":
+            return edit
+
+
+def test_an_oracle_scores_the_asked_colour_and_a_copier_the_source():
+    edit = _large_recolour()
+    obj = next(o for o in edit.source.objects if o.cell == edit.cell)
+    others = [o for o in edit.source.objects if o.cell != edit.cell]
+    colours = [c for c, _ in asks(edit)]
+    taken = {o.colour for o in edit.source.objects} | {edit.source.background}
+    assert colours and len(colours) == 8 - len(taken) and not taken & set(colours)
+    k = len(colours)
+    painted = renders([with_objects(edit.source, others + [replace(obj, colour=c)]) for c in colours])
+    hits, kept, spread = measure(edit, colours, painted)
+    assert (hits, kept) == (k, 0) and spread > 40
+    hits, kept, spread = measure(edit, colours, renders([edit.source] * k))
+    assert (hits, kept) == (0, k) and spread == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_probe_runs_a_real_editor_and_refuses_bad_phrasings(capsys):
+    from npedit.cli import main
+
+    teacher = ZImageBackbone.from_pretrained(PRETRAINED / "teacher")
+    edit = _large_recolour()
+    found = colour_following(teacher, [edit], num_steps=1)
+    assert found.n == len(asks(edit)) and 0 <= found.asked <= 1 and 0 <= found.kept <= 1 and found.spread >= 0
+    for bad in ("Make {target} blue", "Make {target} {hue}", "Make {target {colour}"):
+        with pytest.raises(Refused):
+            check_phrasing(bad)
+    assert check_phrasing("Make {target} a {colour} {shape}")
+    with pytest.raises(SystemExit, match="must name"):
+        main(["world", "probe-instruction", str(PRETRAINED / "teacher"), "--phrasing", "Paint it {hue}"])

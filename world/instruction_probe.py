@@ -1,0 +1,86 @@
+"""Does an editor read the colour its instruction asks for? Each held-out local colour edit is asked for every colour
+it may ask (no object's, not the background's), in one phrasing and with the same sampling noise; the named object's interior in the outputs says
+whether the editor paints the asked colour, keeps the source's, or draws the same whatever is asked (no spread)."""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from schemas.errors import Refused
+from training.sampling import edit_images
+from world.edits import WorldEdit, free_values
+from world.scene import COLOURS, object_coverage
+from world.vae import renders
+
+PHRASING = "Make {target} {colour}"  # one of the world's own local colour phrasings
+FIELDS = {"target", "colour", "shape"}
+PALETTE = np.array(list(COLOURS.values()), np.float32)
+
+
+@dataclass(frozen=True)
+class ColourFollowing:
+    asked: float  # share of outputs whose object's interior is nearest the asked colour
+    kept: float  # share nearest the source object's colour
+    spread: float  # the interior's mean RGB, its standard deviation across the asked colours (0-255), mean over edits
+    n: int  # outputs measured (edits x asked colours)
+
+
+def check_phrasing(phrasing: str) -> str:
+    """`phrasing`, or a one-line `Refused` when it names a field other than {target}, {colour}, {shape} or lacks one of
+    the first two."""
+    try:
+        named = {field for _, field, _, _ in string.Formatter().parse(phrasing) if field is not None}
+    except ValueError as error:
+        raise Refused(f"phrasing {phrasing!r} is not a format string: {error}") from None
+    if named - FIELDS or not {"target", "colour"} <= named:
+        raise Refused(f"phrasing {phrasing!r} must name {{target}} and {{colour}} (and may name {{shape}}), "
+                      f"not {', '.join(sorted(named - FIELDS)) or 'only part of them'}")
+    return phrasing
+
+
+def asks(edit: WorldEdit, phrasing: str = PHRASING) -> list[tuple[str, str]]:
+    """(asked colour, instruction) for every colour a local colour edit of this scene may ask."""
+    obj = _named_object(edit)
+    return [(colour, phrasing.format(target=edit.target_object, colour=colour, shape=obj.shape))
+            for colour in free_values(edit.source, "colour", COLOURS)]
+
+
+def measure(edit: WorldEdit, asked: list[str], outputs: torch.Tensor) -> tuple[int, int, float]:
+    """For outputs (K,3,H,W) in [-1, 1] of one edit asked for `asked` colours: how many are nearest the asked colour,
+    how many nearest the source's, and the spread of the interior's mean RGB across them."""
+    obj = _named_object(edit)
+    interior = object_coverage(obj, edit.source.size) >= 1
+    means = ((outputs.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5)[:, interior].mean(1)
+    nearest = [list(COLOURS)[i] for i in np.argmin(((means[:, None] - PALETTE[None]) ** 2).sum(-1), 1)]
+    return (sum(n == a for n, a in zip(nearest, asked)), sum(n == obj.colour for n in nearest),
+            float(means.std(0).mean()))
+
+
+def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASING, num_steps: int = 4,
+                     seed: int = 0) -> ColourFollowing:
+    """The editor asked for every free colour on each local colour edit (objects too small to have an interior are
+    skipped), each output with noise seeded `seed`."""
+    phrasing = check_phrasing(phrasing)
+    asked_hits = kept = n = 0
+    spreads = []
+    for edit in edits:
+        if edit.edit_type != "local_color_change" or not (object_coverage(_named_object(edit), edit.source.size) >= 1).any():
+            continue
+        colours, instructions = zip(*asks(edit, phrasing))
+        with torch.no_grad():
+            outputs = edit_images(backbone, renders([edit.source] * len(colours)), list(instructions),
+                                  num_steps=num_steps, generator=[torch.Generator().manual_seed(seed) for _ in colours])
+        hits, same, spread = measure(edit, list(colours), outputs)
+        asked_hits, kept, n = asked_hits + hits, kept + same, n + len(colours)
+        spreads.append(spread)
+    if not n:
+        raise Refused("no local colour edit with an object large enough to measure")
+    return ColourFollowing(asked_hits / n, kept / n, float(np.mean(spreads)), n)
+
+
+def _named_object(edit: WorldEdit):
+    return next(o for o in edit.source.objects if o.name == edit.target_object and o.cell == edit.cell)
