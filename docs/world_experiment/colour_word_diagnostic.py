@@ -4,6 +4,7 @@ blue circle", `--caption-order`); it prints the verifier's held-out scores and s
 `npedit world probe-instruction OUT [--phrasing "Make {target} a {colour} {shape}"]` then measures.
 
     .venv/bin/python docs/world_experiment/colour_word_diagnostic.py OUT [--train-text-encoder] [--caption-order]
+    .venv/bin/python docs/world_experiment/colour_word_diagnostic.py --text-spread   # the text features only
 """
 
 from __future__ import annotations
@@ -29,14 +30,31 @@ def caption_order(edit):
     return dataclasses.replace(edit, instruction=f"Make {edit.target_object} a {obj.colour} {obj.shape}")
 
 
+def text_spread() -> None:
+    """Per token, how much the teacher's frozen text features vary across the 7 colours put in one place of a
+    phrase (their standard deviation over the colours, relative to the features' norm)."""
+    teacher = ZImageBackbone.from_pretrained(PRETRAINED_PATCH1 / "teacher")
+    colours = ["blue", "green", "yellow", "white", "black", "orange", "purple"]
+    for phrase, references, segment in (("Make the red circle {}", 1, 1), ("a {} circle at the top left", 0, 0)):
+        with torch.no_grad():
+            text = teacher.encode_text([phrase.format(c) for c in colours], num_references=references)
+        features = torch.stack([s[segment] for s in text.segments])
+        spread = features.std(0).norm(dim=-1) / features.norm(dim=-1).mean(0)
+        tokens = teacher.tokenizer.convert_ids_to_tokens(teacher.tokenizer(text=[phrase.format("blue")])["input_ids"][0])
+        print(f"{phrase!r} (the prompt segment; {', '.join(tokens)}):", " ".join(f"{x:.2f}" for x in spread.tolist()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, nargs="?")
+    parser.add_argument("--text-spread", action="store_true")
     parser.add_argument("--train-text-encoder", action="store_true")
     parser.add_argument("--caption-order", action="store_true")
     parser.add_argument("--steps", type=int, default=500)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.text_spread or args.out is None:
+        return text_spread()
     torch.manual_seed(0)
     rng = random.Random(0)
     phrase = caption_order if args.caption_order else (lambda edit: edit)
