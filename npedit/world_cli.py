@@ -331,7 +331,7 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pi.add_argument("editors", type=Path, nargs="+", help="editor checkpoints (or a teacher: the untrained editor)")
     pi.add_argument("--per-type", type=int, default=24, help="held-out local colour edits (the experiment's)")
     pi.add_argument("--phrasing", default="Make {target} {colour}",
-                    help="the instruction asked, naming {target} and {colour} (and may name {shape})")
+                    help="the instruction asked, naming {target} and {colour} (and may name {shape}, {where})")
     pi.add_argument("--seed", type=int, default=0, help="the sampling noise's seed, the same for every asked colour")
     pi.add_argument("--threads", type=int, default=0)
     pi.set_defaults(func=probe_instruction)

@@ -51,5 +51,6 @@ def test_the_probe_runs_a_real_editor_and_refuses_bad_phrasings(capsys):
         with pytest.raises(Refused):
             check_phrasing(bad)
     assert check_phrasing("Make {target} a {colour} {shape}")
+    assert asks(edit, "Make {target} {where} {colour}")[0][1].startswith(f"Make {edit.target_object} ")
     with pytest.raises(SystemExit, match="must name"):
         main(["world", "probe-instruction", str(PRETRAINED / "teacher"), "--phrasing", "Paint it {hue}"])

@@ -74,7 +74,8 @@ def _article(phrase: str) -> str:
     return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
 
 
-def _where(cell: int) -> str:
+def where_phrase(cell: int) -> str:
+    """Where a cell is, as the instructions say it ("at the top left", "in the center")."""
     return "in the center" if POSITIONS[cell] == "center" else f"at the {POSITIONS[cell]}"
 
 
@@ -95,7 +96,7 @@ def make_edit(scene: Scene, edit_type: str, rng: random.Random) -> WorldEdit | N
         new = random_object(rng, shape=rng.choice(free_values(scene, "shape", SHAPES)),
                             colour=rng.choice(free_values(scene, "colour", COLOURS)),
                             cell=rng.choice(free_values(scene, "cell", range(len(POSITIONS)))))
-        text = _fill(edit_type, rng, new=_article(f"{new.colour} {new.shape}"), where=_where(new.cell))
+        text = _fill(edit_type, rng, new=_article(f"{new.colour} {new.shape}"), where=where_phrase(new.cell))
         return WorldEdit(edit_type, text, scene, with_objects(scene, objects + [new]), None, new.cell)
     if edit_type == "style":
         style = next(s for s in STYLES if s != scene.style)

@@ -1,6 +1,7 @@
 """Does an editor read the colour its instruction asks for? Each held-out local colour edit is asked for every colour
-it may ask (no object's, not the background's), in one phrasing and with the same sampling noise; the named object's interior in the outputs says
-whether the editor paints the asked colour, keeps the source's, or draws the same whatever is asked (no spread)."""
+it may ask (no object's, not the background's), in one phrasing and with the same sampling noise; the named object's
+interior in the outputs says whether the editor paints the asked colour, keeps the source's, or draws the same
+whatever is asked (no spread)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import torch
 
 from schemas.errors import Refused
 from training.sampling import edit_images
-from world.edits import WorldEdit, free_values
+from world.edits import WorldEdit, free_values, where_phrase
 from world.scene import COLOURS, object_coverage
 from world.vae import renders
 
 PHRASING = "Make {target} {colour}"  # one of the world's own local colour phrasings
-FIELDS = {"target", "colour", "shape"}
+FIELDS = {"target", "colour", "shape", "where"}
 PALETTE = np.array(list(COLOURS.values()), np.float32)
 
 
@@ -30,14 +31,14 @@ class ColourFollowing:
 
 
 def check_phrasing(phrasing: str) -> str:
-    """`phrasing`, or a one-line `Refused` when it names a field other than {target}, {colour}, {shape} or lacks one of
-    the first two."""
+    """`phrasing`, or a one-line `Refused` when it names a field other than {target}, {colour}, {shape}, {where} or
+    lacks one of the first two."""
     try:
         named = {field for _, field, _, _ in string.Formatter().parse(phrasing) if field is not None}
     except ValueError as error:
         raise Refused(f"phrasing {phrasing!r} is not a format string: {error}") from None
     if named - FIELDS or not {"target", "colour"} <= named:
-        raise Refused(f"phrasing {phrasing!r} must name {{target}} and {{colour}} (and may name {{shape}}), "
+        raise Refused(f"phrasing {phrasing!r} must name {{target}} and {{colour}} (and may name {{shape}}, {{where}}), "
                       f"not {', '.join(sorted(named - FIELDS)) or 'only part of them'}")
     return phrasing
 
@@ -45,7 +46,8 @@ def check_phrasing(phrasing: str) -> str:
 def asks(edit: WorldEdit, phrasing: str = PHRASING) -> list[tuple[str, str]]:
     """(asked colour, instruction) for every colour a local colour edit of this scene may ask."""
     obj = _named_object(edit)
-    return [(colour, phrasing.format(target=edit.target_object, colour=colour, shape=obj.shape))
+    return [(colour, phrasing.format(target=edit.target_object, colour=colour, shape=obj.shape,
+                                     where=where_phrase(obj.cell)))
             for colour in free_values(edit.source, "colour", COLOURS)]
 
 
@@ -68,7 +70,8 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
     asked_hits = kept = n = 0
     spreads = []
     for edit in edits:
-        if edit.edit_type != "local_color_change" or not (object_coverage(_named_object(edit), edit.source.size) >= 1).any():
+        if edit.edit_type != "local_color_change" or not (
+                object_coverage(_named_object(edit), edit.source.size) >= 1).any():
             continue
         colours, instructions = zip(*asks(edit, phrasing))
         with torch.no_grad():

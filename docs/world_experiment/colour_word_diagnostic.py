@@ -1,9 +1,11 @@
 """Findings section 22's diagnostic: the supervised local-colour editor from the patch-1 teacher, 500 steps, with the
 text encoder trained too (`--train-text-encoder`), or on instructions in a caption's order ("Make the red circle a
-blue circle", `--caption-order`); it prints the verifier's held-out scores and saves the editor to OUT, which
-`npedit world probe-instruction OUT [--phrasing "Make {target} a {colour} {shape}"]` then measures.
+blue circle", `--caption-order`), or naming the object by its place too ("the red circle at the top left",
+`--with-place`); it prints the verifier's held-out scores and saves the editor to OUT, which
+`npedit world probe-instruction OUT [--phrasing "Make {target} {where} a {colour} {shape}"]` then measures.
 
     .venv/bin/python docs/world_experiment/colour_word_diagnostic.py OUT [--train-text-encoder] [--caption-order]
+                                                                      [--with-place]
     .venv/bin/python docs/world_experiment/colour_word_diagnostic.py --text-spread   # the text features only
 """
 
@@ -20,14 +22,23 @@ import torch
 from training.backbones import ZImageBackbone, noise_to
 from training.losses import flow_matching_loss
 from world import PRETRAINED_PATCH1
-from world.edits import random_edit
+from world.edits import random_edit, where_phrase
 from world.evaluate import held_out_edits, score_editor
 from world.vae import renders
 
 
-def caption_order(edit):
-    obj = next(o for o in edit.target.objects if o.cell == edit.cell)
-    return dataclasses.replace(edit, instruction=f"Make {edit.target_object} a {obj.colour} {obj.shape}")
+def phrased(caption_order: bool, with_place: bool):
+    """The local colour edit re-phrased: the new colour in a caption's order ("a blue circle"), the object named by
+    its place too ("the red circle at the top left"), or as the world phrases it."""
+    if not (caption_order or with_place):
+        return lambda edit: edit
+
+    def rephrase(edit):
+        obj = next(o for o in edit.target.objects if o.cell == edit.cell)
+        target = f"{edit.target_object} {where_phrase(obj.cell)}" if with_place else edit.target_object
+        new = f"a {obj.colour} {obj.shape}" if caption_order else obj.colour
+        return dataclasses.replace(edit, instruction=f"Make {target} {new}")
+    return rephrase
 
 
 def text_spread() -> None:
@@ -40,7 +51,8 @@ def text_spread() -> None:
             text = teacher.encode_text([phrase.format(c) for c in colours], num_references=references)
         features = torch.stack([s[segment] for s in text.segments])
         spread = features.std(0).norm(dim=-1) / features.norm(dim=-1).mean(0)
-        tokens = teacher.tokenizer.convert_ids_to_tokens(teacher.tokenizer(text=[phrase.format("blue")])["input_ids"][0])
+        ids = teacher.tokenizer(text=[phrase.format("blue")])["input_ids"][0]
+        tokens = teacher.tokenizer.convert_ids_to_tokens(ids)
         print(f"{phrase!r} (the prompt segment; {', '.join(tokens)}):", " ".join(f"{x:.2f}" for x in spread.tolist()))
 
 
@@ -50,6 +62,7 @@ def main() -> None:
     parser.add_argument("--text-spread", action="store_true")
     parser.add_argument("--train-text-encoder", action="store_true")
     parser.add_argument("--caption-order", action="store_true")
+    parser.add_argument("--with-place", action="store_true")
     parser.add_argument("--steps", type=int, default=500)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -57,7 +70,7 @@ def main() -> None:
         return text_spread()
     torch.manual_seed(0)
     rng = random.Random(0)
-    phrase = caption_order if args.caption_order else (lambda edit: edit)
+    phrase = phrased(args.caption_order, args.with_place)
     editor = ZImageBackbone.from_pretrained(PRETRAINED_PATCH1 / "teacher")
     editor.transformer.requires_grad_(True).train()
     params = list(editor.transformer.parameters())
