@@ -186,7 +186,7 @@ def curves(args: argparse.Namespace) -> int:
 
 def probe_instruction(args: argparse.Namespace) -> int:
     """Whether each editor paints the colour its instruction asks for: every held-out local colour edit asked for
-    every other palette colour, one line per editor."""
+    every colour it may ask, one line per editor."""
     from schemas.errors import Refused
     from training.backbones import ZImageBackbone
     from world.evaluate import held_out_edits
