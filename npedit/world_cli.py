@@ -37,7 +37,8 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
-TEACHER_STAGES = ("teacher", "teacher_anneal", "teacher_small_objects")  # the models `--device` may move
+# the models `--device` may move
+TEACHER_STAGES = ("teacher", "teacher_anneal", "teacher_small_objects", "teacher_beside")
 
 
 def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "cpu",
@@ -48,7 +49,7 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
     from world.critic import finetune_critic, train_critic
     from world.critic_outputs import finetune_on_outputs
     from world.critic_robust import finetune_on_degraded
-    from world.teacher import anneal_teacher, focus_small_objects, train_teacher
+    from world.teacher import anneal_teacher, draw_beside_references, focus_small_objects, train_teacher
     from world.vae import finetune_decoder, train_vae
 
     def teacher(out: Path, minutes: float, seed: int) -> dict:
@@ -69,6 +70,14 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
     def teacher_line(q: dict) -> str:
         return (f"samples match their caption {q['caption_match']:.1%} (layout {q['layout_match']:.1%}; shapes: small "
                 f"{q['small_shape_match']:.1%}, large {q['large_shape_match']:.1%})")
+
+    def beside(out: Path, minutes: float, seed: int) -> dict:
+        manifest = continued("teacher", "teacher_beside", partial(draw_beside_references, **on_device))(
+            out, minutes, seed)
+        phase = manifest["beside"]
+        before, after = (phase[k]["caption_match"] for k in ("beside_reference_before", "beside_reference"))
+        print(f"teacher_beside: beside an unrelated reference, samples match their caption {before:.1%} -> {after:.1%}")
+        return manifest
 
     def critic_line(q: dict) -> str:
         line = f"held-out accuracy {q['accuracy']:.1%} (weakest question kind {q['weakest']:.1%})"
@@ -103,6 +112,7 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
                            teacher_line),
         "teacher_small_objects": (continued("teacher", "teacher_small_objects",
                                             partial(focus_small_objects, **on_device)), teacher_line),
+        "teacher_beside": (beside, teacher_line),
         "critic": (lambda out, minutes, seed: train_critic(out, minutes=minutes, seed=seed), critic_line),
         "critic_customization": (continued("critic", "critic_customization", finetune_critic), critic_line),
         "critic_anneal": (continued("critic", "critic_anneal", partial(finetune_critic, anneal=True)), critic_line),
@@ -278,13 +288,15 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     b = commands.add_parser("build", help="train the world's models from seeds (resumes a killed run)")
     stages = ["vae", "vae_decoder", "teacher", "teacher_anneal", "critic", "critic_customization", "critic_anneal",
               "builder"]
-    b.add_argument("--models", nargs="+", choices=stages + ["vae_decoder_robust", "teacher_small_objects", "critic_robust",
-                                                              "critic_outputs"],
+    b.add_argument("--models", nargs="+", choices=stages + ["vae_decoder_robust", "teacher_small_objects",
+                                                              "teacher_beside", "critic_robust", "critic_outputs"],
                    default=stages,
                    help="which models, in this order (vae_decoder sharpens the VAE's decoder, its encoder frozen; "
                         "vae_decoder_robust continues it on latents degraded as editors degrade them; "
                         "teacher_anneal continues the teacher with its learning rate annealed to zero; "
                         "teacher_small_objects then with its loss weighted toward small objects; "
+                        "teacher_beside then with half its batches drawn beside an unrelated scene as reference "
+                        "(the editor's omni layout), from single scenes still; "
                         "critic_customization continues the critic on the customization questions too, "
                         "critic_anneal then with its rate annealed to zero; critic_robust continues it on "
                         "renders degraded as editors degrade them, answered by the verifier (through DIR/vae/, "

@@ -3,6 +3,7 @@ is validated (success on rendered targets, not on the unedited reference, never 
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -133,7 +134,7 @@ def test_the_world_vae_trains_resumes_and_loads(tmp_path):
 
 def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
     from training.backbones import ZImageBackbone
-    from world.teacher import anneal_teacher, focus_small_objects, train_teacher
+    from world.teacher import anneal_teacher, draw_beside_references, focus_small_objects, train_teacher
     from world.vae import train_vae
 
     train_vae(tmp_path, minutes=10, max_steps=2, batch_size=4, eval_scenes=4, progress=False)
@@ -154,6 +155,30 @@ def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
     assert focused["small_objects"]["weight"] == 8.0
     final = ZImageBackbone.from_pretrained(tmp_path / "teacher").transformer.state_dict()
     assert any(not torch.equal(after[k], final[k]) for k in after)
+    beside = draw_beside_references(tmp_path, minutes=10, max_steps=2, batch_size=4, share=1.0, eval_samples=2,
+                                    progress=False)
+    assert beside["small_objects"]["steps"] == 2 and beside["beside"]["steps"] == 2 and beside["beside"]["share"] == 1
+    assert beside["beside"]["beside_reference"]["n"] == beside["beside"]["beside_reference_before"]["n"] == 2
+    assert json.loads((tmp_path / "teacher" / "manifest.json").read_text())["beside"] == beside["beside"]
+    moved = ZImageBackbone.from_pretrained(tmp_path / "teacher").transformer.state_dict()
+    assert any(not torch.equal(final[k], moved[k]) for k in final)
+
+
+def test_a_teacher_drawn_beside_a_reference_reads_it_into_its_loss():
+    from training.backbones import ZImageBackbone
+    from world import PRETRAINED
+    from world.teacher import flow_matching_batch_loss
+
+    teacher = ZImageBackbone.from_pretrained(PRETRAINED / "teacher")
+    rng = random.Random(0)
+    scenes = [random_scene(rng) for _ in range(3)]
+    captions = [caption(s, 0) for s in scenes]
+    losses = []
+    for beside in (None, [random_scene(rng) for _ in scenes], [random_scene(rng) for _ in scenes]):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            losses.append(flow_matching_batch_loss(teacher, scenes, captions, beside=beside).item())
+    assert len(set(losses)) == 3  # the same noise and times: the omni layout and each reference change the loss
 
 
 def test_a_teacher_with_one_latent_pixel_per_token_trains_edits_and_refuses_to_resume_as_another(tmp_path):
@@ -278,6 +303,7 @@ def test_continuing_a_model_that_was_never_built_is_a_one_line_error(tmp_path):
     from npedit.cli import main
 
     for stage, name in (("vae_decoder", "vae"), ("vae_decoder_robust", "vae"), ("teacher_anneal", "teacher"),
+                        ("teacher_beside", "teacher"),
                         ("critic_customization", "critic"), ("critic_anneal", "critic")):
         with pytest.raises(SystemExit, match=f"{stage} continues the {name} in .*: build it first"):
             main(["world", "build", "--out", str(tmp_path), "--models", stage, "--minutes", "1"])

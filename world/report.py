@@ -19,6 +19,7 @@ GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
 # model's phases in the order they run
 CONTINUED = {"vae_decoder": "decoder_finetune", "vae_decoder_robust": "decoder_robust",
              "teacher_anneal": "anneal", "teacher_small_objects": "small_objects",
+             "teacher_beside": "beside",
              "critic_customization": "finetune", "critic_anneal": "anneal", "critic_robust": "robust",
              "critic_outputs": "outputs_finetune"}
 PHASES = tuple(dict.fromkeys(CONTINUED.values()))

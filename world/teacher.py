@@ -23,7 +23,7 @@ from transformers import Qwen3Config, Qwen3Model
 from model_zoo.tokenizer import build_qwen_tokenizer
 from training.backbones import ZImageBackbone, noise_to
 from training.losses import flow_matching_loss
-from training.sampling import generate_images
+from training.sampling import edit_images, generate_images
 from world.budget import BudgetedRun
 from world.edits import PHRASINGS
 from world.scene import COLOURS, caption, object_coverage, parse_caption, random_scene, render
@@ -232,18 +232,64 @@ def focus_small_objects(out_dir: Path, *, minutes: float, max_steps: int | None 
                              progress=progress, small_object_weight=weight)
 
 
+def draw_beside_references(out_dir: Path, *, minutes: float, max_steps: int | None = None, seed: int = 0,
+                           batch_size: int = 32, lr: float = 2e-4, share: float = 0.5, caption_dropout: float = 0.1,
+                           eval_every_s: float = 600, eval_samples: int = 64, device: str = "cpu",
+                           render_workers: int = 0, progress: bool = True) -> dict:
+    """Continue the teacher in `out_dir/teacher/` (on `device`, as `train_teacher`) with a `share` of its batches
+    drawn in the omni layout beside an unrelated world scene as reference, still from single scenes and their
+    captions, the rate annealed to zero: a teacher that reads its caption's words with a reference in its sequence,
+    as a real base model's pretraining on many images brings. Rewrites it; adds this phase, with its caption match
+    beside a reference before and after, to its manifest. A killed run resumes from `teacher_beside_state.pt`."""
+    before = ZImageBackbone.from_pretrained(Path(out_dir) / "teacher").to(device)
+    record = {"seed": seed, "batch_size": batch_size, "lr": lr, "share": share, "device": device,
+              "beside_reference_before": evaluate_beside_reference(before, eval_samples)}
+    manifest = _continue_teacher(out_dir, "beside", record, minutes=minutes, max_steps=max_steps, seed=seed + 3,
+                                 batch_size=batch_size, lr=lr, caption_dropout=caption_dropout,
+                                 eval_every_s=eval_every_s, eval_samples=eval_samples,
+                                 desc="world teacher beside references", device=device,
+                                 render_workers=render_workers, progress=progress, beside_share=share)
+    after = ZImageBackbone.from_pretrained(Path(out_dir) / "teacher").to(device)
+    manifest["beside"]["beside_reference"] = evaluate_beside_reference(after, eval_samples)
+    (Path(out_dir) / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def evaluate_beside_reference(backbone: ZImageBackbone, n: int = 64, steps: int = 20,
+                              seed: int = HELD_OUT_SEED + 2) -> dict:
+    """`evaluate_teacher`'s figures for the same held-out captions drawn in the omni layout beside an unrelated
+    scene (Euler, no guidance: the editor's layout and sampler): does the caption, not the reference, decide?"""
+    rng = random.Random(seed)
+    scenes = [random_scene(rng, pastel_prob=0.0) for _ in range(n)]
+    captions = [caption(s, i) for i, s in enumerate(scenes)]
+    others = random.Random(seed + 1)
+    references = renders([random_scene(others, pastel_prob=0.0) for _ in range(n)]).to(backbone.device)
+    images = edit_images(backbone, references, captions, num_steps=steps, sampler="euler",
+                         generator=torch.Generator().manual_seed(0))
+    return _figures([(parse_image(as_array(image)), parse_caption(text)) for image, text in zip(images, captions)])
+
+
 def flow_matching_batch_loss(backbone: ZImageBackbone, scenes: list, captions: list[str],
-                             small_object_weight: float = 0.0, pool: Executor | None = None) -> torch.Tensor:
+                             small_object_weight: float = 0.0, pool: Executor | None = None,
+                             beside: list | None = None) -> torch.Tensor:
     """The teacher's training loss on rendered `scenes` (drawn by `pool` when given) and their `captions`: rectified
-    flow at a random time per scene, weighted 1 + `small_object_weight` on small objects when it is > 0. The noise
-    is drawn on the CPU, so a run's draws are the same on every device."""
+    flow at a random time per scene, weighted 1 + `small_object_weight` on small objects when it is > 0. With
+    `beside` (one scene per scene, unrelated to it), each is drawn in the omni layout beside that scene as its
+    reference, from its caption alone. The noise is drawn on the CPU, so a run's draws are the same on every device."""
     with torch.no_grad():
         x0 = backbone.encode_images(renders(scenes, pool))
+        if beside is not None:
+            reference_images = renders(beside, pool).to(x0.device)
+            reference = backbone.encode_images(reference_images)
     # logit-normal(0, 1) through the sampler's time shift: without the shift, t > 0.95 (where the sampler starts
     # and a scene's layout is decided) is 0.2 % of training and samples ignored their caption's background
     t = backbone.shift_time(torch.sigmoid(torch.randn(len(scenes)))).to(x0.device)
     eps = torch.randn(x0.shape).to(x0)
-    v = backbone.predict_velocity(noise_to(x0, eps, t), t, backbone.text_features(captions))
+    if beside is None:
+        v = backbone.predict_velocity(noise_to(x0, eps, t), t, backbone.text_features(captions))
+    else:
+        text = backbone.text_features(captions, num_references=1, reference_images=reference_images)
+        v = backbone.predict_velocity(noise_to(x0, eps, t), t, text, reference=reference)
     if small_object_weight > 0:
         weights = small_object_weights(scenes, x0.shape[-1], small_object_weight).to(x0.device)
         return weighted_flow_matching_loss(v, x0, eps, weights).mean()
@@ -253,11 +299,12 @@ def flow_matching_batch_loss(backbone: ZImageBackbone, scenes: list, captions: l
 def _fit(backbone: ZImageBackbone, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
          batch_size: int, lr: float, anneal: bool, caption_dropout: float, eval_every_s: float, eval_samples: int,
          desc: str, progress: bool, small_object_weight: float = 0.0, device: str = "cpu",
-         render_workers: int = 0) -> tuple[dict, dict]:
+         render_workers: int = 0, beside_share: float = 0.0) -> tuple[dict, dict]:
     """Flow matching on world images and their captions under a resumable time budget (the rate warmed up over 100
     steps, then constant or, with `anneal`, cosine to zero at the budget's end), the loss weighted toward small
-    objects when `small_object_weight` > 0, on `device`, scenes drawn by `render_workers` spawned processes when
-    > 0 (a GPU outruns one process drawing them); the run's facts and final quality."""
+    objects when `small_object_weight` > 0, a `beside_share` of the batches drawn beside unrelated scenes (the omni
+    layout), on `device`, scenes drawn by `render_workers` spawned processes when > 0 (a GPU outruns one process
+    drawing them); the run's facts and final quality."""
     backbone.to(device)
     backbone.text_encoder.requires_grad_(True).train()
     backbone.transformer.requires_grad_(True).train()
@@ -282,7 +329,9 @@ def _fit(backbone: ZImageBackbone, state_path: Path, *, minutes: float, max_step
                 group["lr"] = run.rate(lr, anneal=anneal)
             scenes = [random_scene(rng) for _ in range(batch_size)]
             captions = ["" if rng.random() < caption_dropout else caption(s, rng.randrange(3)) for s in scenes]
-            loss = flow_matching_batch_loss(backbone, scenes, captions, small_object_weight, pool)
+            beside = ([random_scene(rng) for _ in scenes] if beside_share and rng.random() < beside_share
+                      else None)
+            loss = flow_matching_batch_loss(backbone, scenes, captions, small_object_weight, pool, beside)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
