@@ -345,6 +345,10 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pi.add_argument("--phrasing", default="Make {target} {colour}",
                     help="the instruction asked, naming {target} and {colour} (and may name {shape}, {where})")
     pi.add_argument("--seed", type=int, default=0, help="the sampling noise's seed, the same for every asked colour")
+    pi.add_argument("--grid", type=Path, default=None, metavar="PNG",
+                    help="also draw the first --grid-rows edits' outputs per editor, each labelled with the colour "
+                         "asked and the one painted")
+    pi.add_argument("--grid-rows", type=int, default=3)
     pi.add_argument("--threads", type=int, default=0)
     pi.set_defaults(func=probe_instruction)
     sc = commands.add_parser("score", help="score editor checkpoints on held-out world edits with the verifier")

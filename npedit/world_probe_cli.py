@@ -190,17 +190,23 @@ def probe_instruction(args: argparse.Namespace) -> int:
     from schemas.errors import Refused
     from training.backbones import ZImageBackbone
     from world.evaluate import held_out_edits
-    from world.instruction_probe import check_phrasing, colour_following
+    from world.instruction_probe import check_phrasing, colour_following, save_colour_grid
 
     try:
         check_phrasing(args.phrasing)
     except Refused as error:
         raise SystemExit(f"npedit: error: {error}") from None
     _check_editors_and_threads(args)
+    if args.grid_rows < 1:
+        raise SystemExit(f"npedit: error: --grid-rows must be at least 1, not {args.grid_rows}")
     edits = held_out_edits(args.per_type, edit_types=("local_color_change",))
+    shown = {}
     for editor_path in args.editors:
         found = colour_following(ZImageBackbone.from_pretrained(editor_path), edits, phrasing=args.phrasing,
-                                 seed=args.seed)
+                                 seed=args.seed, grid_rows=args.grid_rows if args.grid else 0)
         print(f"{editor_path}: the asked colour {found.asked:.1%}, the source's kept {found.kept:.1%}, interior RGB "
               f"spread across the asked colours {found.spread:.1f} (n {found.n}; {args.phrasing!r})", flush=True)
+        shown[str(editor_path)] = found
+    if args.grid:
+        print(f"wrote {save_colour_grid(shown, args.grid, args.phrasing)}")
     return 0

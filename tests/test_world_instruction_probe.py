@@ -12,7 +12,7 @@ from schemas.errors import Refused
 from training.backbones import ZImageBackbone
 from world import PRETRAINED
 from world.edits import random_edit
-from world.instruction_probe import asks, check_phrasing, colour_following, measure
+from world.instruction_probe import asks, check_phrasing, colour_following, measure, save_colour_grid
 from world.scene import with_objects
 from world.vae import renders
 
@@ -34,23 +34,31 @@ def test_an_oracle_scores_the_asked_colour_and_a_copier_the_source():
     assert colours and len(colours) == 8 - len(taken) and not taken & set(colours)
     k = len(colours)
     painted = renders([with_objects(edit.source, others + [replace(obj, colour=c)]) for c in colours])
-    hits, kept, spread = measure(edit, colours, painted)
-    assert (hits, kept) == (k, 0) and spread > 40
-    hits, kept, spread = measure(edit, colours, renders([edit.source] * k))
-    assert (hits, kept) == (0, k) and spread == pytest.approx(0.0, abs=1e-6)
+    hits, kept, spread, nearest = measure(edit, colours, painted)
+    assert (hits, kept) == (k, 0) and spread > 40 and nearest == colours
+    hits, kept, spread, nearest = measure(edit, colours, renders([edit.source] * k))
+    assert (hits, kept) == (0, k) and spread == pytest.approx(0.0, abs=1e-6) and set(nearest) == {obj.colour}
 
 
-def test_the_probe_runs_a_real_editor_and_refuses_bad_phrasings(capsys):
+def test_the_probe_runs_a_real_editor_draws_its_grid_and_refuses_bad_phrasings(tmp_path):
+    from PIL import Image
+
     from npedit.cli import main
 
     teacher = ZImageBackbone.from_pretrained(PRETRAINED / "teacher")
     edit = _large_recolour()
-    found = colour_following(teacher, [edit], num_steps=1)
+    found = colour_following(teacher, [edit], num_steps=1, grid_rows=2)
     assert found.n == len(asks(edit)) and 0 <= found.asked <= 1 and 0 <= found.kept <= 1 and found.spread >= 0
+    assert len(found.shown) == 1 and len(found.shown[0][3]) == found.n
+    grid = Image.open(save_colour_grid({"teacher": found, "again": found}, tmp_path / "grid.png"))
+    assert grid.size == ((2 + found.n) * 96, 2 * (96 + 14))  # the text, the source and each asked colour; 2 rows
     for bad in ("Make {target} blue", "Make {target} {hue}", "Make {target {colour}"):
         with pytest.raises(Refused):
             check_phrasing(bad)
     assert check_phrasing("Make {target} a {colour} {shape}")
     assert asks(edit, "Make {target} {where} {colour}")[0][1].startswith(f"Make {edit.target_object} ")
+    with pytest.raises(SystemExit, match="--grid-rows must be at least 1"):
+        main(["world", "probe-instruction", str(PRETRAINED / "teacher"), "--grid", str(tmp_path / "g.png"),
+              "--grid-rows", "0"])
     with pytest.raises(SystemExit, match="must name"):
         main(["world", "probe-instruction", str(PRETRAINED / "teacher"), "--phrasing", "Paint it {hue}"])

@@ -48,3 +48,26 @@ def save_edit_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
+
+
+def save_labelled_rows(rows: list[tuple[str, list[tuple[Image.Image, str]]]], path: str | Path,
+                       cell: int = 96) -> Path:
+    """Write a PNG grid, one row per (text, [(image, label), ...]): the text's panel, then each image with its label
+    under it; rows may hold different numbers of images."""
+    if not rows:
+        raise ValueError("no rows to draw")
+    strip = 14
+    columns = 1 + max(len(images) for _, images in rows)
+    grid = Image.new("RGB", (columns * cell, (cell + strip) * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for row, (text, images) in enumerate(rows):
+        top = row * (cell + strip)
+        grid.paste(_text_panel(text, cell + strip, cell), (0, top))
+        for column, (image, label) in enumerate(images, start=1):
+            grid.paste(image.resize((cell, cell), Image.Resampling.NEAREST), (column * cell, top))
+            draw.text((column * cell + 3, top + cell + 1), label, fill="black", font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from schemas.errors import Refused
 from training.sampling import edit_images
+from training.visualize import save_labelled_rows, to_pil
 from world.edits import WorldEdit, free_values, where_phrase
-from world.scene import COLOURS, object_coverage
+from world.scene import COLOURS, object_coverage, render
 from world.vae import renders
 
 PHRASING = "Make {target} {colour}"  # one of the world's own local colour phrasings
@@ -28,6 +30,7 @@ class ColourFollowing:
     kept: float  # share nearest the source object's colour
     spread: float  # the interior's mean RGB, its standard deviation across the asked colours (0-255), mean over edits
     n: int  # outputs measured (edits x asked colours)
+    shown: tuple = ()  # the first edits' (edit, asked colours, outputs, nearest colours), for `grid_rows`
 
 
 def check_phrasing(phrasing: str) -> str:
@@ -51,24 +54,24 @@ def asks(edit: WorldEdit, phrasing: str = PHRASING) -> list[tuple[str, str]]:
             for colour in free_values(edit.source, "colour", COLOURS)]
 
 
-def measure(edit: WorldEdit, asked: list[str], outputs: torch.Tensor) -> tuple[int, int, float]:
+def measure(edit: WorldEdit, asked: list[str], outputs: torch.Tensor) -> tuple[int, int, float, list[str]]:
     """For outputs (K,3,H,W) in [-1, 1] of one edit asked for `asked` colours: how many are nearest the asked colour,
-    how many nearest the source's, and the spread of the interior's mean RGB across them."""
+    how many nearest the source's, the spread of the interior's mean RGB across them, and each one's nearest."""
     obj = _named_object(edit)
     interior = object_coverage(obj, edit.source.size) >= 1
     means = ((outputs.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5)[:, interior].mean(1)
     nearest = [list(COLOURS)[i] for i in np.argmin(((means[:, None] - PALETTE[None]) ** 2).sum(-1), 1)]
     return (sum(n == a for n, a in zip(nearest, asked)), sum(n == obj.colour for n in nearest),
-            float(means.std(0).mean()))
+            float(means.std(0).mean()), nearest)
 
 
 def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASING, num_steps: int = 4,
-                     seed: int = 0) -> ColourFollowing:
+                     seed: int = 0, grid_rows: int = 0) -> ColourFollowing:
     """The editor asked for every free colour on each local colour edit (objects too small to have an interior are
-    skipped), each output with noise seeded `seed`."""
+    skipped), each output with noise seeded `seed`; the first `grid_rows` measured edits' outputs kept in `shown`."""
     phrasing = check_phrasing(phrasing)
     asked_hits = kept = n = 0
-    spreads = []
+    spreads, shown = [], []
     for edit in edits:
         if edit.edit_type != "local_color_change" or not (
                 object_coverage(_named_object(edit), edit.source.size) >= 1).any():
@@ -77,12 +80,29 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
         with torch.no_grad():
             outputs = edit_images(backbone, renders([edit.source] * len(colours)), list(instructions),
                                   num_steps=num_steps, generator=[torch.Generator().manual_seed(seed) for _ in colours])
-        hits, same, spread = measure(edit, list(colours), outputs)
+        hits, same, spread, nearest = measure(edit, list(colours), outputs)
         asked_hits, kept, n = asked_hits + hits, kept + same, n + len(colours)
         spreads.append(spread)
+        if len(shown) < grid_rows:
+            shown.append((edit, colours, outputs, nearest))
     if not n:
         raise Refused("no local colour edit with an object large enough to measure")
-    return ColourFollowing(asked_hits / n, kept / n, float(np.mean(spreads)), n)
+    return ColourFollowing(asked_hits / n, kept / n, float(np.mean(spreads)), n, tuple(shown))
+
+
+def save_colour_grid(found: dict[str, ColourFollowing], path: Path, phrasing: str = PHRASING) -> Path:
+    """A PNG of each measured editor's `shown` edits, a row per edit and editor: the editor and instruction, the
+    source, then the output for each asked colour labelled "asked -> the interior's nearest colour"."""
+    rows = []
+    for label, following in found.items():
+        for edit, colours, outputs, nearest in following.shown:
+            obj = _named_object(edit)
+            instruction = phrasing.format(target=edit.target_object, colour="...", shape=obj.shape,
+                                          where=where_phrase(obj.cell))
+            images = [(render(edit.source), "source")]
+            images += [(to_pil(o), f"{a} -> {got}") for a, o, got in zip(colours, outputs, nearest)]
+            rows.append((f"{label}\n{instruction}", images))
+    return save_labelled_rows(rows, path)
 
 
 def _named_object(edit: WorldEdit):
