@@ -162,6 +162,8 @@ def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
     assert json.loads((tmp_path / "teacher" / "manifest.json").read_text())["beside"] == beside["beside"]
     moved = ZImageBackbone.from_pretrained(tmp_path / "teacher").transformer.state_dict()
     assert any(not torch.equal(final[k], moved[k]) for k in final)
+    with pytest.raises(ValueError, match=r"in \(0, 1\], not 0"):
+        draw_beside_references(tmp_path, minutes=10, max_steps=2, share=0.0, progress=False)
 
 
 def test_a_teacher_drawn_beside_a_reference_reads_it_into_its_loss():

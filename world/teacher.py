@@ -61,13 +61,18 @@ def new_teacher(vae_dir: Path, seed: int, patch_size: int = 2) -> ZImageBackbone
     return ZImageBackbone(transformer, text_encoder_for(tokenizer), tokenizer, load_vae(vae_dir), shift=TIME_SHIFT)
 
 
+def held_out_captions(n: int, seed: int) -> list[str]:
+    """The captions of `n` held-out scenes (no pastel style), phrased in turn."""
+    rng = random.Random(seed)
+    return [caption(random_scene(rng, pastel_prob=0.0), i) for i in range(n)]
+
+
 def _held_out_samples(backbone: ZImageBackbone, n: int, cfg_scale: float, steps: int, seed: int,
                       with_images: bool = False) -> list[tuple]:
     """(parse of the sample, the scene its caption names[, the sample, the caption]) for `n` held-out captions."""
-    rng = random.Random(seed)
-    scenes = [random_scene(rng, pastel_prob=0.0) for _ in range(n)]
-    captions = [caption(s, i) for i, s in enumerate(scenes)]
-    images = generate_images(backbone, captions, size=(scenes[0].size,) * 2, num_steps=steps, cfg_scale=cfg_scale,
+    captions = held_out_captions(n, seed)
+    size = parse_caption(captions[0]).size
+    images = generate_images(backbone, captions, size=(size, size), num_steps=steps, cfg_scale=cfg_scale,
                              generator=torch.Generator().manual_seed(0))
     return [(parse_image(as_array(image)), parse_caption(text)) + ((image, text) if with_images else ())
             for image, text in zip(images, captions)]
@@ -241,6 +246,8 @@ def draw_beside_references(out_dir: Path, *, minutes: float, max_steps: int | No
     captions, the rate annealed to zero: a teacher that reads its caption's words with a reference in its sequence,
     as a real base model's pretraining on many images brings. Rewrites it; adds this phase, with its caption match
     beside a reference before and after, to its manifest. A killed run resumes from `teacher_beside_state.pt`."""
+    if not 0 < share <= 1:
+        raise ValueError(f"the share of batches drawn beside a reference is in (0, 1], not {share}")
     before = ZImageBackbone.from_pretrained(Path(out_dir) / "teacher").to(device)
     record = {"seed": seed, "batch_size": batch_size, "lr": lr, "share": share, "device": device,
               "beside_reference_before": evaluate_beside_reference(before, eval_samples)}
@@ -259,9 +266,7 @@ def evaluate_beside_reference(backbone: ZImageBackbone, n: int = 64, steps: int 
                               seed: int = HELD_OUT_SEED + 2) -> dict:
     """`evaluate_teacher`'s figures for the same held-out captions drawn in the omni layout beside an unrelated
     scene (Euler, no guidance: the editor's layout and sampler): does the caption, not the reference, decide?"""
-    rng = random.Random(seed)
-    scenes = [random_scene(rng, pastel_prob=0.0) for _ in range(n)]
-    captions = [caption(s, i) for i, s in enumerate(scenes)]
+    captions = held_out_captions(n, seed)
     others = random.Random(seed + 1)
     references = renders([random_scene(others, pastel_prob=0.0) for _ in range(n)]).to(backbone.device)
     images = edit_images(backbone, references, captions, num_steps=steps, sampler="euler",
