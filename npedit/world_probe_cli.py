@@ -185,8 +185,8 @@ def curves(args: argparse.Namespace) -> int:
 
 
 def probe_instruction(args: argparse.Namespace) -> int:
-    """Whether each editor paints the colour its instruction asks for: every held-out local colour edit asked for
-    every colour it may ask, one line per editor."""
+    """Whether each editor paints the colour its instruction asks for (every held-out local colour edit asked for
+    every colour it may ask) and reads whom it names, one line per editor."""
     from schemas.errors import Refused
     from training.backbones import ZImageBackbone
     from world.evaluate import held_out_edits
@@ -205,7 +205,9 @@ def probe_instruction(args: argparse.Namespace) -> int:
         found = colour_following(ZImageBackbone.from_pretrained(editor_path), edits, phrasing=args.phrasing,
                                  seed=args.seed, grid_rows=args.grid_rows if args.grid else 0)
         print(f"{editor_path}: the asked colour {found.asked:.1%}, the source's kept {found.kept:.1%}, interior RGB "
-              f"spread across the asked colours {found.spread:.1f} (n {found.n}; {args.phrasing!r})", flush=True)
+              f"spread across the asked colours {found.spread:.1f}; its change with another object named "
+              f"{found.other_object:.1f}, with no instruction {found.empty:.1f} (n {found.n}; {args.phrasing!r})",
+              flush=True)
         shown[str(editor_path)] = found
     if args.grid:
         print(f"wrote {save_colour_grid(shown, args.grid, args.phrasing)}")

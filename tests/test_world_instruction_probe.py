@@ -12,7 +12,8 @@ from schemas.errors import Refused
 from training.backbones import ZImageBackbone
 from world import PRETRAINED
 from world.edits import random_edit
-from world.instruction_probe import asks, check_phrasing, colour_following, measure, save_colour_grid
+from world.instruction_probe import (asks, check_phrasing, colour_following, interior_change, measure,
+                                    other_object_instruction, save_colour_grid)
 from world.scene import with_objects
 from world.vae import renders
 
@@ -40,6 +41,25 @@ def test_an_oracle_scores_the_asked_colour_and_a_copier_the_source():
     assert (hits, kept) == (0, k) and spread == pytest.approx(0.0, abs=1e-6) and set(nearest) == {obj.colour}
 
 
+def test_an_editor_that_reads_whom_its_instruction_names_changes_the_interior_and_a_blind_one_does_not():
+    rng = random.Random(5)
+    edit = next(e for e in (random_edit(rng, "local_color_change") for _ in range(200))
+                if len(e.source.objects) > 1 and next(o for o in e.source.objects if o.cell == e.cell).size == "large")
+    obj = next(o for o in edit.source.objects if o.cell == edit.cell)
+    other = next(o for o in edit.source.objects if o.name != obj.name)
+    colour, instruction = asks(edit)[0]
+    swapped = other_object_instruction(edit, instruction)
+    assert swapped == instruction.replace(edit.target_object, other.name) and edit.target_object not in swapped
+    rest = [o for o in edit.source.objects if o not in (obj, other)]
+    oracle = renders([with_objects(edit.source, rest + [other, replace(obj, colour=colour)]),
+                      with_objects(edit.source, rest + [obj, replace(other, colour=colour)])])
+    assert interior_change(edit, oracle[0], oracle[1]) > 40  # it recolours the object named, so this one reverts
+    copies = renders([edit.source] * 2)
+    assert interior_change(edit, copies[0], copies[1]) == pytest.approx(0.0, abs=1e-6)
+    alone = next(e for e in (random_edit(rng, "local_color_change") for _ in range(200)) if len(e.source.objects) == 1)
+    assert other_object_instruction(alone, asks(alone)[0][1]) is None
+
+
 def test_the_probe_runs_a_real_editor_draws_its_grid_and_refuses_bad_phrasings(tmp_path):
     from PIL import Image
 
@@ -49,6 +69,7 @@ def test_the_probe_runs_a_real_editor_draws_its_grid_and_refuses_bad_phrasings(t
     edit = _large_recolour()
     found = colour_following(teacher, [edit], num_steps=1, grid_rows=2)
     assert found.n == len(asks(edit)) and 0 <= found.asked <= 1 and 0 <= found.kept <= 1 and found.spread >= 0
+    assert found.empty > 0  # the teacher draws from its text: an empty instruction changes what it draws
     assert len(found.shown) == 1 and len(found.shown[0][3]) == found.n
     grid = Image.open(save_colour_grid({"teacher": found, "again": found}, tmp_path / "grid.png"))
     assert grid.size == ((2 + found.n) * 96, 2 * (96 + 14))  # the text, the source and each asked colour; 2 rows

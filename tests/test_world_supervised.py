@@ -70,3 +70,33 @@ def test_experiment_refuses_a_supervised_edit_weight_that_is_not_positive(tmp_pa
         main(["world", "experiment", "--out", str(tmp_path), "--variants", "supervised", "--steps", "2",
               "--supervised-edit-weight", "0"])
     assert "--supervised-edit-weight must be positive" in str(exit_info.value)
+
+
+def test_a_group_edits_one_source_several_ways_under_one_noise_and_time(monkeypatch, tmp_path):
+    from world.supervised import _edited_ways
+    from world.edits import random_edit
+
+    rng = random.Random(0)
+    ways = _edited_ways(random_edit(rng, "local_color_change"), 4, rng)
+    assert len(ways) == 4 and len({id(w.source) for w in ways}) == 1 and {w.edit_type for w in ways} == {
+        "local_color_change"} and len({w.instruction for w in ways}) > 1
+    drawn, noise_to = [], world.supervised.noise_to
+    monkeypatch.setattr(world.supervised, "noise_to", lambda x0, eps, t: drawn.append((eps, t)) or noise_to(x0, eps, t))
+    _, history = train_supervised(TEACHER, tmp_path / "grouped", steps=1, batch_size=4, group=2,
+                                  edit_types=("local_color_change",), progress=False)
+    (eps, t), = drawn
+    assert torch.equal(eps[0], eps[1]) and torch.equal(eps[2], eps[3]) and not torch.equal(eps[1], eps[2])
+    assert t[0] == t[1] and t[2] == t[3] and t[1] != t[2]
+    assert "loss/supervised" in history[0]
+    with pytest.raises(ValueError, match="positive divisor"):
+        train_supervised(TEACHER, tmp_path / "bad", steps=1, batch_size=4, group=3)
+
+
+def test_beside_reference_steps_mix_the_teachers_own_drawing_into_the_editors_training(tmp_path):
+    _, history = train_supervised(TEACHER, tmp_path / "beside", steps=6, batch_size=2, beside_share=0.5,
+                                  progress=False)
+    kinds = {key for row in history for key in row if key.startswith("loss/")}
+    assert kinds == {"loss/supervised", "loss/beside_reference"} and all(
+        len([k for k in row if k.startswith("loss/")]) == 1 for row in history)
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        train_supervised(TEACHER, tmp_path / "bad", steps=1, beside_share=1.0)

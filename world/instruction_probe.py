@@ -1,7 +1,9 @@
 """Does an editor read the colour its instruction asks for? Each held-out local colour edit is asked for every colour
 it may ask (no object's, not the background's), in one phrasing and with the same sampling noise; the named object's
 interior in the outputs says whether the editor paints the asked colour, keeps the source's, or draws the same
-whatever is asked (no spread)."""
+whatever is asked (no spread). Beside it, how much the named object's interior changes when the instruction names
+another object of the scene instead, or is empty: an editor that reads whom its instruction names changes it by
+about the asked colour's distance from the source's; one blind to its instruction, not at all."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ class ColourFollowing:
     kept: float  # share nearest the source object's colour
     spread: float  # the interior's mean RGB, its standard deviation across the asked colours (0-255), mean over edits
     n: int  # outputs measured (edits x asked colours)
+    other_object: float = 0.0  # the interior's mean |change| (0-255) when another object is named, mean over edits
+    empty: float = 0.0  # the same when the instruction is empty
     shown: tuple = ()  # the first edits' (edit, asked colours, outputs, nearest colours), for `grid_rows`
 
 
@@ -65,21 +69,40 @@ def measure(edit: WorldEdit, asked: list[str], outputs: torch.Tensor) -> tuple[i
             float(means.std(0).mean()), nearest)
 
 
+def interior_change(edit: WorldEdit, output: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean absolute difference (0-255) of two outputs (3,H,W) in [-1, 1] over the named object's interior."""
+    interior = torch.from_numpy(object_coverage(_named_object(edit), edit.source.size) >= 1)
+    return float(((output - other).abs() * 127.5)[:, interior].mean())
+
+
+def other_object_instruction(edit: WorldEdit, instruction: str) -> str | None:
+    """`instruction` naming another object of the scene instead of the edited one (None when it is alone)."""
+    obj = _named_object(edit)
+    other = next((o for o in edit.source.objects if o.name != obj.name), None)
+    return None if other is None else instruction.replace(edit.target_object, other.name, 1)
+
+
 def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASING, num_steps: int = 4,
                      seed: int = 0, grid_rows: int = 0) -> ColourFollowing:
     """The editor asked for every free colour on each local colour edit (objects too small to have an interior are
     skipped), each output with noise seeded `seed`; the first `grid_rows` measured edits' outputs kept in `shown`."""
     phrasing = check_phrasing(phrasing)
     asked_hits = kept = n = 0
-    spreads, shown = [], []
+    spreads, shown, other_object, empty = [], [], [], []
     for edit in edits:
         if edit.edit_type != "local_color_change" or not (
                 object_coverage(_named_object(edit), edit.source.size) >= 1).any():
             continue
         colours, instructions = zip(*asks(edit, phrasing))
+        swapped = other_object_instruction(edit, instructions[0])
+        asked = list(instructions) + [""] + ([swapped] if swapped else [])
         with torch.no_grad():
-            outputs = edit_images(backbone, renders([edit.source] * len(colours)), list(instructions),
-                                  num_steps=num_steps, generator=[torch.Generator().manual_seed(seed) for _ in colours])
+            every = edit_images(backbone, renders([edit.source] * len(asked)), asked, num_steps=num_steps,
+                                generator=[torch.Generator().manual_seed(seed) for _ in asked])
+        outputs = every[: len(colours)]
+        empty.append(interior_change(edit, every[0], every[len(colours)]))
+        if swapped:
+            other_object.append(interior_change(edit, every[0], every[-1]))
         hits, same, spread, nearest = measure(edit, list(colours), outputs)
         asked_hits, kept, n = asked_hits + hits, kept + same, n + len(colours)
         spreads.append(spread)
@@ -87,7 +110,9 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
             shown.append((edit, colours, outputs, nearest))
     if not n:
         raise Refused("no local colour edit with an object large enough to measure")
-    return ColourFollowing(asked_hits / n, kept / n, float(np.mean(spreads)), n, tuple(shown))
+    return ColourFollowing(asked_hits / n, kept / n, float(np.mean(spreads)), n, shown=tuple(shown),
+                           other_object=float(np.mean(other_object)) if other_object else float("nan"),
+                           empty=float(np.mean(empty)))
 
 
 def save_colour_grid(found: dict[str, ColourFollowing], path: Path, phrasing: str = PHRASING) -> Path:

@@ -17,20 +17,31 @@ from schemas.errors import Refused
 from training.backbones import ZImageBackbone, noise_to
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.losses import flow_matching_loss
-from world.edits import random_edit
-from world.teacher import weighted_flow_matching_loss
+from world.edits import make_edit, random_edit
+from world.scene import caption, random_scene
+from world.teacher import flow_matching_batch_loss, weighted_flow_matching_loss
 from world.vae import renders
 
 
 def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_size: int = 8, lr: float = 1e-4,
                      seed: int = 0, edit_types: tuple[str, ...] = EDIT_TYPES, checkpoint_every: int = 0,
-                     edit_weight: float = 1.0, progress: bool = True) -> tuple[ZImageBackbone, list[dict[str, float]]]:
+                     edit_weight: float = 1.0, beside_share: float = 0.0, group: int = 1,
+                     progress: bool = True) -> tuple[ZImageBackbone, list[dict[str, float]]]:
     """Fine-tune the teacher into an editor on rendered pairs (`edit_types` in turn); saves it to
     `out_dir/generator` (loadable as any editor checkpoint) and returns it with its loss curve. With
     `checkpoint_every`, `out_dir/checkpoints/step-N` (the trainer's layout, so `world score` draws its curve) every N
     steps and at the last, and a killed run continues from the latest one to the same weights. `edit_weight` > 1
     weighs the latent pixels an edit may change that much above the rest (a small object's recolouring is otherwise
-    a few percent of the loss)."""
+    a few percent of the loss). `beside_share` of the steps are the teacher's own drawing instead (a single world scene
+    from its caption, in the omni layout beside an unrelated scene as reference), a regulariser that keeps the
+    instruction's tokens in use once the editor learns to copy its reference. With `group` > 1, each batch holds
+    `batch_size / group` sources, each edited `group` ways (same type, other instructions) under the same noise and
+    time: the flow-matching error the instruction cannot explain is then shared by a group, and its part of the
+    gradient on how the output depends on the instruction cancels, leaving the instructions' differences."""
+    if not 0 <= beside_share < 1:
+        raise ValueError(f"the share of steps drawn beside a reference is in [0, 1), not {beside_share}")
+    if group < 1 or batch_size % group:
+        raise ValueError(f"the group ({group}) must be a positive divisor of the batch size ({batch_size})")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     backbone = ZImageBackbone.from_pretrained(teacher)
@@ -38,37 +49,68 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
     optimizer = torch.optim.AdamW(backbone.transformer.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     models = {"generator": (backbone.transformer, optimizer)}
     recipe = json.dumps({"teacher": str(teacher), "batch_size": batch_size, "lr": lr, "seed": seed,
-                         "edit_types": list(edit_types), "edit_weight": edit_weight}, indent=2)
+                         "edit_types": list(edit_types), "edit_weight": edit_weight,
+                         **({"beside_share": beside_share} if beside_share else {}),
+                         **({"group": group} if group > 1 else {})}, indent=2)
     history = _resume(out_dir, models, rng, recipe)
     for step in tqdm(range(len(history), steps), desc="supervised editor", disable=not progress,
                      initial=len(history), total=steps):
-        edits = [random_edit(rng, edit_types[(step * batch_size + i) % len(edit_types)]) for i in range(batch_size)]
+        if beside_share and rng.random() < beside_share:
+            scenes = [random_scene(rng) for _ in range(batch_size)]
+            loss = flow_matching_batch_loss(backbone, scenes, [caption(s, rng.randrange(3)) for s in scenes],
+                                            beside=[random_scene(rng) for _ in scenes])
+            _step(backbone, optimizer, loss)
+            history.append({"step": step + 1, "loss/beside_reference": loss.item()})
+            _checkpoint(out_dir, step + 1, steps, checkpoint_every, backbone, models, history, rng, recipe)
+            continue
+        sources_per_batch = batch_size // group
+        edits = [edit for i in range(sources_per_batch) for edit in _edited_ways(
+            random_edit(rng, edit_types[(step * sources_per_batch + i) % len(edit_types)]), group, rng)]
         with torch.no_grad():
             sources = renders([e.source for e in edits])
             reference = backbone.encode_images(sources)
             x0 = backbone.encode_images(renders([e.target for e in edits]))
             text = backbone.encode_text([e.instruction for e in edits], num_references=1, reference_images=sources)
-        t = backbone.shift_time(torch.rand(batch_size))  # the sampler's grid goes through the same shift
-        eps = torch.randn_like(x0)
+        # the sampler's grid goes through the same shift; a group shares its time and noise
+        t = backbone.shift_time(torch.rand(batch_size // group)).repeat_interleave(group)
+        eps = torch.randn_like(x0[::group]).repeat_interleave(group, 0)
         v = backbone.predict_velocity(noise_to(x0, eps, t), t, text, reference=reference)
         if edit_weight == 1.0:
             loss = flow_matching_loss(v, x0, eps).mean()
         else:
             weights = 1 + (edit_weight - 1) * edit_masks(edits, x0.shape[-2:])
             loss = weighted_flow_matching_loss(v, x0, eps, weights).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(backbone.transformer.parameters(), 1.0)
-        optimizer.step()
+        _step(backbone, optimizer, loss)
         history.append({"step": step + 1, "loss/supervised": loss.item()})
-        if checkpoint_every and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            meta = {"step": step + 1, "history": history,
-                    "ranks": [{"rng": torch.get_rng_state(), "edits_rng": rng.getstate()}]}
-            save_checkpoint(out_dir, step + 1, backbone, models, meta, recipe, keep=steps // checkpoint_every + 1)
+        _checkpoint(out_dir, step + 1, steps, checkpoint_every, backbone, models, history, rng, recipe)
     backbone.transformer.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone.save_pretrained(out_dir / "generator")
     return backbone, history
+
+
+def _edited_ways(edit, group: int, rng: random.Random) -> list:
+    """`edit` and `group - 1` more edits of its source and type (another object or value where the scene has one)."""
+    ways = [edit]
+    while len(ways) < group:
+        ways.append(make_edit(edit.source, edit.edit_type, rng) or edit)
+    return ways
+
+
+def _step(backbone: ZImageBackbone, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(backbone.transformer.parameters(), 1.0)
+    optimizer.step()
+
+
+def _checkpoint(out_dir: Path, step: int, steps: int, every: int, backbone: ZImageBackbone, models: dict,
+                history: list, rng: random.Random, recipe: str) -> None:
+    """The train state at every `every`-th step and at the last (none when `every` is 0)."""
+    if every and (step % every == 0 or step == steps):
+        ranks = [{"rng": torch.get_rng_state(), "edits_rng": rng.getstate()}]
+        meta = {"step": step, "history": history, "ranks": ranks}
+        save_checkpoint(out_dir, step, backbone, models, meta, recipe, keep=steps // every + 1)
 
 
 def edit_masks(edits: list, size: tuple[int, int]) -> torch.Tensor:
