@@ -62,7 +62,7 @@ def measure(edit: WorldEdit, asked: list[str], outputs: torch.Tensor) -> tuple[i
     """For outputs (K,3,H,W) in [-1, 1] of one edit asked for `asked` colours: how many are nearest the asked colour,
     how many nearest the source's, the spread of the interior's mean RGB across them, and each one's nearest."""
     obj = _named_object(edit)
-    interior = object_coverage(obj, edit.source.size) >= 1
+    interior = _interior(edit)
     means = ((outputs.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5)[:, interior].mean(1)
     nearest = [list(COLOURS)[i] for i in np.argmin(((means[:, None] - PALETTE[None]) ** 2).sum(-1), 1)]
     return (sum(n == a for n, a in zip(nearest, asked)), sum(n == obj.colour for n in nearest),
@@ -71,7 +71,7 @@ def measure(edit: WorldEdit, asked: list[str], outputs: torch.Tensor) -> tuple[i
 
 def interior_change(edit: WorldEdit, output: torch.Tensor, other: torch.Tensor) -> float:
     """Mean absolute difference (0-255) of two outputs (3,H,W) in [-1, 1] over the named object's interior."""
-    interior = torch.from_numpy(object_coverage(_named_object(edit), edit.source.size) >= 1)
+    interior = torch.from_numpy(_interior(edit))
     return float(((output - other).abs() * 127.5)[:, interior].mean())
 
 
@@ -90,8 +90,7 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
     asked_hits = kept = n = 0
     spreads, shown, other_object, empty = [], [], [], []
     for edit in edits:
-        if edit.edit_type != "local_color_change" or not (
-                object_coverage(_named_object(edit), edit.source.size) >= 1).any():
+        if edit.edit_type != "local_color_change" or not _interior(edit).any():
             continue
         colours, instructions = zip(*asks(edit, phrasing))
         swapped = other_object_instruction(edit, instructions[0])
@@ -128,6 +127,11 @@ def save_colour_grid(found: dict[str, ColourFollowing], path: Path, phrasing: st
             images += [(to_pil(o), f"{a} -> {got}") for a, o, got in zip(colours, outputs, nearest)]
             rows.append((f"{label}\n{instruction}", images))
     return save_labelled_rows(rows, path)
+
+
+def _interior(edit: WorldEdit) -> np.ndarray:
+    """(H,W) bool: the pixels the named object covers wholly."""
+    return object_coverage(_named_object(edit), edit.source.size) >= 1
 
 
 def _named_object(edit: WorldEdit):
