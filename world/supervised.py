@@ -72,7 +72,7 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
             x0 = backbone.encode_images(renders([e.target for e in edits]))
             text = backbone.encode_text([e.instruction for e in edits], num_references=1, reference_images=sources)
         # the sampler's grid goes through the same shift; a group shares its time and noise
-        t = backbone.shift_time(torch.rand(batch_size // group)).repeat_interleave(group)
+        t = backbone.shift_time(torch.rand(sources_per_batch)).repeat_interleave(group)
         eps = torch.randn_like(x0[::group]).repeat_interleave(group, 0)
         v = backbone.predict_velocity(noise_to(x0, eps, t), t, text, reference=reference)
         if edit_weight == 1.0:
