@@ -1,0 +1,115 @@
+"""Where does learning the colour word stop as the sources grow? (section 25; section 24's one-source test is N = 1.)
+
+A fixed set of N local colour edits on large objects (0 = a fresh one every step). Each step takes one of them and
+asks for every free colour of its object, under one noise and time, trained by flow matching on the rendered targets.
+Every PROBE_EVERY steps, `colour_following` on the set's first 8 sources (seen) and on 16 others (held out).
+Usage: source_ladder.py TEACHER N STEPS [LR [OUT]]   e.g. world/pretrained_patch1/teacher 8 1500; with OUT, the
+editor is saved there at the end (for `npedit world probe-instruction`). `source_ladder.py plot PNG LOG...` draws
+the spread per step, seen and held out, of each run's printed log (a log's name labels its run)."""
+import random
+import re
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+from training.backbones import ZImageBackbone, noise_to
+from training.losses import flow_matching_loss
+from world.edits import random_edit
+from world.instruction_probe import _named_object, asks, colour_following
+from world.scene import with_objects
+from world.vae import renders
+
+PROBE_EVERY = 250
+
+
+def large_object_edits(rng: random.Random, count: int) -> list:
+    """`count` local colour edits whose named object is large (an interior of many pixels)."""
+    edits = []
+    while len(edits) < count:
+        edit = random_edit(rng, "local_color_change")
+        if _named_object(edit).size == "large":
+            edits.append(edit)
+    return edits
+
+
+def every_colour(backbone, edit) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """(source latents, target latents, instruction encoding) for every colour the edit's object may take."""
+    obj = _named_object(edit)
+    others = [o for o in edit.source.objects if o is not obj]
+    colours, instructions = zip(*asks(edit))
+    sources = renders([edit.source] * len(colours))
+    targets = renders([with_objects(edit.source, others + [replace(obj, colour=c)]) for c in colours])
+    with torch.no_grad():
+        return (backbone.encode_images(sources), backbone.encode_images(targets),
+                backbone.encode_text(list(instructions), num_references=1, reference_images=sources))
+
+
+def probe(backbone, step: int, seen: list, held_out: list, started: float) -> None:
+    backbone.transformer.eval()
+    for name, edits in (("seen", seen), ("held-out", held_out)):
+        found = colour_following(backbone, edits)
+        print(f"step {step} {name}: asked {found.asked:.1%} kept {found.kept:.1%} spread {found.spread:.1f} "
+              f"other-object {found.other_object:.1f} empty {found.empty:.1f} n {found.n} "
+              f"({time.time() - started:.0f}s)", flush=True)
+    backbone.transformer.train()
+
+
+def main(teacher: str, sources: int, steps: int, lr: float = 1e-4, out: str | None = None) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rng = random.Random(3)
+    backbone = ZImageBackbone.from_pretrained(teacher)
+    fixed = large_object_edits(rng, sources)
+    cases = [every_colour(backbone, edit) for edit in fixed]
+    seen = fixed[:8] if fixed else large_object_edits(random.Random(3), 8)
+    held_out = large_object_edits(random.Random(11), 16)
+    optimizer = torch.optim.AdamW(backbone.transformer.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    started = time.time()
+    probe(backbone, 0, seen, held_out, started)
+    for step in range(1, steps + 1):
+        reference, x0, text = (cases[rng.randrange(sources)] if sources > 1 else cases[0] if sources
+                               else every_colour(backbone, large_object_edits(rng, 1)[0]))
+        t = backbone.shift_time(torch.rand(1)).repeat(len(x0))
+        eps = torch.randn_like(x0[:1]).repeat(len(x0), 1, 1, 1)
+        velocity = backbone.predict_velocity(noise_to(x0, eps, t), t, text, reference=reference)
+        loss = flow_matching_loss(velocity, x0, eps).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(backbone.transformer.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0:
+            print(f"step {step} loss {loss.item():.4f} ({time.time() - started:.0f}s)", flush=True)
+        if step % PROBE_EVERY == 0:
+            probe(backbone, step, seen, held_out, started)
+    if out:
+        backbone.transformer.eval()
+        backbone.save_pretrained(out)
+
+
+def plot(png: str, logs: list[str]) -> None:
+    """Spread (0-255) against step, seen and held out, one line per log."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for log in logs:
+        found = re.findall(r"step (\d+) (seen|held-out): .*? spread ([\d.]+)", Path(log).read_text())
+        for ax, which in zip(axes, ("seen", "held-out")):
+            points = sorted({int(step): float(spread) for step, w, spread in found if w == which}.items())
+            ax.plot(*zip(*points), marker="o", label=Path(log).stem)
+    for ax, which in zip(axes, ("sources trained on", "held-out sources")):
+        ax.set(title=which, xlabel="step", ylabel="spread over asked colours (0-255)")
+        ax.grid(alpha=0.3)
+    axes[1].legend()
+    figure.suptitle("Does the painted colour follow the asked one? (the object interior's mean RGB, its spread)")
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+
+
+if __name__ == "__main__" and sys.argv[1] == "plot":
+    plot(sys.argv[2], sys.argv[3:])
+elif __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *(float(a) for a in sys.argv[4:5]), *sys.argv[5:6])
