@@ -109,7 +109,12 @@ def plot(png: str, logs: list[str]) -> None:
     figure.savefig(png, dpi=110)
 
 
-if __name__ == "__main__" and sys.argv[1] == "plot":
-    plot(sys.argv[2], sys.argv[3:])
-elif __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *(float(a) for a in sys.argv[4:5]), *sys.argv[5:6])
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["plot"] and len(args) > 2:
+        plot(args[1], args[2:])
+    elif 3 <= len(args) <= 5 and all(a.isdigit() for a in args[1:3]):
+        main(args[0], int(args[1]), int(args[2]), *(float(a) for a in args[3:4]), *args[4:5])
+    else:
+        sys.exit("usage: source_ladder.py TEACHER N STEPS [LR [OUT]]  (N >= 0; 0: a fresh source every step)"
+                 "  |  source_ladder.py plot PNG LOG...")
