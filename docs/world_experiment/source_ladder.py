@@ -69,7 +69,7 @@ def main(teacher: str, sources: int, steps: int, lr: float = 1e-4, out: str | No
     started = time.time()
     probe(backbone, 0, seen, held_out, started)
     for step in range(1, steps + 1):
-        reference, x0, text = (cases[rng.randrange(sources)] if sources > 1 else cases[0] if sources
+        reference, x0, text = (cases[rng.randrange(sources)] if sources
                                else every_colour(backbone, large_object_edits(rng, 1)[0]))
         t = backbone.shift_time(torch.rand(1)).repeat(len(x0))
         eps = torch.randn_like(x0[:1]).repeat(len(x0), 1, 1, 1)
