@@ -11,6 +11,7 @@ import re
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -47,6 +48,7 @@ def every_colour(backbone, edit) -> tuple[torch.Tensor, torch.Tensor, object]:
 
 
 def probe(backbone, step: int, seen: list, held_out: list, started: float) -> None:
+    """Print `colour_following` on the seen and the held-out sources, a line each."""
     backbone.transformer.eval()
     for name, edits in (("seen", seen), ("held-out", held_out)):
         found = colour_following(backbone, edits)
@@ -57,6 +59,7 @@ def probe(backbone, step: int, seen: list, held_out: list, started: float) -> No
 
 
 def main(teacher: str, sources: int, steps: int, lr: float = 1e-4, out: str | None = None) -> None:
+    """Train the teacher on N fixed sources (0: fresh ones) for `steps`, probing every PROBE_EVERY; save to `out`."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     rng = random.Random(3)
@@ -93,7 +96,6 @@ def plot(png: str, logs: list[str]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from pathlib import Path
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for log in logs:
         found = re.findall(r"step (\d+) (seen|held-out): .*? spread ([\d.]+)", Path(log).read_text())
