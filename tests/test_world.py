@@ -132,7 +132,8 @@ def test_the_world_vae_trains_resumes_and_loads(tmp_path):
     assert set(evaluate(vae, 8)) == {"psnr_db", "parse_rate", "small_shape_match", "large_shape_match", "n"}
 
 
-def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
+def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path, monkeypatch):
+    import world.teacher
     from training.backbones import ZImageBackbone
     from world.teacher import anneal_teacher, draw_beside_references, focus_small_objects, train_teacher
     from world.vae import train_vae
@@ -155,8 +156,23 @@ def test_the_world_teacher_trains_and_loads_as_a_z_image_checkpoint(tmp_path):
     assert focused["small_objects"]["weight"] == 8.0
     final = ZImageBackbone.from_pretrained(tmp_path / "teacher").transformer.state_dict()
     assert any(not torch.equal(after[k], final[k]) for k in after)
+    measured, fit = [], world.teacher._continue_teacher
+    evaluate_beside = world.teacher.evaluate_beside_reference
+    monkeypatch.setattr(world.teacher, "evaluate_beside_reference",
+                        lambda *a, **k: measured.append(evaluate_beside(*a, **k)) or measured[-1])
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(world.teacher, "_continue_teacher", killed)
+    with pytest.raises(KeyboardInterrupt):  # killed after measuring the teacher before
+        draw_beside_references(tmp_path, minutes=10, max_steps=2, batch_size=4, share=1.0, eval_samples=2,
+                               progress=False)
+    monkeypatch.setattr(world.teacher, "_continue_teacher", fit)
     beside = draw_beside_references(tmp_path, minutes=10, max_steps=2, batch_size=4, share=1.0, eval_samples=2,
                                     progress=False)
+    assert len(measured) == 2 and beside["beside"]["beside_reference_before"] == measured[0]  # resumed, not re-measured
+    assert not (tmp_path / "teacher_beside_before.json").exists()
     assert beside["small_objects"]["steps"] == 2 and beside["beside"]["steps"] == 2 and beside["beside"]["share"] == 1
     assert beside["beside"]["beside_reference"]["n"] == beside["beside"]["beside_reference_before"]["n"] == 2
     assert json.loads((tmp_path / "teacher" / "manifest.json").read_text())["beside"] == beside["beside"]

@@ -245,12 +245,18 @@ def draw_beside_references(out_dir: Path, *, minutes: float, max_steps: int | No
     drawn in the omni layout beside an unrelated world scene as reference, still from single scenes and their
     captions, the rate annealed to zero: a teacher that reads its caption's words with a reference in its sequence,
     as a real base model's pretraining on many images brings. Rewrites it; adds this phase, with its caption match
-    beside a reference before and after, to its manifest. A killed run resumes from `teacher_beside_state.pt`."""
+    beside a reference before and after, to its manifest. A killed run resumes from `teacher_beside_state.pt`, the
+    figures before from `teacher_beside_before.json`."""
     if not 0 < share <= 1:
         raise ValueError(f"the share of batches drawn beside a reference is in (0, 1], not {share}")
-    before = ZImageBackbone.from_pretrained(Path(out_dir) / "teacher").to(device)
+    before_path = Path(out_dir) / "teacher_beside_before.json"
+    before = json.loads(before_path.read_text()) if before_path.exists() else None
+    if before is None or before["n"] != eval_samples:
+        before = evaluate_beside_reference(ZImageBackbone.from_pretrained(Path(out_dir) / "teacher").to(device),
+                                           eval_samples)
+        before_path.write_text(json.dumps(before))
     record = {"seed": seed, "batch_size": batch_size, "lr": lr, "share": share, "device": device,
-              "beside_reference_before": evaluate_beside_reference(before, eval_samples)}
+              "beside_reference_before": before}
     manifest = _continue_teacher(out_dir, "beside", record, minutes=minutes, max_steps=max_steps, seed=seed + 3,
                                  batch_size=batch_size, lr=lr, caption_dropout=caption_dropout,
                                  eval_every_s=eval_every_s, eval_samples=eval_samples,
@@ -259,6 +265,7 @@ def draw_beside_references(out_dir: Path, *, minutes: float, max_steps: int | No
     after = ZImageBackbone.from_pretrained(Path(out_dir) / "teacher").to(device)
     manifest["beside"]["beside_reference"] = evaluate_beside_reference(after, eval_samples)
     (Path(out_dir) / "teacher" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    before_path.unlink()
     return manifest
 
 

@@ -4,8 +4,10 @@ A fixed set of N local colour edits on large objects (0 = a fresh one every step
 asks for every free colour of its object, under one noise and time, trained by flow matching on the rendered targets.
 Every PROBE_EVERY steps, `colour_following` on the set's first 8 sources (seen) and on 16 others (held out).
 Usage: source_ladder.py TEACHER N STEPS [LR [OUT]]   e.g. world/pretrained_patch1/teacher 8 1500; with OUT, the
-editor is saved there at the end (for `npedit world probe-instruction`). `source_ladder.py plot PNG LOG...` draws
-the spread per step, seen and held out, of each run's printed log (a log's name labels its run)."""
+editor is saved there at the end (for `npedit world probe-instruction`), and the run's state at every probe in
+OUT/ladder_state.pt, from which the same command resumes (to a larger STEPS too). `source_ladder.py plot PNG LOG...`
+draws the spread per step, seen and held out, of each run's printed log (a log's name labels its run)."""
+import os
 import random
 import re
 import sys
@@ -58,8 +60,31 @@ def probe(backbone, step: int, seen: list, held_out: list, started: float) -> No
     backbone.transformer.train()
 
 
+def save_state(path: Path, run: dict, step: int, backbone, optimizer, rng: random.Random) -> None:
+    """Everything a resumed run needs to go on as if never stopped, written atomically."""
+    state = {"run": run, "step": step, "transformer": backbone.transformer.state_dict(),
+             "optimizer": optimizer.state_dict(), "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
+    torch.save(state, path.with_suffix(".partial"))
+    os.replace(path.with_suffix(".partial"), path)
+
+
+def resume(path: Path, run: dict, backbone, optimizer, rng: random.Random) -> int:
+    """Restore a saved run's state into the editor, optimizer and generators; the step it had reached (0: none)."""
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    if state["run"] != run:
+        sys.exit(f"{path} is another run's state ({state['run']}); give another OUT or the same TEACHER, N and LR")
+    backbone.transformer.load_state_dict(state["transformer"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng.setstate(state["python_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"]
+
+
 def main(teacher: str, sources: int, steps: int, lr: float = 1e-4, out: str | None = None) -> None:
-    """Train the teacher on N fixed sources (0: fresh ones) for `steps`, probing every PROBE_EVERY; save to `out`."""
+    """Train the teacher on N fixed sources (0: fresh ones) for `steps`, probing every PROBE_EVERY; save to `out`,
+    resuming from its state when it holds one."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     rng = random.Random(3)
@@ -69,9 +94,15 @@ def main(teacher: str, sources: int, steps: int, lr: float = 1e-4, out: str | No
     seen = fixed[:8] if fixed else large_object_edits(random.Random(3), 8)
     held_out = large_object_edits(random.Random(11), 16)
     optimizer = torch.optim.AdamW(backbone.transformer.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    run = {"teacher": str(Path(teacher).resolve()), "sources": sources, "lr": lr}
+    state_path = Path(out) / "ladder_state.pt" if out else None
+    if state_path:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+    start = resume(state_path, run, backbone, optimizer, rng) if state_path else 0
     started = time.time()
-    probe(backbone, 0, seen, held_out, started)
-    for step in range(1, steps + 1):
+    if start == 0:
+        probe(backbone, 0, seen, held_out, started)
+    for step in range(start + 1, steps + 1):
         reference, x0, text = (cases[rng.randrange(sources)] if sources
                                else every_colour(backbone, large_object_edits(rng, 1)[0]))
         t = backbone.shift_time(torch.rand(1)).repeat(len(x0))
@@ -86,6 +117,8 @@ def main(teacher: str, sources: int, steps: int, lr: float = 1e-4, out: str | No
             print(f"step {step} loss {loss.item():.4f} ({time.time() - started:.0f}s)", flush=True)
         if step % PROBE_EVERY == 0:
             probe(backbone, step, seen, held_out, started)
+            if state_path:
+                save_state(state_path, run, step, backbone, optimizer, rng)
     if out:
         backbone.transformer.eval()
         backbone.save_pretrained(out)
