@@ -4,11 +4,13 @@ writes results.json with the contract's fields and a report, and a rerun resumes
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from schemas.edit_types import EDIT_TYPES
+from schemas.errors import Refused
 from snapshot_fixture import write_fixture_snapshot
 from training.backbones import ZImageBackbone
 from world import PRETRAINED_PATCH1
@@ -61,6 +63,29 @@ def test_experiment_writes_results_and_report_and_resumes(smoke_world_models, tm
     logged.clear()
     run_experiment(experiment, log=logged.append)  # everything is done: nothing trains again
     assert logged == []
+
+
+@pytest.mark.slow
+def test_a_rerun_asking_for_more_steps_continues_the_shorter_runs_to_the_weights_of_a_straight_run(
+        smoke_world_models, tmp_path):
+    lake = tmp_path / "lake"
+    write_fixture_snapshot(lake, objects=True)
+    short = Experiment(out=tmp_path / "exp", models=smoke_world_models, corpus=lake, steps=2, per_type=1,
+                       variants=("np_edit", "supervised"), seeds=(0,), edit_types=("remove",), ceilings=False)
+    run_experiment(short, log=lambda line: None)
+    logged = []
+    longer = run_experiment(replace(short, steps=3), log=logged.append)
+    assert [(r["variant"], r["steps"], r["continued_from"]) for r in longer["runs"]] == [("np_edit", 3, 2),
+                                                                                       ("supervised", 3, 2)]
+    assert any("continued from the run scored at step 2" in line for line in logged)
+    straight = run_experiment(replace(short, out=tmp_path / "straight", steps=3, variants=("supervised",)),
+                              log=lambda line: None)
+    assert "continued_from" not in straight["runs"][0]
+    continued, fresh = (ZImageBackbone.from_pretrained(out / "runs" / "supervised_seed0" / "generator").transformer
+                        for out in (tmp_path / "exp", tmp_path / "straight"))
+    assert all(torch.equal(a, b) for a, b in zip(continued.parameters(), fresh.parameters()))
+    with pytest.raises(Refused, match="np_edit_seed0 .* ran 3 steps, more than the 2 asked"):
+        run_experiment(replace(short, variants=("supervised",)), log=lambda line: None)
 
 
 def test_experiment_cli_refuses_bad_input_in_one_line(tmp_path, capsys):

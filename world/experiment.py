@@ -3,7 +3,8 @@ teacher and snapshot at equal generator steps, scored per edit type by the class
 
 The first NP-Edit run gets the time budget; the steps it reaches are every other variant's budget. Results are
 written after every run (a rerun skips the runs already in `results.json`), then `report.md`, a verdict grid per run
-and loss curves.
+and loss curves. A rerun asking for more `--steps` continues the shorter runs from their last checkpoints and scores
+them again (NP-Edit runs under 600 steps change their warmup and one-step phases when their budget grows).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.edit_types import EDIT_TYPES
+from schemas.errors import Refused
 from training.backbones import ZImageBackbone
+from training.checkpoint import latest_checkpoint
 from training.config import load_config
 from training.monitor import plot_loss_curves
 from training.run import build_trainer, resolved_for
@@ -129,29 +132,55 @@ def run_experiment(experiment: Experiment, *, command: str = "", log=print) -> d
     results.setdefault("models", model_quality(experiment.models))
     if experiment.models_recipe:
         results.setdefault("models_recipe", tomllib.loads(experiment.models_recipe.read_text()))
-    done = {(r["variant"], r["seed"]) for r in results["runs"]}
     steps = experiment.steps or next((r["steps"] for r in results["runs"] if r["variant"] == "np_edit"), None)
     if steps is None and "np_edit" not in experiment.variants:
-        raise ValueError("without the np_edit run, give the step budget (--steps)")
+        raise Refused("without the np_edit run, give the step budget (--steps)")
     if experiment.ceilings and "ceilings" not in results:
         log("ceilings: the true targets through the VAE, and the teacher drawing the targets' captions")
         results["ceilings"] = ceilings(ZImageBackbone.from_pretrained(experiment.models / "teacher"),
                                        held_out_edits(experiment.per_type, edit_types=experiment.edit_types))
         path.write_text(json.dumps(results, indent=2))
+    shorter = _shorter_runs(experiment, results, steps)
+    done = {(r["variant"], r["seed"]) for r in results["runs"]}
     for variant, seed in experiment.runs():
-        if (variant, seed) in done:
+        if (variant, seed) in done and (variant, seed) not in shorter:
             continue
+        earlier = shorter.get((variant, seed))
         log(f"{variant} seed {seed}: " + ("untrained" if variant == "teacher" else f"{steps} steps" if steps
-                                          else f"{experiment.minutes} min"))
+                                          else f"{experiment.minutes} min")
+            + (f", continued from the run scored at step {earlier['steps']}" if earlier else ""))
         run = run_one(experiment, variant, seed, steps)
+        if earlier:
+            run["continued_from"] = earlier["steps"]
+            run["train_minutes"] = round(run["train_minutes"] + earlier["train_minutes"], 2)
         steps = steps or run["steps"]  # the first NP-Edit run, on the time budget, sets every run's steps
         mean = run["scores"]["mean"]
         log(f"{variant} seed {seed}: {run['steps']} steps, success {mean['success']:.1%}, "
             f"applied {mean['applied']:.1%}, realism {mean['realism']:.1%}")
-        results["runs"].append(run)
+        results["runs"] = [run if (r["variant"], r["seed"]) == (variant, seed) else r for r in results["runs"]]
+        if not earlier:
+            results["runs"].append(run)
         path.write_text(json.dumps(results, indent=2))
     write_report(results, experiment.out)
     return results
+
+
+def _shorter_runs(experiment: Experiment, results: dict, steps: int | None) -> dict[tuple[str, int], dict]:
+    """The trained runs in `results` that stopped short of `steps` and kept a checkpoint to continue from, by
+    (variant, seed); one without a checkpoint trains again from step 0. A run beyond `steps` is refused."""
+    shorter = {}
+    for run in list(results["runs"]):
+        if run["variant"] == "teacher" or steps is None or run["steps"] == steps:
+            continue
+        name = f"{run['variant']}_seed{run['seed']}"
+        if run["steps"] > steps:
+            raise Refused(f"{name} in {experiment.out} ran {run['steps']} steps, more than the {steps} asked: "
+                          f"ask for --steps {run['steps']} or another --out")
+        if latest_checkpoint(experiment.out / "runs" / name) is not None:
+            shorter[(run["variant"], run["seed"])] = run
+        else:
+            results["runs"].remove(run)
+    return shorter
 
 
 def merge_results(parts: list[Path], out: Path, *, command: str = "") -> dict:
