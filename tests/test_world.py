@@ -280,6 +280,34 @@ def test_a_budgeted_runs_rate_warms_up_then_holds_or_anneals_to_zero(tmp_path):
     assert rates[999][1] < 1e-4 and rates[1000] == (1.0, 0.0)
 
 
+def test_a_budgeted_run_resumes_only_its_own_identity_and_without_a_path_saves_nothing(tmp_path):
+    from world.budget import BudgetedRun
+
+    def run(path, identity, steps, seed=0):
+        torch.manual_seed(seed)
+        layer, rng = torch.nn.Linear(2, 2), random.Random(seed)
+        optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1)
+        budgeted = BudgetedRun(path, {"layer": layer}, optimizer, rng, max_steps=steps, progress=False,
+                               identity=identity)
+        while budgeted.running():
+            loss = layer(torch.randn(4, 2)).pow(2).mean() + rng.random()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            budgeted.after_step(loss.item(), evaluate=dict)
+        budgeted.finish()
+        return layer.weight.detach().clone()
+
+    straight = run(None, {"lr": 0.1}, 6)
+    assert list(tmp_path.iterdir()) == []
+    run(tmp_path / "state.pt", {"lr": 0.1}, 3)
+    assert not torch.equal(run(None, {"lr": 0.1}, 6, seed=1), straight)
+    resumed = run(tmp_path / "state.pt", {"lr": 0.1}, 6, seed=1)  # the state, not the seed, decides what comes next
+    assert torch.equal(resumed, straight)  # 3 + 3 resumed steps are the 6 straight ones
+    with pytest.raises(ValueError, match=r"state.pt is another run's state \(\{'lr': 0.1\}, not \{'lr': 0.2\}\)"):
+        run(tmp_path / "state.pt", {"lr": 0.2}, 9)
+
+
 def test_degraded_latents_are_a_fixed_draw_that_leaves_a_share_clean():
     from world.vae import degrade_latents
 

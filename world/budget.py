@@ -16,28 +16,38 @@ from tqdm import tqdm
 
 class BudgetedRun:
     """Step counter, time spent, quality curve and RNG states of a run, saved atomically with its modules and
-    optimizer every minute and at the end; a new run on the same state file resumes them."""
+    optimizer every minute, at the end and whenever `save` is called; a new run on the same state file resumes them.
+    With `identity` (the settings that make a run this run), a state saved under another identity is refused; with no
+    `state_path`, nothing is saved or resumed."""
 
-    def __init__(self, state_path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-                 rng: random.Random, *, minutes: float, max_steps: int | None = None, eval_every_s: float = 600,
-                 desc: str = "train", progress: bool = True):
-        self.state_path, self.modules, self.optimizer, self.rng = Path(state_path), modules, optimizer, rng
+    def __init__(self, state_path: Path | None, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                 rng: random.Random, *, minutes: float = math.inf, max_steps: int | None = None,
+                 eval_every_s: float = 600, desc: str = "train", progress: bool = True, identity: dict | None = None):
+        self.state_path = None if state_path is None else Path(state_path)
+        self.modules, self.optimizer, self.rng, self.identity = modules, optimizer, rng, identity
         self.minutes, self.max_steps, self.eval_every_s = minutes, max_steps, eval_every_s
         self.step, self.spent_s, self.history, self.losses = 0, 0.0, [], []
-        if self.state_path.exists():
-            state = torch.load(self.state_path, map_location="cpu", weights_only=False)
-            for name, module in modules.items():
-                try:
-                    module.load_state_dict(state[name])
-                except RuntimeError:
-                    raise ValueError(f"{self.state_path} resumes another {name} (its shapes differ): continue it "
-                                     "with the settings it started with, or start in another folder") from None
-            optimizer.load_state_dict(state["optimizer"])
-            self.step, self.spent_s, self.history = state["step"], state["spent_s"], state["history"]
-            rng.setstate(state["rng"])
-            torch.set_rng_state(state["torch_rng"])
+        if self.state_path is not None and self.state_path.exists():
+            self._resume(torch.load(self.state_path, map_location="cpu", weights_only=False))
         self.start = self.last_save = self.last_eval = time.monotonic()
-        self.bar = tqdm(total=round(minutes * 60), unit="s", desc=desc, disable=not progress)
+        self.bar = tqdm(total=round(minutes * 60) if math.isfinite(minutes) else None, unit="s", desc=desc,
+                        disable=not progress)
+
+    def _resume(self, state: dict) -> None:
+        if self.identity is not None and state.get("identity") != self.identity:
+            raise ValueError(f"{self.state_path} is another run's state ({state.get('identity')}, not "
+                             f"{self.identity}): continue it with the settings it started with, or start in another "
+                             "folder")
+        for name, module in self.modules.items():
+            try:
+                module.load_state_dict(state[name])
+            except RuntimeError:
+                raise ValueError(f"{self.state_path} resumes another {name} (its shapes differ): continue it "
+                                 "with the settings it started with, or start in another folder") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.spent_s, self.history = state["step"], state["spent_s"], state["history"]
+        self.rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
 
     def running(self) -> bool:
         return time.monotonic() - self.start < self.minutes * 60 and (self.max_steps is None
@@ -69,10 +79,14 @@ class BudgetedRun:
             self.last_save = now
 
     def save(self) -> None:
+        """Write the run's state atomically (nothing without a state path)."""
+        if self.state_path is None:
+            return
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         state = {name: module.state_dict() for name, module in self.modules.items()}
         state.update(optimizer=self.optimizer.state_dict(), step=self.step, spent_s=self.spent_s + time.monotonic()
-                     - self.start, history=self.history, rng=self.rng.getstate(), torch_rng=torch.get_rng_state())
+                     - self.start, history=self.history, rng=self.rng.getstate(), torch_rng=torch.get_rng_state(),
+                     identity=self.identity)
         torch.save(state, self.state_path.with_suffix(".tmp"))
         self.state_path.with_suffix(".tmp").replace(self.state_path)
 

@@ -4,10 +4,10 @@ A fixed set of N local colour edits on large objects (0 = a fresh one every step
 asks for every free colour of its object, under one noise and time, trained by flow matching on the rendered targets.
 Every PROBE_EVERY steps, `colour_following` on the set's first 8 sources (seen) and on 16 others (held out).
 Usage: source_ladder.py TEACHER N STEPS [LR [OUT]]   e.g. world/pretrained_patch1/teacher 8 1500; with OUT, the
-editor is saved there at the end (for `npedit world probe-instruction`), and the run's state at every probe in
-OUT/ladder_state.pt, from which the same command resumes (to a larger STEPS too). `source_ladder.py plot PNG LOG...`
+editor is saved there at the end (for `npedit world probe-instruction`), and the run's state (a `BudgetedRun`) at
+every probe and every minute in OUT/ladder_state.pt, from which the same command resumes (to a larger STEPS too). `source_ladder.py plot PNG LOG...`
 draws the spread per step, seen and held out, of each run's printed log (a log's name labels its run)."""
-import os
+import math
 import random
 import re
 import sys
@@ -22,6 +22,7 @@ from training.losses import flow_matching_loss
 from world.edits import random_edit
 from world.instruction_probe import _named_object, asks, colour_following
 from world.scene import with_objects
+from world.budget import BudgetedRun
 from world.vae import renders
 
 PROBE_EVERY = 250
@@ -60,28 +61,6 @@ def probe(backbone, step: int, seen: list, held_out: list, started: float) -> No
     backbone.transformer.train()
 
 
-def save_state(path: Path, run: dict, step: int, backbone, optimizer, rng: random.Random) -> None:
-    """Everything a resumed run needs to go on as if never stopped, written atomically."""
-    state = {"run": run, "step": step, "transformer": backbone.transformer.state_dict(),
-             "optimizer": optimizer.state_dict(), "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
-    torch.save(state, path.with_suffix(".partial"))
-    os.replace(path.with_suffix(".partial"), path)
-
-
-def resume(path: Path, run: dict, backbone, optimizer, rng: random.Random) -> int:
-    """Restore a saved run's state into the editor, optimizer and generators; the step it had reached (0: none)."""
-    if not path.exists():
-        return 0
-    state = torch.load(path, weights_only=False)
-    if state["run"] != run:
-        sys.exit(f"{path} is another run's state ({state['run']}); give another OUT or the same TEACHER, N and LR")
-    backbone.transformer.load_state_dict(state["transformer"])
-    optimizer.load_state_dict(state["optimizer"])
-    rng.setstate(state["python_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["step"]
-
-
 def main(teacher: str, sources: int, steps: int, lr: float = 1e-4, out: str | None = None) -> None:
     """Train the teacher on N fixed sources (0: fresh ones) for `steps`, probing every PROBE_EVERY; save to `out`,
     resuming from its state when it holds one."""
@@ -94,15 +73,16 @@ def main(teacher: str, sources: int, steps: int, lr: float = 1e-4, out: str | No
     seen = fixed[:8] if fixed else large_object_edits(random.Random(3), 8)
     held_out = large_object_edits(random.Random(11), 16)
     optimizer = torch.optim.AdamW(backbone.transformer.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    run = {"teacher": str(Path(teacher).resolve()), "sources": sources, "lr": lr}
-    state_path = Path(out) / "ladder_state.pt" if out else None
-    if state_path:
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-    start = resume(state_path, run, backbone, optimizer, rng) if state_path else 0
+    identity = {"teacher": str(Path(teacher).resolve()), "sources": sources, "lr": lr}
+    try:
+        run = BudgetedRun(Path(out) / "ladder_state.pt" if out else None, {"transformer": backbone.transformer},
+                          optimizer, rng, max_steps=steps, eval_every_s=math.inf, progress=False, identity=identity)
+    except ValueError as error:
+        sys.exit(str(error))
     started = time.time()
-    if start == 0:
+    if run.step == 0:
         probe(backbone, 0, seen, held_out, started)
-    for step in range(start + 1, steps + 1):
+    while run.running():
         reference, x0, text = (cases[rng.randrange(sources)] if sources
                                else every_colour(backbone, large_object_edits(rng, 1)[0]))
         t = backbone.shift_time(torch.rand(1)).repeat(len(x0))
@@ -113,12 +93,13 @@ def main(teacher: str, sources: int, steps: int, lr: float = 1e-4, out: str | No
         loss.backward()
         torch.nn.utils.clip_grad_norm_(backbone.transformer.parameters(), 1.0)
         optimizer.step()
-        if step % 50 == 0:
-            print(f"step {step} loss {loss.item():.4f} ({time.time() - started:.0f}s)", flush=True)
-        if step % PROBE_EVERY == 0:
-            probe(backbone, step, seen, held_out, started)
-            if state_path:
-                save_state(state_path, run, step, backbone, optimizer, rng)
+        run.after_step(loss.item(), evaluate=dict)
+        if run.step % 50 == 0:
+            print(f"step {run.step} loss {loss.item():.4f} ({time.time() - started:.0f}s)", flush=True)
+        if run.step % PROBE_EVERY == 0:
+            probe(backbone, run.step, seen, held_out, started)
+            run.save()
+    run.finish()
     if out:
         backbone.transformer.eval()
         backbone.save_pretrained(out)
