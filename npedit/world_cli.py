@@ -349,6 +349,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                     help="also draw the first --grid-rows edits' outputs per editor, each labelled with the colour "
                          "asked and the one painted")
     pi.add_argument("--grid-rows", type=int, default=3)
+    pi.add_argument("--curve", type=Path, default=None, metavar="DIR",
+                    help="the editors are one run's checkpoints: write DIR/instruction_curve.json and .png against "
+                         "the step each path names; a rerun probes only checkpoints not yet in it")
     pi.add_argument("--threads", type=int, default=0)
     pi.set_defaults(func=probe_instruction)
     sc = commands.add_parser("score", help="score editor checkpoints on held-out world edits with the verifier")

@@ -186,10 +186,15 @@ def curves(args: argparse.Namespace) -> int:
 
 def probe_instruction(args: argparse.Namespace) -> int:
     """Whether each editor paints the colour its instruction asks for (every held-out local colour edit asked for
-    every colour it may ask) and reads whom it names, one line per editor."""
+    every colour it may ask) and reads whom it names, one line per editor; with --curve, one run's checkpoints as the
+    curve of those figures against the step."""
+    import sys
+
     from schemas.errors import Refused
     from training.backbones import ZImageBackbone
+    from world.curve import curve_points
     from world.evaluate import held_out_edits
+    from world.instruction_curve import following_record, read_following, write_following_curve
     from world.instruction_probe import check_phrasing, colour_following, save_colour_grid
 
     try:
@@ -199,9 +204,18 @@ def probe_instruction(args: argparse.Namespace) -> int:
     _check_editors_and_threads(args)
     if args.grid_rows < 1:
         raise SystemExit(f"npedit: error: --grid-rows must be at least 1, not {args.grid_rows}")
+    settings = {"per_type": args.per_type, "phrasing": args.phrasing, "seed": args.seed}
+    try:
+        measured = read_following(args.curve, settings) if args.curve else {}
+        curve_points([(Path(editor), {}) for editor in {*measured, *map(str, args.editors)}] if args.curve else [])
+    except ValueError as error:
+        raise SystemExit(f"npedit: error: {error}") from None
     edits = held_out_edits(args.per_type, edit_types=("local_color_change",))
     shown = {}
     for editor_path in args.editors:
+        if str(editor_path) in measured and not args.grid:
+            print(f"{editor_path}: already in {args.curve / 'instruction_curve.json'}")
+            continue
         found = colour_following(ZImageBackbone.from_pretrained(editor_path), edits, phrasing=args.phrasing,
                                  seed=args.seed, grid_rows=args.grid_rows if args.grid else 0)
         print(f"{editor_path}: the asked colour {found.asked:.1%}, the source's kept {found.kept:.1%}, interior RGB "
@@ -209,6 +223,11 @@ def probe_instruction(args: argparse.Namespace) -> int:
               f"{found.other_object:.1f}, with no instruction {found.empty:.1f} (n {found.n}; {args.phrasing!r})",
               flush=True)
         shown[str(editor_path)] = found
+        measured[str(editor_path)] = following_record(found)
     if args.grid:
         print(f"wrote {save_colour_grid(shown, args.grid, args.phrasing)}")
+    if args.curve:
+        png = write_following_curve(measured, args.curve, settings=settings,
+                                    command=" ".join(["npedit", *sys.argv[1:]]))
+        print(f"wrote {png} and {png.with_suffix('.json')}")
     return 0

@@ -83,3 +83,32 @@ def test_the_probe_runs_a_real_editor_draws_its_grid_and_refuses_bad_phrasings(t
               "--grid-rows", "0"])
     with pytest.raises(SystemExit, match="must name"):
         main(["world", "probe-instruction", str(PRETRAINED / "teacher"), "--phrasing", "Paint it {hue}"])
+
+
+def test_one_runs_checkpoints_probed_as_a_curve_that_a_rerun_extends_and_other_settings_refuse(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from npedit.cli import main
+
+    def checkpoint(run, step):
+        path = tmp_path / run / f"step-{step:07d}" / "generator"
+        path.parent.mkdir(parents=True)
+        path.symlink_to((PRETRAINED / "teacher").resolve())
+        return str(path)
+
+    first, second, other_run = checkpoint("run", 100), checkpoint("run", 200), checkpoint("other", 100)
+    curve = tmp_path / "curve"
+    assert main(["world", "probe-instruction", second, "--per-type", "2", "--curve", str(curve)]) == 0
+    assert main(["world", "probe-instruction", first, second, "--per-type", "2", "--curve", str(curve)]) == 0
+    assert f"{second}: already in" in capsys.readouterr().out
+    saved = json.loads((curve / "instruction_curve.json").read_text())
+    assert [p["step"] for p in saved["points"]] == [100, 200]
+    assert saved["points"][0]["scores"] == saved["points"][1]["scores"]  # one model probed alike twice
+    assert {"asked", "kept", "spread", "n", "other_object", "empty"} == set(saved["points"][0]["scores"])
+    assert Image.open(curve / "instruction_curve.png").size == (1000, 380)
+    with pytest.raises(SystemExit, match="was probed with .* give another --curve folder"):
+        main(["world", "probe-instruction", first, "--per-type", "2", "--seed", "1", "--curve", str(curve)])
+    with pytest.raises(SystemExit, match="two editors at step 100"):
+        main(["world", "probe-instruction", other_run, "--per-type", "2", "--curve", str(curve)])

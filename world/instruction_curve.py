@@ -1,0 +1,71 @@
+"""When does a run learn the colour word? `npedit world probe-instruction CHECKPOINTS... --curve DIR`: each checkpoint
+of one run probed alike (`world.instruction_probe.colour_following`), written as `DIR/instruction_curve.json` and
+`DIR/instruction_curve.png` (the asked colour and the source's kept, and the interior's spread and its change when
+another object or nothing is named, against the generator step). A rerun probes only the checkpoints not yet in it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from world.curve import curve_points
+from world.instruction_probe import ColourFollowing
+
+NAME = "instruction_curve"
+
+
+def following_record(found: ColourFollowing) -> dict:
+    """The probe's figures, without the grid's images."""
+    return {key: value for key, value in asdict(found).items() if key != "shown"}
+
+
+def read_following(out: Path, settings: dict) -> dict[str, dict]:
+    """The editors already probed in `out` (path -> figures); probed with other settings is a ValueError."""
+    path = out / f"{NAME}.json"
+    if not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        saved = None
+    if not isinstance(saved, dict) or not {"settings", "points"} <= set(saved):
+        raise ValueError(f"{path} is not a curve written by `npedit world probe-instruction --curve`")
+    if saved["settings"] != settings:
+        raise ValueError(f"{path} was probed with {saved['settings']}, not {settings}: give another --curve folder")
+    return {p["editor"]: p["scores"] for p in saved["points"]}
+
+
+def write_following_curve(measured: dict[str, dict], out: Path, *, settings: dict, command: str = "") -> Path:
+    """`out/instruction_curve.json` and `.png` from (editor path -> figures), ordered by the step each path names; two
+    editors at one step (two runs) is a ValueError."""
+    points = curve_points([(Path(editor), figures) for editor, figures in measured.items()])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{NAME}.json").write_text(json.dumps({"command": command, "settings": settings, "points": points},
+                                                 indent=2))
+    return plot_following(points, out / f"{NAME}.png")
+
+
+def plot_following(points: list[dict], path: Path) -> Path:
+    """Two panels against the generator step: shares of asked colours (painted, source kept); interior RGB (0-255)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p["step"] for p in points]
+    fig, (shares, rgb) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label in (("asked", "the asked colour painted"), ("kept", "the source's colour kept")):
+        shares.plot(steps, [100 * p["scores"][key] for p in points], marker="o", label=label)
+    shares.set(title="outputs per asked colour", xlabel="generator step", ylabel="%", ylim=(0, 100))
+    for key, label in (("spread", "spread across the asked colours"),
+                       ("other_object", "change with another object named"),
+                       ("empty", "change with no instruction")):
+        rgb.plot(steps, [p["scores"][key] for p in points], marker="o", label=label)
+    rgb.set(title="the named object's interior", xlabel="generator step", ylabel="RGB (0-255)")
+    for ax in (shares, rgb):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
