@@ -333,8 +333,13 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--threads", type=int, default=0)
     pt.set_defaults(func=probe_teacher)
     pc = commands.add_parser("probe-critic", help="how often the critic is right about editors' outputs (verifier truth)")
-    pc.add_argument("--editors", type=Path, nargs="+", required=True,
+    pc.add_argument("--editors", type=Path, nargs="+",
                     help="editor checkpoints, e.g. an experiment's runs/*/checkpoints/step-*/generator")
+    pc.add_argument("--colour-word", action="store_true",
+                    help="instead of editors' outputs: whether the critic reads the colour a local colour edit asks "
+                         "for, on renders of every answer (the asked colour, another, another object, none)")
+    pc.add_argument("--vae", type=Path, default=None, metavar="DIR",
+                    help="with --colour-word: pass the renders through the VAE in DIR first, as editors' outputs are")
     pc.add_argument("--models", type=Path, default=PRETRAINED, help="holds critic/ (default: the committed one)")
     pc.add_argument("--per-type", type=int, default=12, help="fresh edits per edit type")
     pc.add_argument("--threads", type=int, default=0)

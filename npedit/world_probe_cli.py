@@ -104,6 +104,12 @@ def probe_critic(args: argparse.Namespace) -> int:
 
     if not (args.models / "critic").exists():
         raise SystemExit(f"npedit: error: no critic in {args.models / 'critic'}")
+    if bool(args.editors) == args.colour_word:
+        raise SystemExit("npedit: error: give --editors or --colour-word (one of them)")
+    if args.vae and not args.colour_word:
+        raise SystemExit("npedit: error: --vae goes with --colour-word (editors decode through their own VAE)")
+    if args.colour_word:
+        return _critic_colour_word(args)
     _check_editors_and_threads(args)
     critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
     asked = {str(e): editor_questions([e], args.per_type, seed=HELD_OUT_OUTPUTS_SEED) for e in args.editors}
@@ -115,6 +121,30 @@ def probe_critic(args: argparse.Namespace) -> int:
               f"{found['weakest']:.1%}")
         for kind, accuracy in found["per_kind"].items():
             print(f"  {kind:30s} {accuracy:6.1%}  (true answer Yes in {found['yes_share'][kind]:.0%})")
+    return 0
+
+
+def _critic_colour_word(args: argparse.Namespace) -> int:
+    """`probe-critic --colour-word`: the critic's P(Yes) per kind of answer to held-out local colour edits."""
+    import torch
+
+    from training.critics.qwen import QwenVLCritic
+    from world.critic_colour import critic_reads_colour
+    from world.evaluate import held_out_edits
+    from world.vae import load_vae
+
+    if args.vae and not (args.vae / "config.json").exists():
+        raise SystemExit(f"npedit: error: {args.vae} holds no VAE (no config.json)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
+    found = critic_reads_colour(critic, held_out_edits(args.per_type, edit_types=("local_color_change",)),
+                                vae=load_vae(args.vae) if args.vae else None)
+    print(f"{args.models / 'critic'}: P(Yes) to the edit question when the named object is painted the asked colour "
+          f"{found.asked:.3f}, another colour {found.other_colour:.3f}; another object painted the asked colour "
+          f"{found.other_object:.3f}; nothing changed {found.unchanged:.3f}. The asked colour ranked first among the "
+          f"object's colours in {found.ranked_first:.1%} (chance {found.chance:.1%}; n {found.n}"
+          + (f"; through {args.vae}" if args.vae else "") + ")")
     return 0
 
 
