@@ -195,6 +195,9 @@ def experiment(args: argparse.Namespace) -> int:
         raise SystemExit(f"npedit: error: unknown edit type {unknown[0]!r}; known: {', '.join(EDIT_TYPES)}")
     if not args.supervised_edit_weight > 0:
         raise SystemExit(f"npedit: error: --supervised-edit-weight must be positive, got {args.supervised_edit_weight}")
+    if not 0 <= args.supervised_identity_share < 1:
+        raise SystemExit("npedit: error: --supervised-identity-share is in [0, 1), got "
+                         f"{args.supervised_identity_share}")
     overrides = dict(_parse_override(s) for s in args.set)
     if args.customization_fraction:
         overrides["data.customization_fraction"] = args.customization_fraction
@@ -202,7 +205,8 @@ def experiment(args: argparse.Namespace) -> int:
                                    steps=args.steps, variants=tuple(args.variants), seeds=tuple(args.seeds),
                                    per_type=args.per_type, customization=args.customization,
                                    edit_types=tuple(args.edit_types), overrides=overrides, ceilings=args.ceilings,
-                                   supervised_edit_weight=args.supervised_edit_weight)
+                                   supervised_edit_weight=args.supervised_edit_weight,
+                                   supervised_identity_share=args.supervised_identity_share)
     load_config("world_cpu", experiment_config.models_recipe,
                 overrides=overrides)  # an unknown key or a bad value: one line now, not after a run
     for needed in (args.models / "teacher", args.models / "critic", args.corpus):
@@ -416,6 +420,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                         "and the teacher drawing the targets' captions (what DMD pulls toward)")
     e.add_argument("--supervised-edit-weight", type=float, default=1.0,
                    help="weigh the supervised editor's loss on the pixels an edit may change this many times the rest")
+    e.add_argument("--supervised-identity-share", type=float, default=0.0,
+                   help="this share of the supervised editor's pairs become their source returned unchanged, asked "
+                        "nothing or something that changes nothing (an absent object, a colour it has)")
     e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=experiment)
     bm = commands.add_parser("benchmark", help="held-out world edits as an ImgEdit-Bench Basic copy (for npedit eval)")

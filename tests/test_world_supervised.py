@@ -63,13 +63,16 @@ def test_edit_masks_cover_the_latent_pixels_an_edit_may_change():
     assert masks[1].all()  # a style edit may change every pixel: the weight is uniform, the loss unchanged
 
 
-def test_experiment_refuses_a_supervised_edit_weight_that_is_not_positive(tmp_path, capsys):
+def test_experiment_refuses_a_supervised_edit_weight_that_is_not_positive_and_an_identity_share_not_below_1(tmp_path, capsys):
     from npedit.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["world", "experiment", "--out", str(tmp_path), "--variants", "supervised", "--steps", "2",
               "--supervised-edit-weight", "0"])
     assert "--supervised-edit-weight must be positive" in str(exit_info.value)
+    with pytest.raises(SystemExit, match=r"--supervised-identity-share is in \[0, 1\), got 1.0"):
+        main(["world", "experiment", "--out", str(tmp_path), "--variants", "supervised", "--steps", "2",
+              "--supervised-identity-share", "1"])
 
 
 def test_a_group_edits_one_source_several_ways_under_one_noise_and_time(monkeypatch, tmp_path):
@@ -100,3 +103,18 @@ def test_beside_reference_steps_mix_the_teachers_own_drawing_into_the_editors_tr
         len([k for k in row if k.startswith("loss/")]) == 1 for row in history)
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
         train_supervised(TEACHER, tmp_path / "bad", steps=1, beside_share=1.0)
+
+
+def test_identity_share_returns_a_share_of_sources_unchanged_asked_nothing_or_what_changes_nothing(monkeypatch,
+                                                                                                    tmp_path):
+    seen, masks = [], world.supervised.edit_masks
+    monkeypatch.setattr(world.supervised, "edit_masks", lambda edits, size: seen.extend(edits) or masks(edits, size))
+    _, history = train_supervised(TEACHER, tmp_path / "identity", steps=4, batch_size=4, identity_share=0.5,
+                                  edit_types=("local_color_change",), edit_weight=2.0, progress=False)
+    unchanged = [e for e in seen if e.target is e.source]
+    assert len(seen) == 16 and 3 <= len(unchanged) <= 13 and all(not e.valid for e in unchanged)
+    assert {e.instruction for e in unchanged} & {""} and any(e.instruction for e in unchanged)
+    assert all(e.valid and e.target.key() != e.source.key() for e in seen if e not in unchanged)
+    assert all(not e.mask().any() for e in unchanged if e.edit_type != "background")
+    with pytest.raises(ValueError, match=r"edits returned unchanged is in \[0, 1\)"):
+        train_supervised(TEACHER, tmp_path / "bad", steps=1, identity_share=1.0)

@@ -56,6 +56,7 @@ class Experiment:
     customization: int = 0  # held-out customization cases scored per run beside the edits (0: none)
     ceilings: bool = True  # score the reference points of `world.ceilings` once per experiment
     supervised_edit_weight: float = 1.0  # the supervised loss's weight on the pixels an edit may change
+    supervised_identity_share: float = 0.0  # the supervised editor's pairs returned unchanged (train_supervised)
 
     @property
     def models_recipe(self) -> Path | None:
@@ -105,10 +106,13 @@ def run_one(experiment: Experiment, variant: str, seed: int, steps: int | None) 
         editor, history = train_supervised(experiment.models / "teacher", out_dir, steps=steps, seed=seed,
                                            edit_types=experiment.edit_types, progress=False,
                                            checkpoint_every=log_config.checkpoint_every,
-                                           edit_weight=experiment.supervised_edit_weight)
+                                           edit_weight=experiment.supervised_edit_weight,
+                                           identity_share=experiment.supervised_identity_share)
         plot_loss_curves(history, out_dir / "loss_curves.png")
         facts = {"steps": steps, "train_minutes": round((time.monotonic() - start) / 60, 2),
-                 "edit_weight": experiment.supervised_edit_weight}
+                 "edit_weight": experiment.supervised_edit_weight,
+                 **({"identity_share": experiment.supervised_identity_share}
+                    if experiment.supervised_identity_share else {})}
     else:
         editor, facts = _train_np_edit(experiment, variant, seed, out_dir, steps)
     edits = held_out_edits(experiment.per_type, edit_types=experiment.edit_types)

@@ -17,7 +17,7 @@ from schemas.errors import Refused
 from training.backbones import ZImageBackbone, noise_to
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.losses import flow_matching_loss
-from world.edits import make_edit, random_edit
+from world.edits import WorldEdit, make_edit, make_invalid_edit, random_edit
 from world.scene import caption, random_scene
 from world.teacher import flow_matching_batch_loss, weighted_flow_matching_loss
 from world.vae import renders
@@ -26,6 +26,7 @@ from world.vae import renders
 def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_size: int = 8, lr: float = 1e-4,
                      seed: int = 0, edit_types: tuple[str, ...] = EDIT_TYPES, checkpoint_every: int = 0,
                      edit_weight: float = 1.0, beside_share: float = 0.0, group: int = 1,
+                     identity_share: float = 0.0,
                      progress: bool = True) -> tuple[ZImageBackbone, list[dict[str, float]]]:
     """Fine-tune the teacher into an editor on rendered pairs (`edit_types` in turn); saves it to
     `out_dir/generator` (loadable as any editor checkpoint) and returns it with its loss curve. With
@@ -37,9 +38,12 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
     instruction's tokens in use once the editor learns to copy its reference. With `group` > 1, each batch holds
     `batch_size / group` sources, each edited `group` ways (same type, other instructions) under the same noise and
     time: the flow-matching error the instruction cannot explain is then shared by a group, and its part of the
-    gradient on how the output depends on the instruction cancels, leaving the instructions' differences."""
-    if not 0 <= beside_share < 1:
-        raise ValueError(f"the share of steps drawn beside a reference is in [0, 1), not {beside_share}")
+    gradient on how the output depends on the instruction cancels, leaving the instructions' differences.
+    `identity_share` of the edits become their source returned unchanged, asked nothing or what
+    `world.edits.make_invalid_edit` asks (an absent object, a colour it already has): "nothing else" taught by pairs."""
+    for name, share in (("steps drawn beside a reference", beside_share), ("edits returned unchanged", identity_share)):
+        if not 0 <= share < 1:
+            raise ValueError(f"the share of {name} is in [0, 1), not {share}")
     if group < 1 or batch_size % group:
         raise ValueError(f"the group ({group}) must be a positive divisor of the batch size ({batch_size})")
     torch.manual_seed(seed)
@@ -51,7 +55,8 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
     recipe = json.dumps({"teacher": str(teacher), "batch_size": batch_size, "lr": lr, "seed": seed,
                          "edit_types": list(edit_types), "edit_weight": edit_weight,
                          **({"beside_share": beside_share} if beside_share else {}),
-                         **({"group": group} if group > 1 else {})}, indent=2)
+                         **({"group": group} if group > 1 else {}),
+                         **({"identity_share": identity_share} if identity_share else {})}, indent=2)
     history = _resume(out_dir, models, rng, recipe)
     for step in tqdm(range(len(history), steps), desc="supervised editor", disable=not progress,
                      initial=len(history), total=steps):
@@ -66,6 +71,8 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
         sources_per_batch = batch_size // group
         edits = [edit for i in range(sources_per_batch) for edit in _edited_ways(
             random_edit(rng, edit_types[(step * sources_per_batch + i) % len(edit_types)]), group, rng)]
+        if identity_share:
+            edits = [_unchanged(edit.source, rng) if rng.random() < identity_share else edit for edit in edits]
         with torch.no_grad():
             sources = renders([e.source for e in edits])
             reference = backbone.encode_images(sources)
@@ -95,6 +102,13 @@ def _edited_ways(edit, group: int, rng: random.Random) -> list:
     while len(ways) < group:
         ways.append(make_edit(edit.source, edit.edit_type, rng) or edit)
     return ways
+
+
+def _unchanged(scene, rng: random.Random) -> WorldEdit:
+    """`scene` returned as it is, for an empty instruction (one time in three) or one that changes nothing."""
+    if rng.random() < 1 / 3:
+        return WorldEdit("local_color_change", "", scene, scene, None, valid=False, reason="nothing is asked")
+    return make_invalid_edit(scene, rng)
 
 
 def _step(backbone: ZImageBackbone, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
