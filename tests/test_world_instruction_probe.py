@@ -108,7 +108,7 @@ def test_one_runs_checkpoints_probed_as_a_curve_that_a_rerun_extends_and_other_s
     assert saved["points"][0]["scores"] == saved["points"][1]["scores"]  # one model probed alike twice
     assert {"asked", "kept", "spread", "n", "other_object", "empty"} == set(saved["points"][0]["scores"])
     assert Image.open(curve / "instruction_curve.png").size == (1000, 380)
-    with pytest.raises(SystemExit, match="was probed with .* give another --curve folder"):
+    with pytest.raises(SystemExit, match="was scored with .* give another --curve folder"):
         main(["world", "probe-instruction", first, "--per-type", "2", "--seed", "1", "--curve", str(curve)])
     with pytest.raises(SystemExit, match="two editors at step 100"):
         main(["world", "probe-instruction", other_run, "--per-type", "2", "--curve", str(curve)])

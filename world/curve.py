@@ -18,27 +18,30 @@ def checkpoint_step(editor: Path) -> int:
     return int(found[-1]) if found else 0
 
 
-def load_curve(out: Path) -> dict:
-    """`out/curve.json` as written by `write_curve`; a missing or corrupt one is a ValueError."""
-    path = out / "curve.json"
+def load_curve(out: Path, *, name: str = "curve", command: str = "npedit world score") -> dict:
+    """`out/<name>.json` as written by `write_curve` (or another curve `command` writes with --curve); a missing or
+    corrupt one is a ValueError."""
+    path = out / f"{name}.json"
     if not path.exists():
-        raise ValueError(f"{path} does not exist: write it with `npedit world score ... --curve {out}`")
+        raise ValueError(f"{path} does not exist: write it with `{command} ... --curve {out}`")
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError:
         saved = None
     if not isinstance(saved, dict) or not {"settings", "points"} <= set(saved):
-        raise ValueError(f"{path} is not a curve written by `npedit world score --curve`")
+        raise ValueError(f"{path} is not a curve written by `{command} --curve`")
     return saved
 
 
-def read_curve(out: Path, settings: dict) -> dict[str, dict]:
-    """The editors already scored in `out/curve.json` (path -> per-type scores), so a rerun adds only new checkpoints;
-    scores made with other settings (edits per type, types, sampling steps, seed) are an error, not a mixed curve."""
-    path = out / "curve.json"
+def read_curve(out: Path, settings: dict, *, name: str = "curve",
+               command: str = "npedit world score") -> dict[str, dict]:
+    """The editors already scored in `out/<name>.json` (path -> per-type scores), so a rerun adds only new
+    checkpoints; scores made with other settings (edits per type, types, sampling steps, seed) are an error, not a
+    mixed curve."""
+    path = out / f"{name}.json"
     if not path.exists():
         return {}
-    saved = load_curve(out)
+    saved = load_curve(out, name=name, command=command)
     if saved.get("settings") != settings:
         raise ValueError(f"{path} was scored with {saved.get('settings')}, not {settings}: give another --curve folder")
     return {p["editor"]: p["scores"] for p in saved["points"]}

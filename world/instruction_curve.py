@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from world.curve import curve_points
+from world.curve import curve_points, read_curve
 from world.instruction_probe import ColourFollowing
 
 NAME = "instruction_curve"
@@ -22,18 +22,7 @@ def following_record(found: ColourFollowing) -> dict:
 
 def read_following(out: Path, settings: dict) -> dict[str, dict]:
     """The editors already probed in `out` (path -> figures); probed with other settings is a ValueError."""
-    path = out / f"{NAME}.json"
-    if not path.exists():
-        return {}
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        saved = None
-    if not isinstance(saved, dict) or not {"settings", "points"} <= set(saved):
-        raise ValueError(f"{path} is not a curve written by `npedit world probe-instruction --curve`")
-    if saved["settings"] != settings:
-        raise ValueError(f"{path} was probed with {saved['settings']}, not {settings}: give another --curve folder")
-    return {p["editor"]: p["scores"] for p in saved["points"]}
+    return read_curve(out, settings, name=NAME, command="npedit world probe-instruction")
 
 
 def write_following_curve(measured: dict[str, dict], out: Path, *, settings: dict, command: str = "") -> Path:
