@@ -144,7 +144,8 @@ def _critic_colour_word(args: argparse.Namespace) -> int:
           f"{found.asked:.3f}, another colour {found.other_colour:.3f}; another object painted the asked colour "
           f"{found.other_object:.3f}; nothing changed {found.unchanged:.3f}. The asked colour ranked first among the "
           f"object's colours in {found.ranked_first:.1%} (chance {found.chance:.1%}; n {found.n}"
-          + (f"; through {args.vae}" if args.vae else "") + ")")
+          + (f"; through {args.vae}" if args.vae else "") + "). P(Yes) to the identity question (the rest kept?): "
+          f"the right edit {found.identity_asked:.3f}, another object painted {found.identity_other_object:.3f}")
     return 0
 
 

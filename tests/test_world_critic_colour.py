@@ -24,6 +24,7 @@ def test_the_committed_critic_reads_the_colour_word_and_an_untrained_one_does_no
     assert trained.n > len(edits)  # several asked colours per edit
     assert trained.asked > 0.8 and trained.other_colour < 0.2 and trained.unchanged < 0.1
     assert trained.ranked_first > 0.9 > 3 * trained.chance
+    assert trained.identity_asked > 0.5 > trained.identity_other_object  # the rest kept, then not
     untrained = critic_reads_colour(new_critic(0), edits)
     assert abs(untrained.asked - untrained.other_colour) < 0.05 and untrained.ranked_first < 0.5
 

@@ -2,7 +2,8 @@
 with an interior, asked for every colour it may ask (as `world.instruction_probe` asks editors), and the critic's
 P(Yes) to the trainer's edit question about the scene drawn every way an editor could answer: the named object in the
 asked colour, in another colour, another object in the asked colour, nothing changed. A critic that reads the word
-says Yes to the first alone and ranks the asked colour above the object's other colours."""
+says Yes to the first alone and ranks the asked colour above the object's other colours; its identity question (is
+the rest kept?) says Yes to the right edit and No to another object repainted."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class CriticColourReading:
     ranked_first: float  # share of asks whose right edit has the highest P(Yes) among the object's colours
     chance: float  # what ranking at random would give (the mean of 1 / the colours an edit may ask)
     n: int  # asks measured (edits x asked colours)
+    identity_asked: float = float("nan")  # P(Yes) to the identity question ("the rest kept?") about the right edit
+    identity_other_object: float = float("nan")  # the same about another object painted the asked colour
 
 
 def critic_reads_colour(critic, edits: list[WorldEdit], *, phrasing: str = PHRASING,
@@ -36,6 +39,7 @@ def critic_reads_colour(critic, edits: list[WorldEdit], *, phrasing: str = PHRAS
     was_training = critic.model.training
     critic.model.eval()
     asked, other_colour, other_object, unchanged, ranked, chance = [], [], [], [], [], []
+    identity_asked, identity_other = [], []
     for edit in edits:
         if edit.edit_type != "local_color_change" or not _interior(edit).any():
             continue
@@ -50,6 +54,9 @@ def critic_reads_colour(critic, edits: list[WorldEdit], *, phrasing: str = PHRAS
             moved = [with_objects(edit.source, [o for o in edit.source.objects if o is not movable[0]]
                                   + [replace(movable[0], colour=colour)])] if movable else []
             p = _p_yes(critic, edit.source, recoloured + [edit.source] + moved, instruction, vae)
+            kept = _p_yes(critic, edit.source, [recoloured[i]] + moved, instruction, vae, kind="identity")
+            identity_asked.append(kept[0])
+            identity_other.extend(kept[1:])
             asked.append(p[i])
             other_colour.extend(np.delete(p[:len(colours)], i))
             unchanged.append(p[len(colours)])
@@ -60,12 +67,14 @@ def critic_reads_colour(critic, edits: list[WorldEdit], *, phrasing: str = PHRAS
         raise ValueError("no local colour edit with an object large enough to measure")
     return CriticColourReading(float(np.mean(asked)), float(np.mean(other_colour)),
                                float(np.mean(other_object)) if other_object else float("nan"),
-                               float(np.mean(unchanged)), float(np.mean(ranked)), float(np.mean(chance)), len(asked))
+                               float(np.mean(unchanged)), float(np.mean(ranked)), float(np.mean(chance)), len(asked),
+                               float(np.mean(identity_asked)),
+                               float(np.mean(identity_other)) if identity_other else float("nan"))
 
 
-def _p_yes(critic, source, outputs: list, instruction: str, vae) -> np.ndarray:
-    """P(Yes) to the edit question about each output beside the source."""
-    question = next(q for q in questions_for("local_color_change", instruction) if q.kind == "edit")
+def _p_yes(critic, source, outputs: list, instruction: str, vae, kind: str = "edit") -> np.ndarray:
+    """P(Yes) to the trainer's question of `kind` (edit or identity) about each output beside the source."""
+    question = next(q for q in questions_for("local_color_change", instruction) if q.kind == kind)
     images = renders([source] + outputs)
     if vae is not None:
         images = torch.cat([images[:1], reconstruct(vae, images[1:])])
