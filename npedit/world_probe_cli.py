@@ -225,7 +225,7 @@ def probe_instruction(args: argparse.Namespace) -> int:
     from training.backbones import ZImageBackbone
     from world.curve import curve_points
     from world.evaluate import held_out_edits
-    from world.instruction_curve import following_record, read_following, write_following_curve
+    from world.instruction_curve import following_record, following_settings, read_following, write_following_curve
     from world.instruction_probe import check_phrasing, colour_following, save_colour_grid
 
     try:
@@ -235,7 +235,7 @@ def probe_instruction(args: argparse.Namespace) -> int:
     _check_editors_and_threads(args)
     if args.grid_rows < 1:
         raise SystemExit(f"npedit: error: --grid-rows must be at least 1, not {args.grid_rows}")
-    settings = {"per_type": args.per_type, "phrasing": args.phrasing, "seed": args.seed}
+    settings = following_settings(per_type=args.per_type, phrasing=args.phrasing, seed=args.seed)
     try:
         measured = read_following(args.curve, settings) if args.curve else {}
         curve_points([(Path(editor), {}) for editor in {*measured, *map(str, args.editors)}] if args.curve else [])
@@ -251,7 +251,9 @@ def probe_instruction(args: argparse.Namespace) -> int:
                                  seed=args.seed, grid_rows=args.grid_rows if args.grid else 0)
         print(f"{editor_path}: the asked colour {found.asked:.1%}, the source's kept {found.kept:.1%}, interior RGB "
               f"spread across the asked colours {found.spread:.1f}; its change with another object named "
-              f"{found.other_object:.1f}, with no instruction {found.empty:.1f} (n {found.n}; {args.phrasing!r})",
+              f"{found.other_object:.1f}, with no instruction {found.empty:.1f}; the source's colour kept with "
+              f"another object named {found.kept_when_other_named:.1%}, with no instruction "
+              f"{found.kept_when_empty:.1%} (n {found.n}; {args.phrasing!r})",
               flush=True)
         shown[str(editor_path)] = found
         measured[str(editor_path)] = following_record(found)

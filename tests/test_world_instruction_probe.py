@@ -12,8 +12,8 @@ from schemas.errors import Refused
 from training.backbones import ZImageBackbone
 from world import PRETRAINED
 from world.edits import random_edit
-from world.instruction_probe import (asks, check_phrasing, colour_following, interior_change, measure,
-                                    other_object_instruction, save_colour_grid)
+from world.instruction_probe import (asks, check_phrasing, colour_following, interior_change, keeps_source_colour,
+                                    measure, other_object_instruction, save_colour_grid)
 from world.scene import with_objects
 from world.vae import renders
 
@@ -41,7 +41,7 @@ def test_an_oracle_scores_the_asked_colour_and_a_copier_the_source():
     assert (hits, kept) == (0, k) and spread == pytest.approx(0.0, abs=1e-6) and set(nearest) == {obj.colour}
 
 
-def test_an_editor_that_reads_whom_its_instruction_names_changes_the_interior_and_a_blind_one_does_not():
+def test_an_editor_that_reads_whom_its_instruction_names_changes_the_interior_and_keeps_the_other():
     rng = random.Random(5)
     edit = next(e for e in (random_edit(rng, "local_color_change") for _ in range(200))
                 if len(e.source.objects) > 1 and next(o for o in e.source.objects if o.cell == e.cell).size == "large")
@@ -54,6 +54,7 @@ def test_an_editor_that_reads_whom_its_instruction_names_changes_the_interior_an
     oracle = renders([with_objects(edit.source, rest + [other, replace(obj, colour=colour)]),
                       with_objects(edit.source, rest + [obj, replace(other, colour=colour)])])
     assert interior_change(edit, oracle[0], oracle[1]) > 40  # it recolours the object named, so this one reverts
+    assert keeps_source_colour(edit, oracle) == [False, True]  # asked: repainted; another object named: kept
     copies = renders([edit.source] * 2)
     assert interior_change(edit, copies[0], copies[1]) == pytest.approx(0.0, abs=1e-6)
     alone = next(e for e in (random_edit(rng, "local_color_change") for _ in range(200)) if len(e.source.objects) == 1)
@@ -70,6 +71,7 @@ def test_the_probe_runs_a_real_editor_draws_its_grid_and_refuses_bad_phrasings(t
     found = colour_following(teacher, [edit], num_steps=1, grid_rows=2)
     assert found.n == len(asks(edit)) and 0 <= found.asked <= 1 and 0 <= found.kept <= 1 and found.spread >= 0
     assert found.empty > 0  # the teacher draws from its text: an empty instruction changes what it draws
+    assert 0 <= found.kept_when_empty <= 1
     assert len(found.shown) == 1 and len(found.shown[0][3]) == found.n
     grid = Image.open(save_colour_grid({"teacher": found, "again": found}, tmp_path / "grid.png"))
     assert grid.size == ((2 + found.n) * 96, 2 * (96 + 14))  # the text, the source and each asked colour; 2 rows
@@ -106,7 +108,8 @@ def test_one_runs_checkpoints_probed_as_a_curve_that_a_rerun_extends_and_other_s
     saved = json.loads((curve / "instruction_curve.json").read_text())
     assert [p["step"] for p in saved["points"]] == [100, 200]
     assert saved["points"][0]["scores"] == saved["points"][1]["scores"]  # one model probed alike twice
-    assert {"asked", "kept", "spread", "n", "other_object", "empty"} == set(saved["points"][0]["scores"])
+    assert {"asked", "kept", "spread", "n", "other_object", "empty", "kept_when_empty", "kept_when_other_named"} == set(
+        saved["points"][0]["scores"])
     assert Image.open(curve / "instruction_curve.png").size == (1000, 380)
     with pytest.raises(SystemExit, match="was scored with .* give another --curve folder"):
         main(["world", "probe-instruction", first, "--per-type", "2", "--seed", "1", "--curve", str(curve)])

@@ -6,7 +6,7 @@ another object or nothing is named, against the generator step). A rerun probes 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from world.curve import curve_points, read_curve
@@ -18,6 +18,12 @@ NAME = "instruction_curve"
 def following_record(found: ColourFollowing) -> dict:
     """The probe's figures, without the grid's images."""
     return {key: value for key, value in asdict(found).items() if key != "shown"}
+
+
+def following_settings(**settings) -> dict:
+    """What makes two probes comparable: `settings` (edits, phrasing, seed) and the figures the probe measures, so a
+    curve probed before a figure was added is refused rather than mixed."""
+    return {**settings, "measures": sorted(f.name for f in fields(ColourFollowing) if f.name != "shown")}
 
 
 def read_following(out: Path, settings: dict) -> dict[str, dict]:
@@ -44,7 +50,9 @@ def plot_following(points: list[dict], path: Path) -> Path:
 
     steps = [p["step"] for p in points]
     fig, (shares, rgb) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, label in (("asked", "the asked colour painted"), ("kept", "the source's colour kept")):
+    for key, label in (("asked", "the asked colour painted"), ("kept", "the source's colour kept"),
+                       ("kept_when_other_named", "source's kept, another object named"),
+                       ("kept_when_empty", "source's kept, no instruction")):
         shares.plot(steps, [100 * p["scores"][key] for p in points], marker="o", label=label)
     shares.set(title="outputs per asked colour", xlabel="generator step", ylabel="%", ylim=(0, 100))
     for key, label in (("spread", "spread across the asked colours"),

@@ -3,7 +3,8 @@ it may ask (no object's, not the background's), in one phrasing and with the sam
 interior in the outputs says whether the editor paints the asked colour, keeps the source's, or draws the same
 whatever is asked (no spread). Beside it, how much the named object's interior changes when the instruction names
 another object of the scene instead, or is empty: an editor that reads whom its instruction names changes it by
-about the asked colour's distance from the source's; one blind to its instruction, not at all."""
+about the asked colour's distance from the source's; one blind to its instruction, not at all. And whether those two
+outputs keep the source's colour, as they should: "only this object" and "nothing else"."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ class ColourFollowing:
     n: int  # outputs measured (edits x asked colours)
     other_object: float = 0.0  # the interior's mean |change| (0-255) when another object is named, mean over edits
     empty: float = 0.0  # the same when the instruction is empty
+    kept_when_empty: float = float("nan")  # share of empty instructions whose output keeps the source's colour
+    kept_when_other_named: float = float("nan")  # the same when another object of the scene is named
     shown: tuple = ()  # the first edits' (edit, asked colours, outputs, nearest colours), for `grid_rows`
 
 
@@ -62,11 +65,25 @@ def measure(edit: WorldEdit, asked: list[str], outputs: torch.Tensor) -> tuple[i
     """For outputs (K,3,H,W) in [-1, 1] of one edit asked for `asked` colours: how many are nearest the asked colour,
     how many nearest the source's, the spread of the interior's mean RGB across them, and each one's nearest."""
     obj = _named_object(edit)
-    interior = _interior(edit)
-    means = ((outputs.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5)[:, interior].mean(1)
-    nearest = [list(COLOURS)[i] for i in np.argmin(((means[:, None] - PALETTE[None]) ** 2).sum(-1), 1)]
+    means = _interior_means(edit, outputs)
+    nearest = _nearest(means)
     return (sum(n == a for n, a in zip(nearest, asked)), sum(n == obj.colour for n in nearest),
             float(means.std(0).mean()), nearest)
+
+
+def _interior_means(edit: WorldEdit, outputs: torch.Tensor) -> np.ndarray:
+    """(K, 3): each output's mean RGB (0-255) over the named object's interior."""
+    return ((outputs.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5)[:, _interior(edit)].mean(1)
+
+
+def _nearest(means: np.ndarray) -> list[str]:
+    return [list(COLOURS)[i] for i in np.argmin(((means[:, None] - PALETTE[None]) ** 2).sum(-1), 1)]
+
+
+def keeps_source_colour(edit: WorldEdit, outputs: torch.Tensor) -> list[bool]:
+    """Whether each output's named object is still nearest its source colour (what an empty instruction, or one naming
+    another object, should leave)."""
+    return [colour == _named_object(edit).colour for colour in _nearest(_interior_means(edit, outputs))]
 
 
 def interior_change(edit: WorldEdit, output: torch.Tensor, other: torch.Tensor) -> float:
@@ -88,7 +105,7 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
     skipped), each output with noise seeded `seed`; the first `grid_rows` measured edits' outputs kept in `shown`."""
     phrasing = check_phrasing(phrasing)
     asked_hits = kept = n = 0
-    spreads, shown, other_object, empty = [], [], [], []
+    spreads, shown, other_object, empty, kept_when = [], [], [], [], {"empty": [], "other": []}
     for edit in edits:
         if edit.edit_type != "local_color_change" or not _interior(edit).any():
             continue
@@ -100,8 +117,10 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
                                 generator=[torch.Generator().manual_seed(seed) for _ in asked])
         outputs = every[: len(colours)]
         empty.append(interior_change(edit, every[0], every[len(colours)]))
+        kept_when["empty"] += keeps_source_colour(edit, every[len(colours):len(colours) + 1])
         if swapped:
             other_object.append(interior_change(edit, every[0], every[-1]))
+            kept_when["other"] += keeps_source_colour(edit, every[-1:])
         hits, same, spread, nearest = measure(edit, list(colours), outputs)
         asked_hits, kept, n = asked_hits + hits, kept + same, n + len(colours)
         spreads.append(spread)
@@ -111,7 +130,9 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
         raise Refused("no local colour edit with an object large enough to measure")
     return ColourFollowing(asked_hits / n, kept / n, float(np.mean(spreads)), n, shown=tuple(shown),
                            other_object=float(np.mean(other_object)) if other_object else float("nan"),
-                           empty=float(np.mean(empty)))
+                           empty=float(np.mean(empty)), kept_when_empty=float(np.mean(kept_when["empty"])),
+                           kept_when_other_named=float(np.mean(kept_when["other"])) if kept_when["other"]
+                           else float("nan"))
 
 
 def save_colour_grid(found: dict[str, ColourFollowing], path: Path, phrasing: str = PHRASING) -> Path:
