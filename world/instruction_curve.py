@@ -42,7 +42,8 @@ def write_following_curve(measured: dict[str, dict], out: Path, *, settings: dic
 
 
 def plot_following(points: list[dict], path: Path) -> Path:
-    """Two panels against the generator step: shares of asked colours (painted, source kept); interior RGB (0-255)."""
+    """Two panels against the generator step: the shares of outputs whose named object is in the asked colour or
+    the source's (asked a colour, another object named, nothing asked); the interior's spread and changes (0-255)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,16 +51,16 @@ def plot_following(points: list[dict], path: Path) -> Path:
 
     steps = [p["step"] for p in points]
     fig, (shares, rgb) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, label in (("asked", "the asked colour painted"), ("kept", "the source's colour kept"),
-                       ("kept_when_other_named", "source's kept, another object named"),
-                       ("kept_when_empty", "source's kept, no instruction")):
+    for key, label in (("asked", "asked a colour: that colour painted"), ("kept", "asked a colour: the source's kept"),
+                       ("kept_when_other_named", "another object named: the source's kept"),
+                       ("kept_when_empty", "no instruction: the source's kept")):
         shares.plot(steps, [100 * p["scores"][key] for p in points], marker="o", label=label)
-    shares.set(title="outputs per asked colour", xlabel="generator step", ylabel="%", ylim=(0, 100))
+    shares.set(title="the named object's colour in the outputs", xlabel="generator step", ylabel="%", ylim=(0, 100))
     for key, label in (("spread", "spread across the asked colours"),
-                       ("other_object", "change with another object named"),
-                       ("empty", "change with no instruction")):
+                       ("other_object", "another object named: change from the asked output"),
+                       ("empty", "no instruction: change from the asked output")):
         rgb.plot(steps, [p["scores"][key] for p in points], marker="o", label=label)
-    rgb.set(title="the named object's interior", xlabel="generator step", ylabel="RGB (0-255)")
+    rgb.set(title="the named object's interior (instruction read: high)", xlabel="generator step", ylabel="RGB (0-255)")
     for ax in (shares, rgb):
         ax.legend(fontsize=8)
     fig.tight_layout()
