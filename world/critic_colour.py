@@ -48,13 +48,15 @@ def critic_reads_colour(critic, edits: list[WorldEdit], *, phrasing: str = PHRAS
         pairs = asks(edit, phrasing)
         colours = [colour for colour, _ in pairs]
         recoloured = [with_objects(edit.source, others + [replace(obj, colour=c)]) for c in colours]
+        shown = list(_look(recoloured + [edit.source], vae))
+        source = renders([edit.source])[0]  # the reference the editor is given, never decoded
         chance.append(1 / len(colours))
         for i, (colour, instruction) in enumerate(pairs):
             movable = [o for o in others if o.colour != colour]
-            moved = [with_objects(edit.source, [o for o in edit.source.objects if o is not movable[0]]
-                                  + [replace(movable[0], colour=colour)])] if movable else []
-            p = _p_yes(critic, edit.source, recoloured + [edit.source] + moved, instruction, vae)
-            kept = _p_yes(critic, edit.source, [recoloured[i]] + moved, instruction, vae, kind="identity")
+            moved = _look([with_objects(edit.source, [o for o in edit.source.objects if o is not movable[0]]
+                                        + [replace(movable[0], colour=colour)])], vae) if movable else []
+            p = _p_yes(critic, source, shown + list(moved), instruction)
+            kept = _p_yes(critic, source, [shown[i]] + list(moved), instruction, kind="identity")
             identity_asked.append(kept[0])
             identity_other.extend(kept[1:])
             asked.append(p[i])
@@ -72,13 +74,17 @@ def critic_reads_colour(critic, edits: list[WorldEdit], *, phrasing: str = PHRAS
                                float(np.mean(identity_other)) if identity_other else float("nan"))
 
 
-def _p_yes(critic, source, outputs: list, instruction: str, vae, kind: str = "edit") -> np.ndarray:
+def _look(scenes: list, vae) -> torch.Tensor:
+    """The scenes' renders in [-1, 1], through `vae`'s round trip when given (as an editor's outputs are decoded)."""
+    images = renders(scenes)
+    return images if vae is None else reconstruct(vae, images)
+
+
+def _p_yes(critic, source: torch.Tensor, outputs: list[torch.Tensor], instruction: str,
+           kind: str = "edit") -> np.ndarray:
     """P(Yes) to the trainer's question of `kind` (edit or identity) about each output beside the source."""
     question = next(q for q in questions_for("local_color_change", instruction) if q.kind == kind)
-    images = renders([source] + outputs)
-    if vae is not None:
-        images = torch.cat([images[:1], reconstruct(vae, images[1:])])
     with torch.no_grad():
-        logit_yes, logit_no = critic.answer_logits([[images[0], output] for output in images[1:]],
+        logit_yes, logit_no = critic.answer_logits([[source, output] for output in outputs],
                                                    [question.text] * len(outputs))
     return torch.sigmoid(logit_yes - logit_no).numpy()
