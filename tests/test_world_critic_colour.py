@@ -40,5 +40,7 @@ def test_probe_critic_takes_editors_or_the_colour_word_and_vae_only_with_the_wor
                           (["world", "probe-critic", "--colour-word", "--vae", str(tmp_path)], "holds no VAE")):
         with pytest.raises(SystemExit, match=message):
             main(argv)
+    assert main(["world", "probe-critic", "--colour-word", "--per-type", "0"]) == 2  # one line, no traceback
+    assert "no local colour edit with an object large enough" in capsys.readouterr().err
     assert main(["world", "probe-critic", "--colour-word", "--per-type", "2"]) == 0
     assert "The asked colour ranked first among the object's colours in" in capsys.readouterr().out

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from schemas.errors import Refused
 from training.questions import questions_for
 from world.edits import WorldEdit
 from world.instruction_probe import PHRASING, _interior, _named_object, asks
@@ -66,7 +67,7 @@ def critic_reads_colour(critic, edits: list[WorldEdit], *, phrasing: str = PHRAS
             ranked.append(float(np.argmax(p[:len(colours)]) == i))
     critic.model.train(was_training)
     if not asked:
-        raise ValueError("no local colour edit with an object large enough to measure")
+        raise Refused("no local colour edit with an object large enough to measure")
     return CriticColourReading(float(np.mean(asked)), float(np.mean(other_colour)),
                                float(np.mean(other_object)) if other_object else float("nan"),
                                float(np.mean(unchanged)), float(np.mean(ranked)), float(np.mean(chance)), len(asked),
