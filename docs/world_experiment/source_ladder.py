@@ -5,8 +5,9 @@ asks for every free colour of its object, under one noise and time, trained by f
 Every PROBE_EVERY steps, `colour_following` on the set's first 8 sources (seen) and on 16 others (held out).
 Usage: source_ladder.py TEACHER N STEPS [LR [OUT]]   e.g. world/pretrained_patch1/teacher 8 1500; with OUT, the
 editor is saved there at the end (for `npedit world probe-instruction`), and the run's state (a `BudgetedRun`) at
-every probe and every minute in OUT/ladder_state.pt, from which the same command resumes (to a larger STEPS too). `source_ladder.py plot PNG LOG...`
-draws the spread per step, seen and held out, of each run's printed log (a log's name labels its run)."""
+every probe and every minute in OUT/ladder_state.pt, from which the same command resumes (to a larger STEPS too).
+`source_ladder.py plot PNG LOG...` draws the spread per step, seen and held out, of each run's printed log (a log's
+name labels its run)."""
 import math
 import random
 import re
@@ -19,10 +20,10 @@ import torch
 
 from training.backbones import ZImageBackbone, noise_to
 from training.losses import flow_matching_loss
+from world.budget import BudgetedRun
 from world.edits import random_edit
 from world.instruction_probe import _named_object, asks, colour_following
 from world.scene import with_objects
-from world.budget import BudgetedRun
 from world.vae import renders
 
 PROBE_EVERY = 250
