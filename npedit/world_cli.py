@@ -81,6 +81,9 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
 
     def critic_line(q: dict) -> str:
         line = f"held-out accuracy {q['accuracy']:.1%} (weakest question kind {q['weakest']:.1%})"
+        if q.get("wrong_object"):
+            line += (f"; refuses the asked change made to another object {q['wrong_object']['accuracy']:.1%} "
+                     f"(weakest {q['wrong_object']['weakest']:.1%})")
         for key, what in (("degraded_renders", "degraded renders"), ("editor_outputs", "editors' outputs")):
             if q.get(key):
                 line += f"; on {what} {q[key]['accuracy']:.1%} balanced (weakest {q[key]['weakest']:.1%})"

@@ -4,6 +4,7 @@ verifier, an independent reader of the images); the critic trains through the tr
 from __future__ import annotations
 
 import random
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -16,7 +17,9 @@ from training.questions import questions_for
 from world.critic import finetune_critic, new_critic, train_critic, yes_no_loss
 from world.critic_objectives import AuxiliaryObjectives, attribute_labels, change_map, dense_labels, target_map
 from world.customization import CustomizationCase, score_customization
-from world.questions import CUSTOMIZATION_KINDS, KINDS, labelled_question, question_set
+from world.edits import random_edit
+from world.questions import (CUSTOMIZATION_KINDS, KINDS, labelled_question, question_set, wrong_object,
+                             wrong_object_questions)
 from world.scene import COLOURS, caption, random_scene, render
 from world.verify import parse_image
 
@@ -50,6 +53,43 @@ def test_answers_agree_with_the_verifier():
                 assert not (output.realistic and output.key() in {target, source})
             checked += 1
     assert checked == 160
+
+
+def test_wrong_object_makes_the_asked_change_to_another_object():
+    rng = random.Random(3)
+    made = Counter()
+    for edit_type in ("replace", "local_texture", "shape_change", "remove", "local_color_change"):
+        for _ in range(40):
+            edit = random_edit(rng, edit_type)
+            output = wrong_object(rng, edit, edit.source)
+            if output is None:  # one object alone, or no other that the change would alter and keep distinct
+                continue
+            named = edit.source.object_at(edit.cell)
+            assert output.object_at(edit.cell) == named  # the named object is left as it was
+            changed = [o for o in edit.source.objects if o not in output.objects]
+            assert len(changed) == 1 and changed[0] is not named
+            if edit_type == "remove":
+                assert output.object_at(changed[0].cell) is None
+            else:
+                after = edit.target.object_at(edit.cell)
+                assert {a for a in ("shape", "colour", "texture") if getattr(output.object_at(changed[0].cell), a)
+                        == getattr(after, a) != getattr(named, a)}, edit.instruction
+            parsed = parse_image(render(output))
+            made[edit_type] += parsed.realistic and parsed.key() == output.key()
+    assert all(made[t] >= 12 for t in ("replace", "shape_change", "remove", "local_color_change")), made
+    for edit_type in ("insertion", "style", "background"):
+        edit = random_edit(rng, edit_type)
+        assert wrong_object(rng, edit, edit.source) is None
+
+
+def test_wrong_object_questions_have_the_answer_an_editor_should_be_refused():
+    questions = wrong_object_questions(seed=2, per_kind=3)
+    assert Counter(q.kind for q in questions) == {kind: 3 for kind in KINDS if kind.split("/")[0] not in
+                                                  ("insertion", "style", "background")}
+    for q in questions:
+        output = parse_image(q.images[-1])
+        assert output.key() not in {q.edit.source.key(), q.edit.target.key()} or not output.realistic
+        assert q.answer == ("Yes" if q.kind == "remove/edit" else "No")  # the named object is still there
 
 
 def test_customization_kinds_are_the_trainers_questions_with_balanced_answers():
@@ -153,3 +193,12 @@ def test_trained_critic_saves_and_loads_by_path(tmp_path):
     annealed = finetune_critic(tmp_path, minutes=5, max_steps=2, anneal=True, eval_per_kind=1, progress=False)
     assert annealed["finetune"]["steps"] == 2 and annealed["anneal"]["steps"] == 2  # each phase keeps its record
     assert (tmp_path / "critic_anneal_state.pt").exists()
+    assert set(annealed["quality"]["wrong_object"]["per_kind"]) == {
+        kind for kind in KINDS if kind.split("/")[0] not in ("insertion", "style", "background")}
+    again = tmp_path / "again"  # the annealed critic annealed again elsewhere: a second record, resumed as itself
+    again.mkdir()
+    shutil.copytree(tmp_path / "critic", again / "critic")
+    twice = finetune_critic(again, minutes=5, max_steps=1, anneal=True, eval_per_kind=1, progress=False)
+    assert twice["anneal"] == annealed["anneal"] and twice["anneal_2"]["steps"] == 1
+    resumed = finetune_critic(again, minutes=5, max_steps=2, anneal=True, eval_per_kind=1, progress=False)
+    assert resumed["anneal"] == annealed["anneal"] and resumed["anneal_2"]["steps"] == 2 and "anneal_3" not in resumed

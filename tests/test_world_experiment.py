@@ -371,3 +371,12 @@ def test_world_curves_overlays_runs_scored_alike_and_refuses_the_rest(tmp_path, 
     (tmp_path / "bad" / "curve.json").write_text("[]")
     with pytest.raises(SystemExit, match="is not a curve written by"):
         main(["world", "curves", str(tmp_path / "bad"), "--out", str(png)])
+
+
+def test_critic_table_adds_the_wrong_object_columns_where_measured():
+    from world.report import critic_table
+
+    quality = {"per_kind": {"remove/edit": 1.0, "remove/identity": 0.5}}
+    assert critic_table(quality)[0] == "| edit type | edit question | identity question |"
+    rows = critic_table({**quality, "wrong_object": {"per_kind": {"remove/edit": 0.25}}})
+    assert rows[0].count("another object") == 2 and "| remove | 100% | 50% | 25% | n/a |" in rows

@@ -24,7 +24,8 @@ from model_zoo.tokenizer import QWEN_SPECIAL_TOKENS, build_qwen_tokenizer
 from training.critics.qwen import QwenVLCritic
 from world.budget import BudgetedRun
 from world.critic_objectives import AuxiliaryObjectives
-from world.questions import ALL_KINDS, KINDS, LabelledQuestion, labelled_question, question_set
+from world.questions import (ALL_KINDS, KINDS, LabelledQuestion, labelled_question, question_set,
+                             wrong_object_questions)
 from world.teacher import world_vocabulary
 from world.vae import invocation
 
@@ -116,26 +117,39 @@ def finetune_critic(out_dir: Path, *, minutes: float, max_steps: int | None = No
                     progress: bool = True) -> dict:
     """Continue the critic in `out_dir/critic/` on `kinds` (by default the editing questions and the customization
     ones, so it learns the new without forgetting the old), at a constant rate or, with `anneal`, one cosine-annealed
-    to zero over the budget; rewrites it and adds this phase ("finetune" or "anneal") to its manifest. A killed run
-    resumes from `critic_<phase>_state.pt`."""
+    to zero over the budget; rewrites it and adds this phase ("finetune" or "anneal", or "anneal_2"... for a phase
+    run again) to its manifest. A killed run resumes from `critic_<phase>_state.pt`."""
     out_dir = Path(out_dir)
     phase = "anneal" if anneal else "finetune"
     critic = QwenVLCritic.from_pretrained(out_dir / "critic", dtype=torch.float32)
     manifest = json.loads((out_dir / "critic" / "manifest.json").read_text())
-    facts, quality = fit_critic(critic, out_dir / f"critic_{phase}_state.pt", minutes=minutes, max_steps=max_steps,
+    state_path = out_dir / f"critic_{phase}_state.pt"
+    key = _phase_key(manifest, phase, state_path)
+    facts, quality = fit_critic(critic, state_path, minutes=minutes, max_steps=max_steps,
                                 seed=seed + (3 if anneal else 1), batch_size=batch_size, lr=lr, anneal=anneal,
                                 aux_weight=aux_weight, eval_every_s=eval_every_s, eval_per_kind=eval_per_kind,
-                                kinds=kinds, desc=f"world critic {phase}", progress=progress)
-    manifest.update(quality=quality, **{phase: {"kinds": list(kinds), "seed": seed, "batch_size": batch_size,
-                                                "lr": lr, "aux_weight": aux_weight, **facts,
-                                                "command": invocation()}})
+                                kinds=kinds, desc=f"world critic {phase}", progress=progress,
+                                identity=None if key is None else {"manifest_key": key})
+    key = key or phase
+    manifest.update(quality=quality, **{key: {"kinds": list(kinds), "seed": seed, "batch_size": batch_size,
+                                              "lr": lr, "aux_weight": aux_weight, **facts, "command": invocation()}})
     return save_with_manifest(critic, out_dir / "critic", manifest)
+
+
+def _phase_key(manifest: dict, phase: str, state_path: Path) -> str | None:
+    """The manifest key a fine-tuning phase is recorded under: the one its state was started with when it resumes
+    (None for a state saved before states named it), else `phase`, or `phase_2`, `_3`... when earlier runs of the
+    phase are already recorded."""
+    if state_path.exists():
+        return (torch.load(state_path, map_location="cpu", weights_only=False).get("identity") or {}).get(
+            "manifest_key")
+    return next(key for n in range(1, len(manifest) + 2) if (key := phase if n == 1 else f"{phase}_{n}") not in manifest)
 
 
 def fit_critic(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
                batch_size: int, lr: float, aux_weight: float, eval_every_s: float, eval_per_kind: int,
                kinds: tuple[str, ...], desc: str, progress: bool, anneal: bool = False, extra=None,
-               extra_share: float = 0.0, extra_eval=None) -> tuple[dict, dict]:
+               extra_share: float = 0.0, extra_eval=None, identity: dict | None = None) -> tuple[dict, dict]:
     """Train `critic` on Yes/No questions of `kinds` plus the auxiliary objectives under a resumable time budget (the
     rate as `BudgetedRun.rate`); returns the run's facts and the final held-out quality. `extra(rng)`, when given,
     draws a question from elsewhere (e.g. about editors' outputs) for `extra_share` of every batch; `extra_eval()`
@@ -146,8 +160,9 @@ def fit_critic(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_st
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     rng = random.Random(seed)
     run = BudgetedRun(state_path, {"critic": critic.model, "heads": heads}, optimizer, rng, minutes=minutes,
-                      max_steps=max_steps, eval_every_s=eval_every_s, desc=desc, progress=progress)
+                      max_steps=max_steps, eval_every_s=eval_every_s, desc=desc, progress=progress, identity=identity)
     held_out = question_set(HELD_OUT_SEED, eval_per_kind, kinds=kinds)
+    wrong_held_out = wrong_object_questions(HELD_OUT_SEED, max(1, eval_per_kind // 2))
 
     def kind_weights() -> list[float]:
         """Sample a kind in proportion to its last held-out error (uniform until the first evaluation)."""
@@ -169,10 +184,12 @@ def fit_critic(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_st
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         run.after_step(answer_loss.item(), lambda: {**evaluate_critic(critic, held_out),
+                                                     "wrong_object": evaluate_critic(critic, wrong_held_out),
                                                      **({"extra": extra_eval()} if extra_eval else {})})
     heads.remove_hooks()
     facts = run.finish()
-    return facts, evaluate_critic(critic, question_set(HELD_OUT_SEED + 1, eval_per_kind * 2, kinds=kinds))
+    return facts, {**evaluate_critic(critic, question_set(HELD_OUT_SEED + 1, eval_per_kind * 2, kinds=kinds)),
+                   "wrong_object": evaluate_critic(critic, wrong_object_questions(HELD_OUT_SEED + 1, eval_per_kind))}
 
 
 def save_with_manifest(critic: QwenVLCritic, path: Path, manifest: dict) -> dict:

@@ -2,7 +2,8 @@
 about world edits whose answers the world knows, with Yes and No equally likely within every question kind.
 
 A kind is `<edit type>/<edit|identity>`, one per question the trainer asks. The "No" cases are the ways an editor
-fails: nothing changed, the wrong change, the right change plus another one, an unrelated or ruined image.
+fails: nothing changed, the wrong change, the asked change made to another object of the scene (instead of the named
+one, or as well), the right change plus another one, an unrelated or ruined image.
 Customization has its own kinds, `customization/<identity|edit|copy>` (`CUSTOMIZATION_KINDS`), on an object-centric
 reference and the object put into a new scene; the "No" cases there are the object changed, the scene wrong in one
 respect, and the reference returned as it is.
@@ -23,7 +24,7 @@ from training.questions import OUTPUT, REFERENCE, questions_for
 from world.builder_answers import background_scenes
 from world.customization import CustomizationCase, random_customization
 from world.edits import WorldEdit, make_edit, random_edit
-from world.scene import COLOURS, POSITIONS, SHAPES, TEXTURES, Scene, random_scene, render
+from world.scene import COLOURS, POSITIONS, SHAPES, TEXTURES, Scene, random_scene, render, with_objects
 
 KINDS = tuple(f"{edit_type}/{kind}" for edit_type in EDIT_TYPES for kind in ("edit", "identity"))
 CUSTOMIZATION_KINDS = tuple(f"{CUSTOMIZATION}/{kind}" for kind in ("identity", "edit", "copy"))
@@ -67,6 +68,30 @@ def extra_change(rng: random.Random, edit: WorldEdit, scene: Scene) -> Scene | N
     return None
 
 
+def wrong_object(rng: random.Random, edit: WorldEdit, scene: Scene) -> Scene | None:
+    """`scene` (the edit's source or target) with the change `edit` asks of its named object made to another object
+    of the scene too: "only this object" failed. None where the edit names no object or the scene has no other one
+    that the change would alter."""
+    if edit.target_object is None or edit.cell is None:
+        return None
+    named, after = edit.source.object_at(edit.cell), edit.target.object_at(edit.cell)
+    others = [o for o in scene.objects if o.cell != edit.cell]
+    if not others:
+        return None
+    other = rng.choice(others)
+    kept = [o for o in scene.objects if o is not other]
+    if not kept:
+        return None
+    if edit.edit_type == "remove":
+        return with_objects(scene, kept)
+    changed = replace(other, **{attribute: getattr(after, attribute) for attribute in ("shape", "colour", "texture")
+                                if getattr(after, attribute) != getattr(named, attribute)})
+    if changed.key() == other.key() or changed.colour == scene.background or any(
+            o.shape == changed.shape or o.colour == changed.colour for o in kept):
+        return None  # the other already looks so, or would share a shape or colour with another (no world scene)
+    return with_objects(scene, kept + [changed])
+
+
 def _ruined(rng: random.Random, scene: Scene) -> np.ndarray:
     """What a broken editor emits: noise, or the scene blurred past recognition."""
     if rng.random() < 0.5:
@@ -83,11 +108,14 @@ def _no_output(rng: random.Random, edit: WorldEdit, kind: str):
     if roll < 0.2:
         return random_scene(rng, size=source.size)
     if kind == "identity":
-        changed = extra_change(rng, edit, target if rng.random() < 0.7 else source)
+        changed = (wrong_object(rng, edit, target if roll < 0.3 else source) if roll < 0.4 else None) \
+            or extra_change(rng, edit, target if rng.random() < 0.7 else source)
         return changed or random_scene(rng, size=source.size)
-    if roll < 0.5:
+    if roll < 0.45:
         return source  # nothing happened
-    return _other_edit(rng, source, edit, same_type=roll < 0.75) or source
+    if roll < 0.6:
+        return wrong_object(rng, edit, source) or source
+    return _other_edit(rng, source, edit, same_type=roll < 0.8) or source
 
 
 def _yes_output(rng: random.Random, edit: WorldEdit, kind: str):
@@ -217,5 +245,32 @@ def question_set(seed: int, per_kind: int, *, size: int = 64, kinds=KINDS) -> li
             for kind in kinds for i in range(per_kind)]
 
 
+def wrong_object_questions(seed: int, per_kind: int, *, size: int = 64) -> list[LabelledQuestion]:
+    """A fixed set of "only this object" questions, `per_kind` for every object edit's edit and identity question:
+    the output is the asked change made to another object (the named one left as it is for the edit question, changed
+    as asked or left for the identity one), so the right answer is always the one an editor should be refused."""
+    rng = random.Random(seed)
+    found = []
+    for kind in KINDS:
+        edit_type, question_kind = kind.split("/")
+        if edit_type in ("insertion", "style", "background"):
+            continue
+        made = 0
+        while made < per_kind:
+            edit = random_edit(rng, edit_type, size=size)
+            output = wrong_object(rng, edit, edit.source if question_kind == "edit" or rng.random() < 0.5
+                                  else edit.target)
+            if output is None:
+                continue
+            question = next(q for q in questions_for(edit.edit_type, edit.instruction, edit.target_object)
+                            if q.kind == question_kind)
+            shown = tuple(edit.source if role == REFERENCE else output for role in question.images)
+            answer = {"Yes": "No", "No": "Yes"}[question.correct]
+            found.append(LabelledQuestion(kind, tuple(np.asarray(render(x), np.float32) for x in shown), question.text,
+                                          answer, edit, shown))
+            made += 1
+    return found
+
+
 __all__ = ["ALL_KINDS", "CUSTOMIZATION_KINDS", "KINDS", "LabelledQuestion", "degrade", "extra_change", "labelled_question",
-           "question_set"]
+           "question_set", "wrong_object", "wrong_object_questions"]

@@ -58,13 +58,18 @@ def recipe_line(recipe: dict) -> str:
 
 
 def critic_table(quality: dict) -> list[str]:
-    """The critic's held-out accuracy per question kind as a markdown table (edit types x edit/identity), with the
-    customization questions (scene, identity, copy) below when it was measured on them."""
+    """The critic's held-out accuracy per question kind as a markdown table (edit types x edit/identity, and on the
+    asked change made to another object where measured), with the customization questions (scene, identity, copy)
+    below when it was measured on them."""
     per_kind = quality.get("per_kind") or {}
+    wrong = (quality.get("wrong_object") or {}).get("per_kind")
     percent = lambda c: "n/a" if c is None else f"{c:.0%}"  # noqa: E731
-    rows = ["| edit type | edit question | identity question |", "|---|---:|---:|"]
+    rows = ["| edit type | edit question | identity question |" + (
+                " edit, asked of another object | identity, asked of another object |" if wrong else ""),
+            "|---|---:|---:|" + ("---:|---:|" if wrong else "")]
     for edit_type in EDIT_TYPES:
         cells = [per_kind.get(f"{edit_type}/{kind}") for kind in ("edit", "identity")]
+        cells += [wrong.get(f"{edit_type}/{kind}") for kind in ("edit", "identity")] if wrong else []
         rows.append(f"| {edit_type} | " + " | ".join(percent(c) for c in cells) + " |")
     if any(kind.startswith(f"{CUSTOMIZATION}/") for kind in per_kind):
         cells = [per_kind.get(f"{CUSTOMIZATION}/{kind}") for kind in ("edit", "identity", "copy")]
