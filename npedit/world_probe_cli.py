@@ -252,8 +252,9 @@ def probe_instruction(args: argparse.Namespace) -> int:
         print(f"{editor_path}: the asked colour {found.asked:.1%}, the source's kept {found.kept:.1%}, interior RGB "
               f"spread across the asked colours {found.spread:.1f}; its change with another object named "
               f"{found.other_object:.1f}, with no instruction {found.empty:.1f}; the source's colour kept with "
-              f"another object named {found.kept_when_other_named:.1%}, with no instruction "
-              f"{found.kept_when_empty:.1%} (n {found.n}; {args.phrasing!r})",
+              f"another object named {found.kept_when_other_named:.1%} (that object painted the asked colour "
+              f"{found.other_painted_when_named:.1%}), with no instruction {found.kept_when_empty:.1%} "
+              f"(n {found.n}; {args.phrasing!r})",
               flush=True)
         shown[str(editor_path)] = found
         measured[str(editor_path)] = following_record(found)

@@ -13,7 +13,7 @@ from training.backbones import ZImageBackbone
 from world import PRETRAINED
 from world.edits import random_edit
 from world.instruction_probe import (asks, check_phrasing, colour_following, interior_change, keeps_source_colour,
-                                    measure, other_object_instruction, save_colour_grid)
+                                    measure, other_object_edit, other_object_instruction, save_colour_grid)
 from world.scene import with_objects
 from world.vae import renders
 
@@ -55,6 +55,10 @@ def test_an_editor_that_reads_whom_its_instruction_names_changes_the_interior_an
                       with_objects(edit.source, rest + [obj, replace(other, colour=colour)])])
     assert interior_change(edit, oracle[0], oracle[1]) > 40  # it recolours the object named, so this one reverts
     assert keeps_source_colour(edit, oracle) == [False, True]  # asked: repainted; another object named: kept
+    named_other = other_object_edit(edit)  # the measures read the other's interior when it is the one named
+    assert (named_other.target_object, named_other.cell) == (other.name, other.cell) and named_other.instruction != \
+        edit.instruction
+    assert keeps_source_colour(named_other, oracle) == [True, False]
     copies = renders([edit.source] * 2)
     assert interior_change(edit, copies[0], copies[1]) == pytest.approx(0.0, abs=1e-6)
     alone = next(e for e in (random_edit(rng, "local_color_change") for _ in range(200)) if len(e.source.objects) == 1)
@@ -108,8 +112,8 @@ def test_one_runs_checkpoints_probed_as_a_curve_that_a_rerun_extends_and_other_s
     saved = json.loads((curve / "instruction_curve.json").read_text())
     assert [p["step"] for p in saved["points"]] == [100, 200]
     assert saved["points"][0]["scores"] == saved["points"][1]["scores"]  # one model probed alike twice
-    assert {"asked", "kept", "spread", "n", "other_object", "empty", "kept_when_empty", "kept_when_other_named"} == set(
-        saved["points"][0]["scores"])
+    assert {"asked", "kept", "spread", "n", "other_object", "empty", "kept_when_empty", "kept_when_other_named",
+            "other_painted_when_named"} == set(saved["points"][0]["scores"])
     assert Image.open(curve / "instruction_curve.png").size == (1000, 380)
     with pytest.raises(SystemExit, match="was scored with .* give another --curve folder"):
         main(["world", "probe-instruction", first, "--per-type", "2", "--seed", "1", "--curve", str(curve)])

@@ -53,6 +53,7 @@ def plot_following(points: list[dict], path: Path) -> Path:
     fig, (shares, rgb) = plt.subplots(1, 2, figsize=(10, 3.8))
     for key, label in (("asked", "asked a colour: that colour painted"), ("kept", "asked a colour: the source's kept"),
                        ("kept_when_other_named", "another object named: the source's kept"),
+                       ("other_painted_when_named", "another object named: that one painted as asked"),
                        ("kept_when_empty", "no instruction: the source's kept")):
         shares.plot(steps, [100 * p["scores"][key] for p in points], marker="o", label=label)
     shares.set(title="the named object's colour in the outputs", xlabel="generator step", ylabel="%", ylim=(0, 100))

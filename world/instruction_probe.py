@@ -4,12 +4,13 @@ interior in the outputs says whether the editor paints the asked colour, keeps t
 whatever is asked (no spread). Beside it, how much the named object's interior changes when the instruction names
 another object of the scene instead, or is empty: an editor that reads whom its instruction names changes it by
 about the asked colour's distance from the source's; one blind to its instruction, not at all. And whether those two
-outputs keep the source's colour, as they should: "only this object" and "nothing else"."""
+outputs keep the source's colour, as they should ("only this object" and "nothing else"), and whether the other
+object, when named, takes the asked colour."""
 
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,8 @@ class ColourFollowing:
     empty: float = 0.0  # the same when the instruction is empty
     kept_when_empty: float = float("nan")  # share of empty instructions whose output keeps the source's colour
     kept_when_other_named: float = float("nan")  # the same when another object of the scene is named
+    other_painted_when_named: float = float("nan")  # share of those outputs whose other, named object is in the asked
+    # colour (an editor that reads whom its instruction names paints it and keeps the first)
     shown: tuple = ()  # the first edits' (edit, asked colours, outputs, nearest colours), for `grid_rows`
 
 
@@ -92,11 +95,19 @@ def interior_change(edit: WorldEdit, output: torch.Tensor, other: torch.Tensor) 
     return float(((output - other).abs() * 127.5)[:, interior].mean())
 
 
-def other_object_instruction(edit: WorldEdit, instruction: str) -> str | None:
-    """`instruction` naming another object of the scene instead of the edited one (None when it is alone)."""
+def other_object_edit(edit: WorldEdit) -> WorldEdit | None:
+    """The same local colour edit naming another object of the scene (None when the edited one is alone): its
+    `target_object` and `cell` are the other's, so the measures here read the other's interior."""
     obj = _named_object(edit)
     other = next((o for o in edit.source.objects if o.name != obj.name), None)
-    return None if other is None else instruction.replace(edit.target_object, other.name, 1)
+    return None if other is None else replace(edit, instruction=edit.instruction.replace(obj.name, other.name, 1),
+                                              target_object=other.name, cell=other.cell)
+
+
+def other_object_instruction(edit: WorldEdit, instruction: str) -> str | None:
+    """`instruction` naming another object of the scene instead of the edited one (None when it is alone)."""
+    other = other_object_edit(edit)
+    return None if other is None else instruction.replace(edit.target_object, other.target_object, 1)
 
 
 def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASING, num_steps: int = 4,
@@ -106,6 +117,7 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
     phrasing = check_phrasing(phrasing)
     asked_hits = kept = n = 0
     spreads, shown, other_object, empty, kept_when = [], [], [], [], {"empty": [], "other": []}
+    other_painted = []
     for edit in edits:
         if edit.edit_type != "local_color_change" or not _interior(edit).any():
             continue
@@ -121,6 +133,9 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
         if swapped:
             other_object.append(interior_change(edit, every[0], every[-1]))
             kept_when["other"] += keeps_source_colour(edit, every[-1:])
+            named_other = other_object_edit(edit)
+            if _interior(named_other).any():
+                other_painted += [colour == colours[0] for colour in _nearest(_interior_means(named_other, every[-1:]))]
         hits, same, spread, nearest = measure(edit, list(colours), outputs)
         asked_hits, kept, n = asked_hits + hits, kept + same, n + len(colours)
         spreads.append(spread)
@@ -132,7 +147,8 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
                            other_object=float(np.mean(other_object)) if other_object else float("nan"),
                            empty=float(np.mean(empty)), kept_when_empty=float(np.mean(kept_when["empty"])),
                            kept_when_other_named=float(np.mean(kept_when["other"])) if kept_when["other"]
-                           else float("nan"))
+                           else float("nan"),
+                           other_painted_when_named=float(np.mean(other_painted)) if other_painted else float("nan"))
 
 
 def save_colour_grid(found: dict[str, ColourFollowing], path: Path, phrasing: str = PHRASING) -> Path:
