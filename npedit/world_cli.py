@@ -209,7 +209,8 @@ def experiment(args: argparse.Namespace) -> int:
                                    per_type=args.per_type, customization=args.customization,
                                    edit_types=tuple(args.edit_types), overrides=overrides, ceilings=args.ceilings,
                                    supervised_edit_weight=args.supervised_edit_weight,
-                                   supervised_identity_share=args.supervised_identity_share)
+                                   supervised_identity_share=args.supervised_identity_share,
+                                   supervised_whom_pairs=args.supervised_whom_pairs)
     load_config("world_cpu", experiment_config.models_recipe,
                 overrides=overrides)  # an unknown key or a bad value: one line now, not after a run
     for needed in (args.models / "teacher", args.models / "critic", args.corpus):
@@ -426,6 +427,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--supervised-identity-share", type=float, default=0.0,
                    help="this share of the supervised editor's pairs become their source returned unchanged, asked "
                         "nothing or something that changes nothing (an absent object, a colour it has)")
+    e.add_argument("--supervised-whom-pairs", action="store_true",
+                   help="the supervised editor's batches as pairs under one noise: each edit and the same change "
+                        "asked of another object of its scene (\"only this object\" shown by pairs)")
     e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=experiment)
     bm = commands.add_parser("benchmark", help="held-out world edits as an ImgEdit-Bench Basic copy (for npedit eval)")

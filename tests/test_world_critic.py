@@ -17,9 +17,8 @@ from training.questions import questions_for
 from world.critic import finetune_critic, new_critic, train_critic, yes_no_loss
 from world.critic_objectives import AuxiliaryObjectives, attribute_labels, change_map, dense_labels, target_map
 from world.customization import CustomizationCase, score_customization
-from world.edits import random_edit
-from world.questions import (CUSTOMIZATION_KINDS, KINDS, labelled_question, question_set, wrong_object,
-                             wrong_object_questions)
+from world.edits import change_another_object, random_edit
+from world.questions import CUSTOMIZATION_KINDS, KINDS, labelled_question, question_set, wrong_object_questions
 from world.scene import COLOURS, caption, random_scene, render
 from world.verify import parse_image
 
@@ -55,13 +54,13 @@ def test_answers_agree_with_the_verifier():
     assert checked == 160
 
 
-def test_wrong_object_makes_the_asked_change_to_another_object():
+def test_change_another_object_makes_the_asked_change_to_another_object():
     rng = random.Random(3)
     made = Counter()
     for edit_type in ("replace", "local_texture", "shape_change", "remove", "local_color_change"):
         for _ in range(40):
             edit = random_edit(rng, edit_type)
-            output = wrong_object(rng, edit, edit.source)
+            output = change_another_object(rng, edit, edit.source)
             if output is None:  # one object alone, or no other that the change would alter and keep distinct
                 continue
             named = edit.source.object_at(edit.cell)
@@ -79,7 +78,7 @@ def test_wrong_object_makes_the_asked_change_to_another_object():
     assert all(made[t] >= 12 for t in ("replace", "shape_change", "remove", "local_color_change")), made
     for edit_type in ("insertion", "style", "background"):
         edit = random_edit(rng, edit_type)
-        assert wrong_object(rng, edit, edit.source) is None
+        assert change_another_object(rng, edit, edit.source) is None
 
 
 def test_wrong_object_questions_have_the_answer_an_editor_should_be_refused():

@@ -11,7 +11,7 @@ import torch
 import world.supervised
 from schemas.errors import Refused
 from world import PRETRAINED
-from world.supervised import edit_masks, train_supervised
+from world.supervised import _edited_ways, edit_masks, train_supervised
 
 TEACHER = PRETRAINED / "teacher"
 SMALL = {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "progress": False}
@@ -76,7 +76,6 @@ def test_experiment_refuses_a_supervised_edit_weight_that_is_not_positive_and_an
 
 
 def test_a_group_edits_one_source_several_ways_under_one_noise_and_time(monkeypatch, tmp_path):
-    from world.supervised import _edited_ways
     from world.edits import random_edit
 
     rng = random.Random(0)
@@ -118,3 +117,25 @@ def test_identity_share_returns_a_share_of_sources_unchanged_asked_nothing_or_wh
     assert all(not e.mask().any() for e in unchanged if e.edit_type != "background")
     with pytest.raises(ValueError, match=r"edits returned unchanged is in \[0, 1\)"):
         train_supervised(TEACHER, tmp_path / "bad", steps=1, identity_share=1.0)
+
+
+def test_whom_pairs_ask_each_change_of_another_object_of_the_same_scene_under_one_noise(monkeypatch, tmp_path):
+    from world.edits import random_edit
+
+    rng = random.Random(1)
+    edit = next(e for e in (random_edit(rng, "local_color_change") for _ in range(50)) if len(e.source.objects) > 1)
+    first, second = _edited_ways(edit, 2, rng, whom=True)
+    assert first is edit and second.source is edit.source and second.target_object != edit.target_object
+    assert second.instruction == edit.instruction.replace(edit.target_object, second.target_object)
+    named, other = edit.source.object_at(edit.cell), edit.source.object_at(second.cell)
+    assert second.target.object_at(second.cell).colour == edit.target.object_at(edit.cell).colour != other.colour
+    assert second.target.object_at(edit.cell) == named  # the first edit's object is left as it is
+    seen, masks = [], world.supervised.edit_masks
+    monkeypatch.setattr(world.supervised, "edit_masks", lambda edits, size: seen.extend(edits) or masks(edits, size))
+    train_supervised(TEACHER, tmp_path / "whom", steps=2, batch_size=4, group=2, whom_pairs=True, edit_weight=2.0,
+                     edit_types=("local_color_change",), progress=False)
+    pairs = list(zip(seen[::2], seen[1::2]))
+    assert len(pairs) == 4 and all(a.source is b.source for a, b in pairs)
+    assert any(a.target_object != b.target_object for a, b in pairs)
+    with pytest.raises(ValueError, match="groups of 2"):
+        train_supervised(TEACHER, tmp_path / "bad", steps=1, batch_size=4, whom_pairs=True)

@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from schemas.edit_types import EDIT_TYPES
-from world.scene import (COLOURS, POSITIONS, SHAPES, STYLES, TEXTURES, Scene, WorldObject, caption,
+from world.scene import (COLOURS, POSITIONS, SHAPES, STYLES, TEXTURES, Scene, caption,
                          object_coverage, random_object, random_scene, render, with_objects)
 
 PHRASINGS: dict[str, tuple[str, ...]] = {
@@ -154,6 +154,41 @@ def make_invalid_edit(scene: Scene, rng: random.Random) -> WorldEdit:
     return WorldEdit("background", text, scene, scene, None, valid=False, reason="the edit changes nothing")
 
 
+def change_another_object(rng: random.Random, edit: WorldEdit, scene: Scene) -> Scene | None:
+    """`scene` (the edit's source or target) with the change `edit` asks of its named object made to another object
+    of the scene (on the source: instead of it; on the target: as well): what an editor blind to whom its instruction
+    names makes. None where the edit names no object or the scene has no other one that the change would alter."""
+    if edit.target_object is None or edit.cell is None:
+        return None
+    named, after = edit.source.object_at(edit.cell), edit.target.object_at(edit.cell)
+    others = [o for o in scene.objects if o.cell != edit.cell]
+    if not others:
+        return None
+    other = rng.choice(others)
+    kept = [o for o in scene.objects if o is not other]
+    if not kept:
+        return None
+    if edit.edit_type == "remove":
+        return with_objects(scene, kept)
+    changed = replace(other, **{attribute: getattr(after, attribute) for attribute in ("shape", "colour", "texture")
+                                if getattr(after, attribute) != getattr(named, attribute)})
+    if changed.key() == other.key() or changed.colour == scene.background or any(
+            o.shape == changed.shape or o.colour == changed.colour for o in kept):
+        return None  # the other already looks so, or would share a shape or colour with another (no world scene)
+    return with_objects(scene, kept + [changed])
+
+
+def ask_of_another_object(rng: random.Random, edit: WorldEdit) -> WorldEdit | None:
+    """The change `edit` asks of its named object asked of another object of its source instead, the instruction
+    naming that one (None where `change_another_object` finds none)."""
+    target = change_another_object(rng, edit, edit.source)
+    if target is None:
+        return None
+    other = next(o for o in edit.source.objects if o not in target.objects)
+    return WorldEdit(edit.edit_type, edit.instruction.replace(edit.target_object, other.name, 1), edit.source, target,
+                     other.name, other.cell)
+
+
 def random_edit(rng: random.Random, edit_type: str | None = None, *, size: int = 64) -> WorldEdit:
     """A valid edit of the given (or a random) type on a fresh random scene; scenes that cannot take it are redrawn."""
     edit_type = edit_type or rng.choice(EDIT_TYPES)
@@ -163,4 +198,5 @@ def random_edit(rng: random.Random, edit_type: str | None = None, *, size: int =
             return edit
 
 
-__all__ = ["PHRASINGS", "WorldEdit", "make_edit", "make_invalid_edit", "random_edit", "render"]
+__all__ = ["PHRASINGS", "WorldEdit", "ask_of_another_object", "change_another_object", "make_edit",
+           "make_invalid_edit", "random_edit", "render"]

@@ -57,6 +57,7 @@ class Experiment:
     ceilings: bool = True  # score the reference points of `world.ceilings` once per experiment
     supervised_edit_weight: float = 1.0  # the supervised loss's weight on the pixels an edit may change
     supervised_identity_share: float = 0.0  # the supervised editor's pairs returned unchanged (train_supervised)
+    supervised_whom_pairs: bool = False  # its batches as pairs: each change also asked of another object of the scene
 
     @property
     def models_recipe(self) -> Path | None:
@@ -107,12 +108,15 @@ def run_one(experiment: Experiment, variant: str, seed: int, steps: int | None) 
                                            edit_types=experiment.edit_types, progress=False,
                                            checkpoint_every=log_config.checkpoint_every,
                                            edit_weight=experiment.supervised_edit_weight,
-                                           identity_share=experiment.supervised_identity_share)
+                                           identity_share=experiment.supervised_identity_share,
+                                           group=2 if experiment.supervised_whom_pairs else 1,
+                                           whom_pairs=experiment.supervised_whom_pairs)
         plot_loss_curves(history, out_dir / "loss_curves.png")
         facts = {"steps": steps, "train_minutes": round((time.monotonic() - start) / 60, 2),
                  "edit_weight": experiment.supervised_edit_weight,
                  **({"identity_share": experiment.supervised_identity_share}
-                    if experiment.supervised_identity_share else {})}
+                    if experiment.supervised_identity_share else {}),
+                 **({"whom_pairs": True} if experiment.supervised_whom_pairs else {})}
     else:
         editor, facts = _train_np_edit(experiment, variant, seed, out_dir, steps)
     edits = held_out_edits(experiment.per_type, edit_types=experiment.edit_types)

@@ -23,8 +23,8 @@ from training.customization import CUSTOMIZATION, customization_questions
 from training.questions import OUTPUT, REFERENCE, questions_for
 from world.builder_answers import background_scenes
 from world.customization import CustomizationCase, random_customization
-from world.edits import WorldEdit, make_edit, random_edit
-from world.scene import COLOURS, POSITIONS, SHAPES, TEXTURES, Scene, random_scene, render, with_objects
+from world.edits import WorldEdit, change_another_object, make_edit, random_edit
+from world.scene import COLOURS, POSITIONS, SHAPES, TEXTURES, Scene, random_scene, render
 
 KINDS = tuple(f"{edit_type}/{kind}" for edit_type in EDIT_TYPES for kind in ("edit", "identity"))
 CUSTOMIZATION_KINDS = tuple(f"{CUSTOMIZATION}/{kind}" for kind in ("identity", "edit", "copy"))
@@ -68,30 +68,6 @@ def extra_change(rng: random.Random, edit: WorldEdit, scene: Scene) -> Scene | N
     return None
 
 
-def wrong_object(rng: random.Random, edit: WorldEdit, scene: Scene) -> Scene | None:
-    """`scene` (the edit's source or target) with the change `edit` asks of its named object made to another object
-    of the scene too: "only this object" failed. None where the edit names no object or the scene has no other one
-    that the change would alter."""
-    if edit.target_object is None or edit.cell is None:
-        return None
-    named, after = edit.source.object_at(edit.cell), edit.target.object_at(edit.cell)
-    others = [o for o in scene.objects if o.cell != edit.cell]
-    if not others:
-        return None
-    other = rng.choice(others)
-    kept = [o for o in scene.objects if o is not other]
-    if not kept:
-        return None
-    if edit.edit_type == "remove":
-        return with_objects(scene, kept)
-    changed = replace(other, **{attribute: getattr(after, attribute) for attribute in ("shape", "colour", "texture")
-                                if getattr(after, attribute) != getattr(named, attribute)})
-    if changed.key() == other.key() or changed.colour == scene.background or any(
-            o.shape == changed.shape or o.colour == changed.colour for o in kept):
-        return None  # the other already looks so, or would share a shape or colour with another (no world scene)
-    return with_objects(scene, kept + [changed])
-
-
 def _ruined(rng: random.Random, scene: Scene) -> np.ndarray:
     """What a broken editor emits: noise, or the scene blurred past recognition."""
     if rng.random() < 0.5:
@@ -108,13 +84,13 @@ def _no_output(rng: random.Random, edit: WorldEdit, kind: str):
     if roll < 0.2:
         return random_scene(rng, size=source.size)
     if kind == "identity":
-        changed = (wrong_object(rng, edit, target if roll < 0.3 else source) if roll < 0.4 else None) \
+        changed = (change_another_object(rng, edit, target if roll < 0.3 else source) if roll < 0.4 else None) \
             or extra_change(rng, edit, target if rng.random() < 0.7 else source)
         return changed or random_scene(rng, size=source.size)
     if roll < 0.45:
         return source  # nothing happened
     if roll < 0.6:
-        return wrong_object(rng, edit, source) or source
+        return change_another_object(rng, edit, source) or source
     return _other_edit(rng, source, edit, same_type=roll < 0.8) or source
 
 
@@ -258,7 +234,7 @@ def wrong_object_questions(seed: int, per_kind: int, *, size: int = 64) -> list[
         made = 0
         while made < per_kind:
             edit = random_edit(rng, edit_type, size=size)
-            output = wrong_object(rng, edit, edit.source if question_kind == "edit" or rng.random() < 0.5
+            output = change_another_object(rng, edit, edit.source if question_kind == "edit" or rng.random() < 0.5
                                   else edit.target)
             if output is None:
                 continue
@@ -273,4 +249,4 @@ def wrong_object_questions(seed: int, per_kind: int, *, size: int = 64) -> list[
 
 
 __all__ = ["ALL_KINDS", "CUSTOMIZATION_KINDS", "KINDS", "LabelledQuestion", "degrade", "extra_change", "labelled_question",
-           "question_set", "wrong_object", "wrong_object_questions"]
+           "question_set", "wrong_object_questions"]

@@ -17,7 +17,7 @@ from schemas.errors import Refused
 from training.backbones import ZImageBackbone, noise_to
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.losses import flow_matching_loss
-from world.edits import WorldEdit, make_edit, make_invalid_edit, random_edit
+from world.edits import WorldEdit, ask_of_another_object, make_edit, make_invalid_edit, random_edit
 from world.scene import caption, random_scene
 from world.teacher import flow_matching_batch_loss, weighted_flow_matching_loss
 from world.vae import renders
@@ -26,7 +26,7 @@ from world.vae import renders
 def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_size: int = 8, lr: float = 1e-4,
                      seed: int = 0, edit_types: tuple[str, ...] = EDIT_TYPES, checkpoint_every: int = 0,
                      edit_weight: float = 1.0, beside_share: float = 0.0, group: int = 1,
-                     identity_share: float = 0.0,
+                     identity_share: float = 0.0, whom_pairs: bool = False,
                      progress: bool = True) -> tuple[ZImageBackbone, list[dict[str, float]]]:
     """Fine-tune the teacher into an editor on rendered pairs (`edit_types` in turn); saves it to
     `out_dir/generator` (loadable as any editor checkpoint) and returns it with its loss curve. With
@@ -40,12 +40,17 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
     time: the flow-matching error the instruction cannot explain is then shared by a group, and its part of the
     gradient on how the output depends on the instruction cancels, leaving the instructions' differences.
     `identity_share` of the edits become their source returned unchanged, asked nothing or what
-    `world.edits.make_invalid_edit` asks (an absent object, a colour it already has): "nothing else" taught by pairs."""
+    `world.edits.make_invalid_edit` asks (an absent object, a colour it already has): "nothing else" taught by pairs.
+    With `whom_pairs` (and `group` 2), a group's second edit is the same change asked of another object of the scene
+    where it has one (`world.edits.ask_of_another_object`): two targets under one noise that differ only in whom the
+    instruction names, "only this object" taught by pairs."""
     for name, share in (("steps drawn beside a reference", beside_share), ("edits returned unchanged", identity_share)):
         if not 0 <= share < 1:
             raise ValueError(f"the share of {name} is in [0, 1), not {share}")
     if group < 1 or batch_size % group:
         raise ValueError(f"the group ({group}) must be a positive divisor of the batch size ({batch_size})")
+    if whom_pairs and group != 2:
+        raise ValueError(f"whom pairs are groups of 2, not {group}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     backbone = ZImageBackbone.from_pretrained(teacher)
@@ -56,7 +61,8 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
                          "edit_types": list(edit_types), "edit_weight": edit_weight,
                          **({"beside_share": beside_share} if beside_share else {}),
                          **({"group": group} if group > 1 else {}),
-                         **({"identity_share": identity_share} if identity_share else {})}, indent=2)
+                         **({"identity_share": identity_share} if identity_share else {}),
+                         **({"whom_pairs": True} if whom_pairs else {})}, indent=2)
     history = _resume(out_dir, models, rng, recipe)
     for step in tqdm(range(len(history), steps), desc="supervised editor", disable=not progress,
                      initial=len(history), total=steps):
@@ -70,7 +76,7 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
             continue
         sources_per_batch = batch_size // group
         edits = [edit for i in range(sources_per_batch) for edit in _edited_ways(
-            random_edit(rng, edit_types[(step * sources_per_batch + i) % len(edit_types)]), group, rng)]
+            random_edit(rng, edit_types[(step * sources_per_batch + i) % len(edit_types)]), group, rng, whom_pairs)]
         if identity_share:
             edits = [_unchanged(edit.source, rng) if rng.random() < identity_share else edit for edit in edits]
         with torch.no_grad():
@@ -96,9 +102,12 @@ def train_supervised(teacher: str | Path, out_dir: Path, *, steps: int, batch_si
     return backbone, history
 
 
-def _edited_ways(edit, group: int, rng: random.Random) -> list:
-    """`edit` and `group - 1` more edits of its source and type (another object or value where the scene has one)."""
+def _edited_ways(edit, group: int, rng: random.Random, whom: bool = False) -> list:
+    """`edit` and `group - 1` more edits of its source and type (another object or value where the scene has one;
+    with `whom`, the same change asked of another object where one can take it)."""
     ways = [edit]
+    if whom and (elsewhere := ask_of_another_object(rng, edit)) is not None:
+        ways.append(elsewhere)
     while len(ways) < group:
         ways.append(make_edit(edit.source, edit.edit_type, rng) or edit)
     return ways
