@@ -346,6 +346,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--colour-word", action="store_true",
                     help="instead of editors' outputs: whether the critic reads the colour a local colour edit asks "
                          "for, on renders of every answer (the asked colour, another, another object, none)")
+    pc.add_argument("--wrong-object", action="store_true",
+                    help="instead: how often the critic refuses the asked change made to another object of the scene "
+                         "(its edit and identity questions; the held-out set of its manifest's quality.wrong_object)")
     pc.add_argument("--vae", type=Path, default=None, metavar="DIR",
                     help="with --colour-word: pass the renders through the VAE in DIR first, as editors' outputs are")
     pc.add_argument("--models", type=Path, default=PRETRAINED, help="holds critic/ (default: the committed one)")

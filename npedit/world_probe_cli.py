@@ -104,12 +104,14 @@ def probe_critic(args: argparse.Namespace) -> int:
 
     if not (args.models / "critic").exists():
         raise SystemExit(f"npedit: error: no critic in {args.models / 'critic'}")
-    if bool(args.editors) == args.colour_word:
-        raise SystemExit("npedit: error: give --editors or --colour-word (one of them)")
+    if sum((bool(args.editors), args.colour_word, args.wrong_object)) != 1:
+        raise SystemExit("npedit: error: give --editors, --colour-word or --wrong-object (one of them)")
     if args.vae and not args.colour_word:
         raise SystemExit("npedit: error: --vae goes with --colour-word (editors decode through their own VAE)")
     if args.colour_word:
         return _critic_colour_word(args)
+    if args.wrong_object:
+        return _critic_wrong_object(args)
     _check_editors_and_threads(args)
     critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
     asked = {str(e): editor_questions([e], args.per_type, seed=HELD_OUT_OUTPUTS_SEED) for e in args.editors}
@@ -121,6 +123,26 @@ def probe_critic(args: argparse.Namespace) -> int:
               f"{found['weakest']:.1%}")
         for kind, accuracy in found["per_kind"].items():
             print(f"  {kind:30s} {accuracy:6.1%}  (true answer Yes in {found['yes_share'][kind]:.0%})")
+    return 0
+
+
+def _critic_wrong_object(args: argparse.Namespace) -> int:
+    """`probe-critic --wrong-object`: the critic's accuracy when the asked change is made to another object of the
+    scene (the held-out set its manifest's `quality.wrong_object` is measured on, at --per-type 24)."""
+    import torch
+
+    from training.critics.qwen import QwenVLCritic
+    from world.critic import HELD_OUT_SEED, evaluate_critic
+    from world.questions import wrong_object_questions
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
+    found = evaluate_critic(critic, wrong_object_questions(HELD_OUT_SEED + 1, args.per_type))
+    print(f"{args.models / 'critic'}: refuses the asked change made to another object in {found['accuracy']:.1%} "
+          f"(weakest question kind {found['weakest']:.1%}; {args.per_type} per kind)")
+    for kind, accuracy in found["per_kind"].items():
+        print(f"  {kind:30s} {accuracy:6.1%}")
     return 0
 
 

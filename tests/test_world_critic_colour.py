@@ -32,9 +32,10 @@ def test_the_committed_critic_reads_the_colour_word_and_an_untrained_one_does_no
 def test_probe_critic_takes_editors_or_the_colour_word_and_vae_only_with_the_word(tmp_path, capsys):
     from npedit.cli import main
 
-    for argv, message in ((["world", "probe-critic"], "give --editors or --colour-word"),
+    for argv, message in ((["world", "probe-critic"], "give --editors, --colour-word or --wrong-object"),
                           (["world", "probe-critic", "--colour-word", "--editors", str(tmp_path)],
-                           "give --editors or --colour-word"),
+                           "give --editors, --colour-word or --wrong-object"),
+                          (["world", "probe-critic", "--colour-word", "--wrong-object"], "one of them"),
                           (["world", "probe-critic", "--editors", str(tmp_path), "--vae", str(tmp_path)],
                            "--vae goes with --colour-word"),
                           (["world", "probe-critic", "--colour-word", "--vae", str(tmp_path)], "holds no VAE")):
@@ -44,3 +45,6 @@ def test_probe_critic_takes_editors_or_the_colour_word_and_vae_only_with_the_wor
     assert "no local colour edit with an object large enough" in capsys.readouterr().err
     assert main(["world", "probe-critic", "--colour-word", "--per-type", "2"]) == 0
     assert "The asked colour ranked first among the object's colours in" in capsys.readouterr().out
+    assert main(["world", "probe-critic", "--wrong-object", "--per-type", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "refuses the asked change made to another object in" in printed and "local_color_change/edit" in printed

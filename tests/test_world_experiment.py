@@ -13,7 +13,7 @@ from schemas.edit_types import EDIT_TYPES
 from schemas.errors import Refused
 from snapshot_fixture import write_fixture_snapshot
 from training.backbones import ZImageBackbone
-from world import PRETRAINED_PATCH1
+from world import PRETRAINED_PATCH1, PRETRAINED_WHOM
 from world.ceilings import CEILINGS
 from world.critic import train_critic
 from world.experiment import Experiment, run_experiment
@@ -234,6 +234,9 @@ def test_world_models_prints_the_committed_models_and_refuses_a_folder_without_a
     assert "recipe.toml" not in printed  # the committed models train with world_cpu as it is
     assert main(["world", "models", "--models", str(PRETRAINED_PATCH1)]) == 0
     assert "recipe.toml` over world_cpu: loss.lambda_dmd = 0.1." in capsys.readouterr().out
+    assert main(["world", "models", "--models", str(PRETRAINED_WHOM)]) == 0
+    printed = capsys.readouterr().out  # phases in the order they ran, the one run again included
+    assert "(then finetune and anneal and anneal_2)" in printed and "| edit, asked of another object |" in printed
     with pytest.raises(SystemExit, match="no world model manifests in"):
         main(["world", "models", "--models", str(tmp_path)])
 

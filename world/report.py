@@ -25,6 +25,12 @@ CONTINUED = {"vae_decoder": "decoder_finetune", "vae_decoder_robust": "decoder_r
 PHASES = tuple(dict.fromkeys(CONTINUED.values()))
 
 
+def _phase_name(key: str) -> str:
+    """A manifest key's phase: `anneal_2` (the phase run again) is `anneal`."""
+    head, _, tail = key.rpartition("_")
+    return head if tail.isdigit() and head else key
+
+
 def model_quality(models: Path) -> dict:
     """Each world model's measured quality, from its manifest, with its steps and minutes over all its phases."""
     found = {}
@@ -32,10 +38,11 @@ def model_quality(models: Path) -> dict:
         path = Path(models) / name / "manifest.json"
         if path.exists():
             manifest = json.loads(path.read_text())
-            phases = [manifest] + [manifest[p] for p in PHASES if p in manifest]
+            recorded = [key for key in manifest if _phase_name(key) in PHASES]  # the order they ran
+            phases = [manifest] + [manifest[key] for key in recorded]
             found[name] = {"quality": manifest.get("quality"), "steps": sum(p.get("steps") or 0 for p in phases),
                            "train_minutes": round(sum(p.get("train_minutes") or 0 for p in phases), 2),
-                           "phases": [p for p in PHASES if p in manifest]}
+                           "phases": recorded}
     return found
 
 
