@@ -143,7 +143,8 @@ def _phase_key(manifest: dict, phase: str, state_path: Path) -> str | None:
     if state_path.exists():
         return (torch.load(state_path, map_location="cpu", weights_only=False).get("identity") or {}).get(
             "manifest_key")
-    return next(key for n in range(1, len(manifest) + 2) if (key := phase if n == 1 else f"{phase}_{n}") not in manifest)
+    keys = (phase if n == 1 else f"{phase}_{n}" for n in range(1, len(manifest) + 2))
+    return next(key for key in keys if key not in manifest)
 
 
 def fit_critic(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,

@@ -234,8 +234,8 @@ def wrong_object_questions(seed: int, per_kind: int, *, size: int = 64) -> list[
         made = 0
         while made < per_kind:
             edit = random_edit(rng, edit_type, size=size)
-            output = change_another_object(rng, edit, edit.source if question_kind == "edit" or rng.random() < 0.5
-                                  else edit.target)
+            on = edit.source if question_kind == "edit" or rng.random() < 0.5 else edit.target
+            output = change_another_object(rng, edit, on)
             if output is None:
                 continue
             question = next(q for q in questions_for(edit.edit_type, edit.instruction, edit.target_object)
