@@ -88,6 +88,23 @@ def test_a_rerun_asking_for_more_steps_continues_the_shorter_runs_to_the_weights
         run_experiment(replace(short, variants=("supervised",)), log=lambda line: None)
 
 
+@pytest.mark.slow
+def test_the_supervised_editor_trains_on_whom_pairs_when_asked(smoke_world_models, tmp_path, monkeypatch):
+    import world.supervised
+
+    asked, edited_ways = [], world.supervised._edited_ways
+    monkeypatch.setattr(world.supervised, "_edited_ways",
+                        lambda edit, group, rng, whom=False: asked.append((group, whom)) or edited_ways(
+                            edit, group, rng, whom))
+    lake = tmp_path / "lake"
+    write_fixture_snapshot(lake, objects=True)
+    results = run_experiment(Experiment(out=tmp_path / "exp", models=smoke_world_models, corpus=lake, steps=1,
+                                        per_type=1, variants=("supervised",), seeds=(0,),
+                                        edit_types=("local_color_change",), ceilings=False,
+                                        supervised_whom_pairs=True), log=lambda line: None)
+    assert results["runs"][0]["whom_pairs"] is True and set(asked) == {(2, True)} and len(asked) == 4
+
+
 def test_experiment_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     from npedit.cli import main
 
