@@ -13,7 +13,7 @@ from training.backbones import ZImageBackbone
 from world import PRETRAINED
 from world.edits import random_edit
 from world.instruction_probe import (asks, check_phrasing, colour_following, interior_change, keeps_source_colour,
-                                    measure, other_object_edit, other_object_instruction, save_colour_grid)
+                                    measure, other_object_edit, save_colour_grid)
 from world.scene import with_objects
 from world.vae import renders
 
@@ -47,22 +47,21 @@ def test_an_editor_that_reads_whom_its_instruction_names_changes_the_interior_an
                 if len(e.source.objects) > 1 and next(o for o in e.source.objects if o.cell == e.cell).size == "large")
     obj = next(o for o in edit.source.objects if o.cell == edit.cell)
     other = next(o for o in edit.source.objects if o.name != obj.name)
-    colour, instruction = asks(edit)[0]
-    swapped = other_object_instruction(edit, instruction)
-    assert swapped == instruction.replace(edit.target_object, other.name) and edit.target_object not in swapped
+    colour, _ = asks(edit)[0]
+    named_other = other_object_edit(edit)  # the measures read the other's interior when it is the one named
+    swapped = named_other.instruction
+    assert swapped == edit.instruction.replace(edit.target_object, other.name) and edit.target_object not in swapped
+    assert (named_other.target_object, named_other.cell) == (other.name, other.cell)
     rest = [o for o in edit.source.objects if o not in (obj, other)]
     oracle = renders([with_objects(edit.source, rest + [other, replace(obj, colour=colour)]),
                       with_objects(edit.source, rest + [obj, replace(other, colour=colour)])])
     assert interior_change(edit, oracle[0], oracle[1]) > 40  # it recolours the object named, so this one reverts
     assert keeps_source_colour(edit, oracle) == [False, True]  # asked: repainted; another object named: kept
-    named_other = other_object_edit(edit)  # the measures read the other's interior when it is the one named
-    assert (named_other.target_object, named_other.cell) == (other.name, other.cell) and named_other.instruction != \
-        edit.instruction
     assert keeps_source_colour(named_other, oracle) == [True, False]
     copies = renders([edit.source] * 2)
     assert interior_change(edit, copies[0], copies[1]) == pytest.approx(0.0, abs=1e-6)
     alone = next(e for e in (random_edit(rng, "local_color_change") for _ in range(200)) if len(e.source.objects) == 1)
-    assert other_object_instruction(alone, asks(alone)[0][1]) is None
+    assert other_object_edit(alone) is None
 
 
 def test_the_probe_runs_a_real_editor_draws_its_grid_and_refuses_bad_phrasings(tmp_path):

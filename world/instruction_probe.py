@@ -104,12 +104,6 @@ def other_object_edit(edit: WorldEdit) -> WorldEdit | None:
                                               target_object=other.name, cell=other.cell)
 
 
-def other_object_instruction(edit: WorldEdit, instruction: str) -> str | None:
-    """`instruction` naming another object of the scene instead of the edited one (None when it is alone)."""
-    other = other_object_edit(edit)
-    return None if other is None else instruction.replace(edit.target_object, other.target_object, 1)
-
-
 def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASING, num_steps: int = 4,
                      seed: int = 0, grid_rows: int = 0) -> ColourFollowing:
     """The editor asked for every free colour on each local colour edit (objects too small to have an interior are
@@ -122,8 +116,9 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
         if edit.edit_type != "local_color_change" or not _interior(edit).any():
             continue
         colours, instructions = zip(*asks(edit, phrasing))
-        swapped = other_object_instruction(edit, instructions[0])
-        asked = list(instructions) + [""] + ([swapped] if swapped else [])
+        named_other = other_object_edit(edit)
+        swapped = [instructions[0].replace(edit.target_object, named_other.target_object, 1)] if named_other else []
+        asked = list(instructions) + [""] + swapped
         with torch.no_grad():
             every = edit_images(backbone, renders([edit.source] * len(asked)), asked, num_steps=num_steps,
                                 generator=[torch.Generator().manual_seed(seed) for _ in asked])
@@ -133,7 +128,6 @@ def colour_following(backbone, edits: list[WorldEdit], *, phrasing: str = PHRASI
         if swapped:
             other_object.append(interior_change(edit, every[0], every[-1]))
             kept_when["other"] += keeps_source_colour(edit, every[-1:])
-            named_other = other_object_edit(edit)
             if _interior(named_other).any():
                 other_painted += [colour == colours[0] for colour in _nearest(_interior_means(named_other, every[-1:]))]
         hits, same, spread, nearest = measure(edit, list(colours), outputs)
