@@ -193,3 +193,16 @@ def test_world_corpus_build_publishes_a_snapshot_the_trainer_reads_and_a_rerun_p
     assert lake.published_snapshots(built.store).column("snapshot_id").to_pylist() == before
     assert len(cache) == answered  # nothing asked again: every stage's files were found
     assert json.loads(json.dumps(corpus_summary(built.store, "world"))) == summary
+
+
+def test_world_scenes_past_the_object_centric_ones_stay_distinct_and_prefix_stable():
+    """A corpus larger than the world's 448 object-centric scenes can hold (x 6 in the cycle) is drawn, not looped on:
+    every scene distinct, each object-centric one once, and a seed's first scenes unchanged by asking for more."""
+    from world.corpus import world_scenes
+
+    many = world_scenes(3000)
+    centric = [s for s in many if len(s.objects) == 1 and s.objects[0].size == "large" and s.pattern == "plain"
+               and s.objects[0].cell == 4]
+    assert len({s.key() for s in many}) == 3000
+    assert 440 <= len(centric) <= 448 + 10  # every object-centric scene (a few 1-object scenes may look alike)
+    assert world_scenes(600) == many[:600]

@@ -36,15 +36,25 @@ SCENE_CYCLE = ("object-centric", 1, 2, 3, 2, 3)
 SHARD_SIZE = 500
 
 
+CENTRIC_PATIENCE = 10_000  # object-centric draws in a row that repeat a scene before none is thought left (of 448)
+
+
 def world_scenes(n: int, seed: int = 0) -> list[Scene]:
-    """n distinct scenes (no two alike in what a caption says), in `SCENE_CYCLE`'s mix; a seed's first n scenes are
-    the same whatever n."""
-    rng, scenes, seen = random.Random(seed), [], set()
+    """n distinct scenes (no two alike in what a caption says), in `SCENE_CYCLE`'s mix until the few object-centric
+    scenes run out (their turns then take two objects); a seed's first n scenes are the same whatever n."""
+    rng, scenes, seen, centric_left = random.Random(seed), [], set(), True
     while len(scenes) < n:
-        kind = SCENE_CYCLE[len(scenes) % len(SCENE_CYCLE)]
-        scene = object_centric_scene(rng) if kind == "object-centric" else random_scene(rng)
-        while kind != "object-centric" and len(scene.objects) != kind:
+        kind = SCENE_CYCLE[len(scenes) % len(SCENE_CYCLE)] if centric_left else 2
+        if kind == "object-centric":
+            scene = next((s for s in (object_centric_scene(rng) for _ in range(CENTRIC_PATIENCE))
+                          if s.key() not in seen), None)
+            centric_left = scene is not None
+            if scene is None:
+                continue
+        else:
             scene = random_scene(rng)
+            while len(scene.objects) != kind:
+                scene = random_scene(rng)
         if scene.key() not in seen:
             seen.add(scene.key())
             scenes.append(scene)
