@@ -353,6 +353,11 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                     help="with --colour-word: pass the renders through the VAE in DIR first, as editors' outputs are")
     pc.add_argument("--models", type=Path, default=PRETRAINED, help="holds critic/ (default: the committed one)")
     pc.add_argument("--per-type", type=int, default=12, help="fresh edits per edit type")
+    pc.add_argument("--edit-types", nargs="+", choices=EDIT_TYPES, default=list(EDIT_TYPES), metavar="TYPE",
+                    help="with --editors: the edit types asked")
+    pc.add_argument("--seen", type=Path, default=None, metavar="CORPUS",
+                    help="with --editors: also their outputs on the edits they trained on, from this world corpus "
+                         "(a critic the editor exploits passes failing outputs there, not on held-out edits)")
     pc.add_argument("--threads", type=int, default=0)
     pc.set_defaults(func=probe_critic)
     pi = commands.add_parser("probe-instruction", help="whether editors paint the colour their instruction asks for")

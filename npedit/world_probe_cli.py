@@ -108,22 +108,48 @@ def probe_critic(args: argparse.Namespace) -> int:
         raise SystemExit("npedit: error: give --editors, --colour-word or --wrong-object (one of them)")
     if args.vae and not args.colour_word:
         raise SystemExit("npedit: error: --vae goes with --colour-word (editors decode through their own VAE)")
+    if args.seen and not args.editors:
+        raise SystemExit("npedit: error: --seen goes with --editors (the corpus those editors trained on)")
     if args.colour_word:
         return _critic_colour_word(args)
     if args.wrong_object:
         return _critic_wrong_object(args)
     _check_editors_and_threads(args)
     critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
-    asked = {str(e): editor_questions([e], args.per_type, seed=HELD_OUT_OUTPUTS_SEED) for e in args.editors}
-    if len(asked) > 1:
-        asked["all editors pooled"] = [q for questions in asked.values() for q in questions]
+    edit_types = tuple(args.edit_types)
+    seen = _seen_edits(args.seen, args.per_type, edit_types) if args.seen else None
+    asked = {}
+    for editor in args.editors:
+        asked[f"{editor}, held-out edits"] = editor_questions([editor], args.per_type, seed=HELD_OUT_OUTPUTS_SEED,
+                                                              edit_types=edit_types)
+        if seen:
+            asked[f"{editor}, its training edits"] = editor_questions([editor], args.per_type, edits=seen,
+                                                                      seed=HELD_OUT_OUTPUTS_SEED)
+    if len(args.editors) > 1:
+        asked["all editors pooled, held-out edits"] = [q for name, questions in asked.items()
+                                                       if name.endswith("held-out edits") for q in questions]
     for name, questions in asked.items():
         found = evaluate_on_outputs(critic, questions)
         print(f"{name}: balanced accuracy {found['accuracy']:.1%} over {found['n']} questions, weakest kind "
               f"{found['weakest']:.1%}")
         for kind, accuracy in found["per_kind"].items():
-            print(f"  {kind:30s} {accuracy:6.1%}  (true answer Yes in {found['yes_share'][kind]:.0%})")
+            false_yes = found["false_yes"].get(kind)
+            print(f"  {kind:30s} {accuracy:6.1%}  (true answer Yes in {found['yes_share'][kind]:.0%}"
+                  + (f"; a failing output passed in {false_yes:.0%})" if false_yes is not None else ")"))
     return 0
+
+
+def _seen_edits(corpus: Path, per_type: int, edit_types: tuple[str, ...]) -> list:
+    """Up to `per_type` edits of each type from the snapshot an editor trained on, or a one-line exit."""
+    from world.evaluate import training_edits
+
+    if not corpus.exists():
+        raise SystemExit(f"npedit: error: no world corpus at {corpus}")
+    edits = training_edits(corpus, per_type, edit_types=edit_types)
+    if not edits:
+        raise SystemExit(f"npedit: error: {corpus}'s latest snapshot holds no valid world edit of "
+                         f"{', '.join(edit_types)}")
+    return edits
 
 
 def _critic_wrong_object(args: argparse.Namespace) -> int:

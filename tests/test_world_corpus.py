@@ -147,8 +147,10 @@ def test_the_builders_openai_backend_reaches_the_oracle_on_loopback(tmp_path):
 
 
 @pytest.mark.slow
-def test_world_corpus_build_publishes_a_snapshot_the_trainer_reads_and_a_rerun_publishes_nothing(tmp_path):
+def test_world_corpus_build_publishes_a_snapshot_the_trainer_reads_and_a_rerun_publishes_nothing(tmp_path, capsys):
+    from npedit.cli import main
     from training.config import DataConfig
+    from world import PRETRAINED
     from training.data import SnapshotEdits, load_image
     from world.corpus import build_world_corpus, corpus_summary
 
@@ -184,6 +186,16 @@ def test_world_corpus_build_publishes_a_snapshot_the_trainer_reads_and_a_rerun_p
         assert len(parse_caption(row["edited_caption"]).objects) == 1
     image = edits.image_bytes(edits.row(0))
     assert Image.open(io.BytesIO(image)).size == (64, 64) and load_image(image, (64, 64)).shape == (3, 64, 64)
+
+    assert main(["world", "probe-critic", "--editors", str(PRETRAINED / "teacher"), "--seen", str(tmp_path),
+                 "--edit-types", "local_color_change", "--per-type", "1", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out  # the critic on an editor's outputs for the edits it would train on, and fresh
+    assert "teacher, its training edits: balanced accuracy" in printed and "held-out edits: balanced accuracy" in printed
+    assert "local_color_change/edit" in printed and "remove/" not in printed
+    with pytest.raises(SystemExit, match="no world corpus at"):
+        main(["world", "probe-critic", "--editors", str(PRETRAINED / "teacher"), "--seen", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="--seen goes with --editors"):
+        main(["world", "probe-critic", "--wrong-object", "--seen", str(tmp_path)])
 
     before = lake.published_snapshots(built.store).column("snapshot_id").to_pylist()
     cache = ResponseCache(tmp_path / "work" / "vlm_cache.sqlite")

@@ -69,6 +69,7 @@ def test_balanced_accuracy_weighs_yes_and_no_alike():
     found = balanced_accuracy(right)
     assert found["per_kind"] == {"a": 0.75, "b": 0.0} and found["accuracy"] == 0.375 and found["weakest"] == 0.0
     assert found["yes_share"]["a"] == pytest.approx(2 / 6) and found["n"] == 7
+    assert found["false_yes"] == {"a": 0.0, "b": 1.0}  # kinds with a No question only
 
 
 @pytest.mark.slow
@@ -96,7 +97,8 @@ def test_the_critic_continues_on_an_editors_outputs_and_records_it(tmp_path, cap
                  str(tmp_path / "second"), "--per-type", "1"]) == 0
     printed = capsys.readouterr().out
     assert "balanced accuracy" in printed and "local_color_change/edit" in printed
-    assert "all editors pooled: balanced accuracy" in printed and "over 32 questions" in printed
+    assert "all editors pooled, held-out edits: balanced accuracy" in printed and "over 32 questions" in printed
+    assert "a failing output passed in" in printed
     with pytest.raises(SystemExit, match="critic_outputs needs editors"):
         main(["world", "build", "--out", str(tmp_path), "--models", "critic_outputs", "--minutes", "1"])
     with pytest.raises(SystemExit, match=r"not an editor checkpoint \(no model_index.json\): .*nowhere"):

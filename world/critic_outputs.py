@@ -73,11 +73,14 @@ def check_editors(editors: list[Path]) -> None:
 
 
 def editor_questions(editors: list[Path], per_type: int, *, seed: int = OUTPUTS_SEED,
-                     edit_types: tuple[str, ...] = EDIT_TYPES, num_steps: int = 4) -> list[LabelledQuestion]:
+                     edit_types: tuple[str, ...] = EDIT_TYPES, num_steps: int = 4,
+                     edits: list[WorldEdit] | None = None) -> list[LabelledQuestion]:
     """Every editor's outputs on `per_type` fresh edits of each type (the same edits for every editor, a stream of
-    its own), turned into questions answered by the verifier."""
+    its own), or on `edits` when given (e.g. the editors' own training edits), turned into questions answered by the
+    verifier."""
     rng = random.Random(seed)
-    edits = [random_edit(rng, edit_type) for edit_type in edit_types for _ in range(per_type)]
+    if edits is None:
+        edits = [random_edit(rng, edit_type) for edit_type in edit_types for _ in range(per_type)]
     questions = []
     for index, path in enumerate(editors):
         editor = ZImageBackbone.from_pretrained(path)
@@ -90,16 +93,18 @@ def editor_questions(editors: list[Path], per_type: int, *, seed: int = OUTPUTS_
 
 def balanced_accuracy(correct: list[tuple[LabelledQuestion, bool]]) -> dict:
     """Per question kind, the mean of the accuracy on Yes questions and on No questions (one answer alone when the
-    kind has only one), so a critic that always says No does not look right; with the mean, weakest kind and the
-    share of Yes answers per kind."""
+    kind has only one), so a critic that always says No does not look right; with the mean, weakest kind, the share
+    of Yes answers per kind and the share of No questions answered Yes ("false_yes": how often an output that fails
+    the question passes it, what an editor exploiting the critic raises)."""
     by_kind: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for question, right in correct:
         by_kind[question.kind][question.answer].append(right)
     per_kind = {kind: float(np.mean([np.mean(v) for v in answers.values()])) for kind, answers in by_kind.items()}
     yes_share = {kind: len(answers.get("Yes", [])) / sum(map(len, answers.values()))
                  for kind, answers in by_kind.items()}
+    false_yes = {kind: 1 - float(np.mean(answers["No"])) for kind, answers in by_kind.items() if answers.get("No")}
     return {"accuracy": float(np.mean(list(per_kind.values()))), "weakest": min(per_kind.values()),
-            "per_kind": per_kind, "yes_share": yes_share, "n": len(correct)}
+            "per_kind": per_kind, "yes_share": yes_share, "false_yes": false_yes, "n": len(correct)}
 
 
 def evaluate_on_outputs(critic, questions: list[LabelledQuestion], batch_size: int = 64) -> dict:
