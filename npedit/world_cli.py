@@ -358,6 +358,10 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--seen", type=Path, default=None, metavar="CORPUS",
                     help="with --editors: also their outputs on the edits they trained on, from this world corpus "
                          "(a critic the editor exploits passes failing outputs there, not on held-out edits)")
+    pc.add_argument("--curve", type=Path, default=None, metavar="DIR",
+                    help="with --seen: the editors as one run's checkpoints, written as DIR/critic_exploit.json and "
+                         ".png (failing outputs passed per question, seen against held-out edits, by step); a rerun "
+                         "probes only new checkpoints")
     pc.add_argument("--threads", type=int, default=0)
     pc.set_defaults(func=probe_critic)
     pi = commands.add_parser("probe-instruction", help="whether editors paint the colour their instruction asks for")

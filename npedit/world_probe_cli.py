@@ -100,7 +100,6 @@ def probe_critic(args: argparse.Namespace) -> int:
     import torch
 
     from training.critics.qwen import QwenVLCritic
-    from world.critic_outputs import HELD_OUT_OUTPUTS_SEED, editor_questions, evaluate_on_outputs
 
     if not (args.models / "critic").exists():
         raise SystemExit(f"npedit: error: no critic in {args.models / 'critic'}")
@@ -114,29 +113,61 @@ def probe_critic(args: argparse.Namespace) -> int:
         return _critic_colour_word(args)
     if args.wrong_object:
         return _critic_wrong_object(args)
+    if args.curve and not args.seen:
+        raise SystemExit("npedit: error: --curve goes with --seen (the curve is of seen against held-out edits)")
     _check_editors_and_threads(args)
     critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
+    return _critic_on_editors(args, critic)
+
+
+def _critic_on_editors(args: argparse.Namespace, critic) -> int:
+    """`probe-critic --editors`: the critic's balanced accuracy per question kind on each editor's outputs on held-out
+    edits (and, with --seen, on the edits it trained on), the pool of the held-out ones, and with --curve the
+    checkpoints' false-Yes shares as a curve."""
+    import sys
+
+    from world.critic_exploit import SETS, by_question, read_exploit, write_exploit_curve
+    from world.critic_outputs import HELD_OUT_OUTPUTS_SEED, editor_questions, evaluate_on_outputs
+    from world.curve import curve_points
+
     edit_types = tuple(args.edit_types)
+    settings = {"per_type": args.per_type, "edit_types": list(edit_types), "corpus": str(args.seen),
+                "critic": str(args.models / "critic")}
+    try:
+        measured = read_exploit(args.curve, settings) if args.curve else {}
+        curve_points([(Path(e), {}) for e in {*measured, *map(str, args.editors)}] if args.curve else [])
+    except ValueError as error:
+        raise SystemExit(f"npedit: error: {error}") from None
     seen = _seen_edits(args.seen, args.per_type, edit_types) if args.seen else None
-    asked = {}
+    pooled = []
     for editor in args.editors:
-        asked[f"{editor}, held-out edits"] = editor_questions([editor], args.per_type, seed=HELD_OUT_OUTPUTS_SEED,
-                                                              edit_types=edit_types)
+        if str(editor) in measured:
+            print(f"{editor}: already in {args.curve / 'critic_exploit.json'}")
+            continue
+        asked = {"held_out": editor_questions([editor], args.per_type, seed=HELD_OUT_OUTPUTS_SEED,
+                                              edit_types=edit_types)}
         if seen:
-            asked[f"{editor}, its training edits"] = editor_questions([editor], args.per_type, edits=seen,
-                                                                      seed=HELD_OUT_OUTPUTS_SEED)
-    if len(args.editors) > 1:
-        asked["all editors pooled, held-out edits"] = [q for name, questions in asked.items()
-                                                       if name.endswith("held-out edits") for q in questions]
-    for name, questions in asked.items():
-        found = evaluate_on_outputs(critic, questions)
-        print(f"{name}: balanced accuracy {found['accuracy']:.1%} over {found['n']} questions, weakest kind "
-              f"{found['weakest']:.1%}")
-        for kind, accuracy in found["per_kind"].items():
-            false_yes = found["false_yes"].get(kind)
-            print(f"  {kind:30s} {accuracy:6.1%}  (true answer Yes in {found['yes_share'][kind]:.0%}"
-                  + (f"; a failing output passed in {false_yes:.0%})" if false_yes is not None else ")"))
+            asked["seen"] = editor_questions([editor], args.per_type, edits=seen, seed=HELD_OUT_OUTPUTS_SEED)
+        pooled += asked["held_out"]
+        found = {key: _print_found(f"{editor}, {SETS[key]}", evaluate_on_outputs(critic, questions))
+                 for key, questions in asked.items()}
+        measured[str(editor)] = {key: by_question(figures) for key, figures in found.items()}
+    if len(args.editors) > 1 and pooled:
+        _print_found("all editors pooled, held-out edits", evaluate_on_outputs(critic, pooled))
+    if args.curve:
+        png = write_exploit_curve(measured, args.curve, settings=settings, command=" ".join(["npedit", *sys.argv[1:]]))
+        print(f"wrote {png} and {png.with_suffix('.json')}")
     return 0
+
+
+def _print_found(name: str, found: dict) -> dict:
+    print(f"{name}: balanced accuracy {found['accuracy']:.1%} over {found['n']} questions, weakest kind "
+          f"{found['weakest']:.1%}")
+    for kind, accuracy in found["per_kind"].items():
+        false_yes = found["false_yes"].get(kind)
+        print(f"  {kind:30s} {accuracy:6.1%}  (true answer Yes in {found['yes_share'][kind]:.0%}"
+              + (f"; a failing output passed in {false_yes:.0%})" if false_yes is not None else ")"), flush=True)
+    return found
 
 
 def _seen_edits(corpus: Path, per_type: int, edit_types: tuple[str, ...]) -> list:

@@ -187,11 +187,21 @@ def test_world_corpus_build_publishes_a_snapshot_the_trainer_reads_and_a_rerun_p
     image = edits.image_bytes(edits.row(0))
     assert Image.open(io.BytesIO(image)).size == (64, 64) and load_image(image, (64, 64)).shape == (3, 64, 64)
 
-    assert main(["world", "probe-critic", "--editors", str(PRETRAINED / "teacher"), "--seen", str(tmp_path),
-                 "--edit-types", "local_color_change", "--per-type", "1", "--threads", "1"]) == 0
+    probe = ["world", "probe-critic", "--editors", str(PRETRAINED / "teacher"), "--seen", str(tmp_path),
+             "--edit-types", "local_color_change", "--per-type", "1", "--threads", "1", "--curve", str(tmp_path / "c")]
+    assert main(probe) == 0
     printed = capsys.readouterr().out  # the critic on an editor's outputs for the edits it would train on, and fresh
     assert "teacher, its training edits: balanced accuracy" in printed and "held-out edits: balanced accuracy" in printed
     assert "local_color_change/edit" in printed and "remove/" not in printed
+    curve = json.loads((tmp_path / "c" / "critic_exploit.json").read_text())
+    assert (tmp_path / "c" / "critic_exploit.png").exists() and [p["step"] for p in curve["points"]] == [0]
+    assert set(curve["points"][0]["scores"]) == {"seen", "held_out"}
+    assert all(0 <= v <= 1 for figures in curve["points"][0]["scores"].values() for v in figures.values())
+    assert main(probe) == 0 and "already in" in capsys.readouterr().out  # a rerun probes only new checkpoints
+    with pytest.raises(SystemExit, match="was scored with"):
+        main([*probe[:-6], "--per-type", "2", "--curve", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="--curve goes with --seen"):
+        main(["world", "probe-critic", "--editors", str(PRETRAINED / "teacher"), "--curve", str(tmp_path / "c")])
     with pytest.raises(SystemExit, match="no world corpus at"):
         main(["world", "probe-critic", "--editors", str(PRETRAINED / "teacher"), "--seen", str(tmp_path / "none")])
     with pytest.raises(SystemExit, match="--seen goes with --editors"):
