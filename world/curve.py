@@ -83,6 +83,17 @@ def plot_curve(points: list[dict], path: Path) -> Path:
     return _saved(fig, path)
 
 
+def write_probed_curve(measured: dict[str, dict], out: Path, *, name: str, settings: dict, command: str,
+                       plot) -> Path:
+    """`out/<name>.json` (the command, the settings and every point) from (editor path -> figures), ordered by the
+    step each path names, and `plot(points, out/<name>.png)`; two editors at one step is a ValueError."""
+    points = curve_points([(Path(editor), figures) for editor, figures in measured.items()])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"command": command, "settings": settings, "points": points},
+                                                 indent=2))
+    return plot(points, out / f"{name}.png")
+
+
 def write_curve(points: list[dict], out: Path, *, settings: dict, command: str = "") -> tuple[Path, Path]:
     """`out/curve.json` (the command, the scoring settings and every point) and `out/curve.png`."""
     out.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,10 @@ another object or nothing is named, against the generator step). A rerun probes 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from world.curve import curve_points, read_curve
+from world.curve import read_curve, write_probed_curve
 from world.instruction_probe import ColourFollowing
 
 NAME = "instruction_curve"
@@ -34,11 +33,7 @@ def read_following(out: Path, settings: dict) -> dict[str, dict]:
 def write_following_curve(measured: dict[str, dict], out: Path, *, settings: dict, command: str = "") -> Path:
     """`out/instruction_curve.json` and `.png` from (editor path -> figures), ordered by the step each path names; two
     editors at one step (two runs) is a ValueError."""
-    points = curve_points([(Path(editor), figures) for editor, figures in measured.items()])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{NAME}.json").write_text(json.dumps({"command": command, "settings": settings, "points": points},
-                                                 indent=2))
-    return plot_following(points, out / f"{NAME}.png")
+    return write_probed_curve(measured, out, name=NAME, settings=settings, command=command, plot=plot_following)
 
 
 def plot_following(points: list[dict], path: Path) -> Path:
