@@ -85,21 +85,24 @@ def plot_curve(points: list[dict], path: Path) -> Path:
 
 def write_probed_curve(measured: dict[str, dict], out: Path, *, name: str, settings: dict, command: str,
                        plot) -> Path:
-    """`out/<name>.json` (the command, the settings and every point) from (editor path -> figures), ordered by the
-    step each path names, and `plot(points, out/<name>.png)`; two editors at one step is a ValueError."""
+    """`out/<name>.json` and `plot(points, out/<name>.png)` from (editor path -> figures), ordered by the step each
+    path names; two editors at one step is a ValueError."""
     points = curve_points([(Path(editor), figures) for editor, figures in measured.items()])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps({"command": command, "settings": settings, "points": points},
-                                                 indent=2))
-    return plot(points, out / f"{name}.png")
+    return _write_points(points, out, name=name, settings=settings, command=command, plot=plot)[1]
 
 
 def write_curve(points: list[dict], out: Path, *, settings: dict, command: str = "") -> tuple[Path, Path]:
     """`out/curve.json` (the command, the scoring settings and every point) and `out/curve.png`."""
+    return _write_points(points, out, name="curve", settings=settings, command=command, plot=plot_curve)
+
+
+def _write_points(points: list[dict], out: Path, *, name: str, settings: dict, command: str,
+                  plot) -> tuple[Path, Path]:
+    """`out/<name>.json` (the command, the settings and every point) and the figure `plot` draws at `out/<name>.png`."""
     out.mkdir(parents=True, exist_ok=True)
-    data = out / "curve.json"
+    data = out / f"{name}.json"
     data.write_text(json.dumps({"command": command, "settings": settings, "points": points}, indent=2))
-    return data, plot_curve(points, out / "curve.png")
+    return data, plot(points, out / f"{name}.png")
 
 
 def compare_curves(curves: dict[str, dict], path: Path) -> Path:
