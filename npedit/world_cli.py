@@ -47,6 +47,7 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
     teacher's stages on `device`, their scenes drawn by `render_workers` processes."""
     from world.builder_vlm import train_builder
     from world.critic import finetune_critic, train_critic
+    from world.critic_adversarial import finetune_on_attacks
     from world.critic_outputs import finetune_on_outputs
     from world.critic_robust import finetune_on_degraded
     from world.teacher import anneal_teacher, draw_beside_references, focus_small_objects, train_teacher
@@ -84,7 +85,8 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
         if q.get("wrong_object"):
             line += (f"; refuses the asked change made to another object {q['wrong_object']['accuracy']:.1%} "
                      f"(weakest {q['wrong_object']['weakest']:.1%})")
-        for key, what in (("degraded_renders", "degraded renders"), ("editor_outputs", "editors' outputs")):
+        for key, what in (("degraded_renders", "degraded renders"), ("editor_outputs", "editors' outputs"),
+                          ("attacked_outputs", "outputs pushed against it")):
             if q.get(key):
                 line += f"; on {what} {q[key]['accuracy']:.1%} balanced (weakest {q[key]['weakest']:.1%})"
         return line
@@ -93,6 +95,11 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
         vae = out / "vae" if (out / "vae").exists() else PRETRAINED / "vae"
         print(f"critic_robust: degrading renders through the VAE in {vae}")
         return finetune_on_degraded(out, vae, minutes=minutes, seed=seed)
+
+    def on_attacks(out: Path, minutes: float, seed: int) -> dict:
+        vae = out / "vae" if (out / "vae").exists() else PRETRAINED / "vae"
+        print(f"critic_adversarial: round trips through the VAE in {vae}")
+        return finetune_on_attacks(out, vae, minutes=minutes, seed=seed)
 
     def on_outputs(out: Path, minutes: float, seed: int) -> dict:
         try:
@@ -121,6 +128,7 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
         "critic_anneal": (continued("critic", "critic_anneal", partial(finetune_critic, anneal=True)), critic_line),
         "critic_robust": (continued("critic", "critic_robust", on_degraded), critic_line),
         "critic_outputs": (continued("critic", "critic_outputs", on_outputs), critic_line),
+        "critic_adversarial": (continued("critic", "critic_adversarial", on_attacks), critic_line),
         "builder": (lambda out, minutes, seed: train_builder(out, minutes=minutes, seed=seed),
                     lambda q: f"caption match {q['caption_match']:.1%}, valid proposals {q['proposals_valid']:.1%}, "
                               f"validity agreement {q['validity_agreement']:.1%}, edited caption match "
@@ -297,7 +305,8 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     stages = ["vae", "vae_decoder", "teacher", "teacher_anneal", "critic", "critic_customization", "critic_anneal",
               "builder"]
     b.add_argument("--models", nargs="+", choices=stages + ["vae_decoder_robust", "teacher_small_objects",
-                                                              "teacher_beside", "critic_robust", "critic_outputs"],
+                                                              "teacher_beside", "critic_robust", "critic_outputs",
+                                                              "critic_adversarial"],
                    default=stages,
                    help="which models, in this order (vae_decoder sharpens the VAE's decoder, its encoder frozen; "
                         "vae_decoder_robust continues it on latents degraded as editors degrade them; "
@@ -309,7 +318,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                         "critic_anneal then with its rate annealed to zero; critic_robust continues it on "
                         "renders degraded as editors degrade them, answered by the verifier (through DIR/vae/, "
                         "else the committed VAE); "
-                        "critic_outputs continues it on --editors' outputs answered by the verifier)")
+                        "critic_outputs continues it on --editors' outputs answered by the verifier; "
+                        "critic_adversarial continues it on editor-like outputs pushed against it by projected "
+                        "gradient steps, answered by the verifier)")
     b.add_argument("--editors", type=Path, nargs="+", default=[],
                    help="for critic_outputs: editor checkpoints (e.g. an experiment's "
                         "runs/*/checkpoints/step-*/generator, or a teacher/)")
