@@ -360,8 +360,18 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--wrong-object", action="store_true",
                     help="instead: how often the critic refuses the asked change made to another object of the scene "
                          "(its edit and identity questions; the held-out set of its manifest's quality.wrong_object)")
+    pc.add_argument("--climb", action="store_true",
+                    help="instead: follow the critic's gradient from held-out local colour sources as an editor does "
+                         "under the VLM loss (in pixels, and through --vae's latent) and say whether the verifier "
+                         "then sees the edit made")
+    pc.add_argument("--climb-steps", type=int, nargs="+", default=[10, 30, 100], metavar="N",
+                    help="with --climb: the step counts measured")
+    pc.add_argument("--climb-lr", type=float, default=0.02, help="with --climb: Adam's learning rate")
+    pc.add_argument("--grid", type=Path, default=None, metavar="PNG",
+                    help="with --climb: a row per edit (source, target, each climb's last output)")
     pc.add_argument("--vae", type=Path, default=None, metavar="DIR",
-                    help="with --colour-word: pass the renders through the VAE in DIR first, as editors' outputs are")
+                    help="with --colour-word: pass the renders through the VAE in DIR first, as editors' outputs "
+                         "are; with --climb: also climb through its latent")
     pc.add_argument("--models", type=Path, default=PRETRAINED, help="holds critic/ (default: the committed one)")
     pc.add_argument("--per-type", type=int, default=12, help="fresh edits per edit type")
     pc.add_argument("--edit-types", nargs="+", choices=EDIT_TYPES, default=list(EDIT_TYPES), metavar="TYPE",

@@ -103,16 +103,21 @@ def probe_critic(args: argparse.Namespace) -> int:
 
     if not (args.models / "critic").exists():
         raise SystemExit(f"npedit: error: no critic in {args.models / 'critic'}")
-    if sum((bool(args.editors), args.colour_word, args.wrong_object)) != 1:
-        raise SystemExit("npedit: error: give --editors, --colour-word or --wrong-object (one of them)")
-    if args.vae and not args.colour_word:
-        raise SystemExit("npedit: error: --vae goes with --colour-word (editors decode through their own VAE)")
+    if sum((bool(args.editors), args.colour_word, args.wrong_object, args.climb)) != 1:
+        raise SystemExit("npedit: error: give --editors, --colour-word, --wrong-object or --climb (one of them)")
+    if args.vae and not (args.colour_word or args.climb):
+        raise SystemExit("npedit: error: --vae goes with --colour-word or --climb (editors decode through their own "
+                         "VAE)")
+    if args.grid and not args.climb:
+        raise SystemExit("npedit: error: --grid goes with --climb")
     if args.seen and not args.editors:
         raise SystemExit("npedit: error: --seen goes with --editors (the corpus those editors trained on)")
     if args.colour_word:
         return _critic_colour_word(args)
     if args.wrong_object:
         return _critic_wrong_object(args)
+    if args.climb:
+        return _critic_climb(args)
     if args.curve and not args.seen:
         raise SystemExit("npedit: error: --curve goes with --seen (the curve is of seen against held-out edits)")
     _check_editors_and_threads(args)
@@ -200,6 +205,43 @@ def _critic_wrong_object(args: argparse.Namespace) -> int:
           f"(weakest question kind {found['weakest']:.1%}; {args.per_type} per kind)")
     for kind, accuracy in found["per_kind"].items():
         print(f"  {kind:30s} {accuracy:6.1%}")
+    return 0
+
+
+def _critic_climb(args: argparse.Namespace) -> int:
+    """`probe-critic --climb`: the critic's Yes climbed from held-out local colour sources, in pixels and, with --vae,
+    through that VAE's latent; the verifier's verdict at each step count."""
+    import torch
+
+    from training.critics.qwen import QwenVLCritic
+    from world.critic_climb import climb_critic, save_climb_grid
+    from world.evaluate import held_out_edits
+    from world.vae import load_vae
+
+    if args.vae and not (args.vae / "config.json").exists():
+        raise SystemExit(f"npedit: error: {args.vae} holds no VAE (no config.json)")
+    if any(n < 1 for n in args.climb_steps):
+        raise SystemExit(f"npedit: error: --climb-steps are positive step counts, not {args.climb_steps}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
+    edits = held_out_edits(args.per_type, edit_types=("local_color_change",))
+    spaces = {"pixels": None} | ({"the VAE latent": load_vae(args.vae).eval()} if args.vae else {})
+    print(f"{args.models / 'critic'}: its Yes climbed from held-out local colour sources (Adam, lr {args.climb_lr}"
+          + (f"; the VAE in {args.vae}" if args.vae else "") + ")")
+    print(f"  {'climbed in':16s} {'steps':>5s} {'P(Yes) edit':>11s} {'identity':>8s} {'edit made':>9s} "
+          f"{'asked colour':>12s} {'source colour':>13s} {'|change|':>8s}")
+    climbed = {}
+    for space, vae in spaces.items():
+        points, climbed[space] = climb_critic(critic, edits, steps=tuple(sorted(set(args.climb_steps))),
+                                              lr=args.climb_lr, vae=vae)
+        for p in points:
+            print(f"  {space:16s} {p.steps:5d} {p.p_yes_edit:11.3f} {p.p_yes_identity:8.3f} {p.made:9.1%} "
+                  f"{p.asked_colour:12.1%} {p.source_colour:13.1%} {p.change:8.1f}")
+    print(f"  (n {len(climbed['pixels'])} edits; the verifier's 'edit made'; the named object's colour is "
+          "the palette colour nearest its interior's mean; |change| is from the source, 0-255)")
+    if args.grid:
+        print(f"wrote {save_climb_grid(edits, climbed, args.grid)}")
     return 0
 
 
