@@ -362,8 +362,8 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                          "(its edit and identity questions; the held-out set of its manifest's quality.wrong_object)")
     pc.add_argument("--climb", action="store_true",
                     help="instead: follow the critic's gradient from held-out local colour sources as an editor does "
-                         "under the VLM loss (in pixels, and through --vae's latent) and say whether the verifier "
-                         "then sees the edit made")
+                         "under the VLM loss (in pixels, everywhere and inside the edit's mask alone, and through "
+                         "--vae's latent) and say whether the verifier then sees the edit made")
     pc.add_argument("--climb-steps", type=int, nargs="+", default=[10, 30, 100], metavar="N",
                     help="with --climb: the step counts measured")
     pc.add_argument("--climb-lr", type=float, default=0.02, help="with --climb: Adam's learning rate")

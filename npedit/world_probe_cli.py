@@ -209,8 +209,9 @@ def _critic_wrong_object(args: argparse.Namespace) -> int:
 
 
 def _critic_climb(args: argparse.Namespace) -> int:
-    """`probe-critic --climb`: the critic's Yes climbed from held-out local colour sources, in pixels and, with --vae,
-    through that VAE's latent; the verifier's verdict at each step count."""
+    """`probe-critic --climb`: the critic's Yes climbed from held-out local colour sources, in pixels (everywhere, and
+    inside the edit's mask alone) and, with --vae, through that VAE's latent; the verifier's verdict at each step
+    count."""
     import torch
 
     from training.critics.qwen import QwenVLCritic
@@ -226,17 +227,19 @@ def _critic_climb(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
     edits = held_out_edits(args.per_type, edit_types=("local_color_change",))
-    spaces = {"pixels": None} | ({"the VAE latent": load_vae(args.vae).eval()} if args.vae else {})
+    spaces = {"pixels": (None, False), "pixels in the mask": (None, True)}
+    if args.vae:
+        spaces["the VAE latent"] = (load_vae(args.vae).eval(), False)
     print(f"{args.models / 'critic'}: its Yes climbed from held-out local colour sources (Adam, lr {args.climb_lr}"
           + (f"; the VAE in {args.vae}" if args.vae else "") + ")")
-    print(f"  {'climbed in':16s} {'steps':>5s} {'P(Yes) edit':>11s} {'identity':>8s} {'edit made':>9s} "
+    print(f"  {'climbed in':18s} {'steps':>5s} {'P(Yes) edit':>11s} {'identity':>8s} {'edit made':>9s} "
           f"{'asked colour':>12s} {'source colour':>13s} {'|change|':>8s}")
     climbed = {}
-    for space, vae in spaces.items():
+    for space, (vae, in_mask) in spaces.items():
         points, climbed[space] = climb_critic(critic, edits, steps=tuple(sorted(set(args.climb_steps))),
-                                              lr=args.climb_lr, vae=vae)
+                                              lr=args.climb_lr, vae=vae, in_mask=in_mask)
         for p in points:
-            print(f"  {space:16s} {p.steps:5d} {p.p_yes_edit:11.3f} {p.p_yes_identity:8.3f} {p.made:9.1%} "
+            print(f"  {space:18s} {p.steps:5d} {p.p_yes_edit:11.3f} {p.p_yes_identity:8.3f} {p.made:9.1%} "
                   f"{p.asked_colour:12.1%} {p.source_colour:13.1%} {p.change:8.1f}")
     print(f"  (n {len(climbed['pixels'])} edits; the verifier's 'edit made'; the named object's colour is "
           "the palette colour nearest its interior's mean; |change| is from the source, 0-255)")

@@ -56,11 +56,13 @@ def _point(steps: int, edits: list[WorldEdit], sources: torch.Tensor, outputs: t
 
 
 def climb_critic(critic, edits: list[WorldEdit], *, steps: tuple[int, ...] = (10, 30, 100), lr: float = 0.02,
-                 vae=None) -> tuple[list[ClimbPoint], torch.Tensor]:
+                 vae=None, in_mask: bool = False) -> tuple[list[ClimbPoint], torch.Tensor]:
     """Climb the critic's Yes from the sources of `edits` (local colour edits whose object has an interior), in pixels
-    or, with `vae`, through its latent; the measures at the start and after each of `steps`, and the outputs at the
-    last. The critic's weights and their gradients are left as
-    they were."""
+    (with `in_mask`, only inside each edit's mask: the named object, as an editor that keeps the rest) or, with `vae`,
+    through its latent; the measures at the start and after each of `steps`, and the outputs at the last. The critic's
+    weights and their gradients are left as they were."""
+    if in_mask and vae is not None:
+        raise ValueError("a climb through the VAE's latent changes every pixel: in_mask is for pixels")
     edits = [e for e in edits if e.edit_type == "local_color_change" and _interior(e).any()]
     if not edits:
         raise Refused("no local colour edit with an object large enough to measure")
@@ -69,7 +71,10 @@ def climb_critic(critic, edits: list[WorldEdit], *, steps: tuple[int, ...] = (10
     texts = [[(q.images, q.text) for q in questions_for(e.edit_type, e.instruction, e.target_object)
               if q.kind in ("edit", "identity")] for e in edits]
     sources = renders([e.source for e in edits])
-    if vae is None:
+    if in_mask:
+        mask = torch.from_numpy(np.stack([e.mask() for e in edits])).float()[:, None]
+        start, look = torch.zeros_like(sources), (lambda v: (sources + v * mask).clamp(-1, 1))
+    elif vae is None:
         start, look = sources.clone(), (lambda v: v.clamp(-1, 1))
     else:  # the latent normalised as the editor's backbone normalises it, so a step means what it means there
         scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
