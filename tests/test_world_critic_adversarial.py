@@ -49,6 +49,21 @@ def test_the_push_stays_in_its_ball_and_moves_the_critic_the_way_it_is_aimed():
     assert _log_odds(critic, edits, down).mean() < _log_odds(critic, edits, targets).mean() - 2
 
 
+def test_a_removal_is_pushed_toward_the_answers_of_a_made_removal():
+    from world.critic_climb import made_log_odds
+
+    critic = load_critic(PRETRAINED / "critic")
+    edits = [random_edit(random.Random(seed), "remove") for seed in range(3)]
+    sources = [np.asarray(render(e.source), np.float32) for e in edits]
+    pushed = attack(critic, edits, sources, [True] * 3, AttackBudget(), torch.Generator().manual_seed(0))
+    as_tensor = lambda images: torch.stack([torch.from_numpy(i / 127.5 - 1).permute(2, 0, 1).float()  # noqa: E731
+                                            for i in images])
+    with torch.no_grad():
+        before = made_log_odds(critic, edits, as_tensor(sources), as_tensor(sources))
+        after = made_log_odds(critic, edits, as_tensor(sources), as_tensor(pushed))
+    assert after[0].mean() > before[0].mean() + 2  # "does it still contain it?" pushed toward No
+
+
 def test_attacked_questions_keep_the_verifiers_answer_about_the_pushed_image():
     critic = load_critic(PRETRAINED / "critic")
     draw = AttackedQuestions(critic, None, budget=AttackBudget(steps=2), batch=4)

@@ -5,9 +5,9 @@ or through the VAE's latent, reaches P(Yes) 0.97-0.99 with the named object's co
 finding no edit (findings, section 30): its Yes is reachable by changes that are not the edit, which is what an
 editor trained on few sources learns (section 29). Adversarial training is the standard cure, and a critic trained
 so has gradients that look like the change they ask for. Here an editor-like image (`critic_robust.editor_like`) is
-pushed by projected gradient steps toward the answer the verifier does not give (Yes where the edit is not made, No
-where it is), within a small L-inf ball, and the critic learns the verifier's answer about the pushed image. No
-editor is involved.
+pushed by projected gradient steps toward the answers the verifier does not give (those of a made edit where it is
+not made, and the reverse), within a small L-inf ball, and the critic learns the verifier's answer about the pushed
+image. No editor is involved.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from diffusers import AutoencoderKL
 
 from schemas.edit_types import EDIT_TYPES
 from training.critics.qwen import QwenVLCritic
-from training.questions import REFERENCE, questions_for
-from world.critic import fit_critic, save_with_manifest
+from world.critic import _tensor, fit_critic, save_with_manifest
+from world.critic_climb import made_log_odds
 from world.critic_outputs import evaluate_on_outputs, output_questions
 from world.critic_robust import editor_like
 from world.edits import WorldEdit, random_edit
 from world.questions import ALL_KINDS, LabelledQuestion
-from world.scene import render
-from world.vae import invocation
+from world.vae import invocation, renders
 
 HELD_OUT_ATTACK_SEED = 60_000_002  # the edits and start images robustness is measured on
 
@@ -45,34 +44,26 @@ class AttackBudget:
     step_size: float = 4.0
 
 
-def _tensor(pixels: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) values 0-255 -> (3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.asarray(pixels, np.float32) / 127.5 - 1).permute(2, 0, 1)
-
-
 def _edit_answer(edit: WorldEdit, pixels: np.ndarray) -> str:
     """The verifier's answer to the edit question about `pixels` as the output of `edit`."""
     return next(q.answer for q in output_questions(edit, pixels) if q.kind.endswith("/edit"))
 
 
-def attack(critic: QwenVLCritic, edits: list[WorldEdit], starts: list[np.ndarray], toward_yes: list[bool],
+def attack(critic: QwenVLCritic, edits: list[WorldEdit], starts: list[np.ndarray], toward_made: list[bool],
            budget: AttackBudget, generator: torch.Generator) -> list[np.ndarray]:
-    """Each start image (the output of its edit) moved by projected gradient steps to raise (or, where `toward_yes`
-    is False, lower) the critic's log-odds of Yes summed over the edit's questions, as the trainer's VLM loss sums
-    them; returned as 0-255 arrays rounded to whole values, as the questions show them."""
+    """Each start image (the output of its edit) moved by projected gradient steps to raise (or, where `toward_made`
+    is False, lower) the critic's log-odds of the answers a made edit gets, summed over the edit's questions as the
+    trainer's VLM loss sums them; returned as 0-255 arrays rounded to whole values, as the questions show them."""
     was_training = critic.model.training
     critic.model.eval()
-    sources = [_tensor(np.asarray(render(e.source), np.float32)) for e in edits]
+    sources = renders([e.source for e in edits])
     x0 = torch.stack([_tensor(s) for s in starts])
     eps, step = 2 * budget.eps / 255, 2 * budget.step_size / 255
     x = (x0 + (torch.rand(x0.shape, generator=generator) * 2 - 1) * eps).clamp(-1, 1)
-    pairs = [(i, q) for i, e in enumerate(edits) for q in questions_for(e.edit_type, e.instruction, e.target_object)]
-    sign = torch.tensor([1.0 if toward_yes[i] else -1.0 for i, _ in pairs])
+    sign = torch.tensor([1.0 if made else -1.0 for made in toward_made])
     for _ in range(budget.steps):
         x.requires_grad_(True)
-        shown = [[sources[i] if role == REFERENCE else x[i] for role in q.images] for i, q in pairs]
-        yes, no = critic.answer_logits(shown, [q.text for _, q in pairs])
-        (grad,) = torch.autograd.grad((sign * (yes - no)).sum(), x)
+        (grad,) = torch.autograd.grad((sign * made_log_odds(critic, edits, sources, x)).sum(), x)
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x + step * grad.sign(), x0 - eps), x0 + eps).clamp(-1, 1)
     critic.model.train(was_training)
@@ -84,9 +75,9 @@ def _attacked_questions(critic: QwenVLCritic, rng: random.Random, n: int, vae: A
     """The questions about `n` editor-like outputs of fresh edits, each pushed against the verifier's answer."""
     edits = [random_edit(rng, rng.choice(edit_types)) for _ in range(n)]
     starts = [editor_like(rng, edit, vae) for edit in edits]
-    toward_yes = [_edit_answer(edit, start) == "No" for edit, start in zip(edits, starts)]
+    toward_made = [_edit_answer(edit, start) == "No" for edit, start in zip(edits, starts)]
     generator = torch.Generator().manual_seed(rng.getrandbits(32))
-    pushed = attack(critic, edits, starts, toward_yes, budget, generator)
+    pushed = attack(critic, edits, starts, toward_made, budget, generator)
     return [question for edit, image in zip(edits, pushed) for question in output_questions(edit, image)]
 
 

@@ -33,15 +33,17 @@ class ClimbPoint:
     change: float  # mean absolute change from the source, 0-255
 
 
-def _log_odds(critic, sources: torch.Tensor, outputs: torch.Tensor, texts: list[list[tuple]]) -> torch.Tensor:
-    """(questions per edit, edits): the critic's log-odds of Yes to each edit's questions about its output."""
-    shown, asked = [], []
-    for i, questions in enumerate(texts):
-        for roles, text in questions:
-            shown.append([sources[i] if role == REFERENCE else outputs[i] for role in roles])
-            asked.append(text)
-    yes, no = critic.answer_logits(shown, asked)
-    return (yes - no).view(len(texts), -1).T
+def made_log_odds(critic, edits: list[WorldEdit], sources: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """(2, edits): the critic's log-odds, for each edit's edit and identity questions about its output beside its
+    source, of the answer a made edit gets (Yes; No to a removal's "does it still contain"), as the VLM loss asks."""
+    shown, texts, signs = [], [], []
+    for i, edit in enumerate(edits):
+        for q in questions_for(edit.edit_type, edit.instruction, edit.target_object):
+            shown.append([sources[i] if role == REFERENCE else outputs[i] for role in q.images])
+            texts.append(q.text)
+            signs.append(1.0 if q.correct == "Yes" else -1.0)
+    yes, no = critic.answer_logits(shown, texts)
+    return (torch.tensor(signs) * (yes - no)).view(len(edits), -1).T
 
 
 def _point(steps: int, edits: list[WorldEdit], sources: torch.Tensor, outputs: torch.Tensor,
@@ -68,8 +70,6 @@ def climb_critic(critic, edits: list[WorldEdit], *, steps: tuple[int, ...] = (10
         raise Refused("no local colour edit with an object large enough to measure")
     was_training = critic.model.training
     critic.model.eval()
-    texts = [[(q.images, q.text) for q in questions_for(e.edit_type, e.instruction, e.target_object)
-              if q.kind in ("edit", "identity")] for e in edits]
     sources = renders([e.source for e in edits])
     if in_mask:
         mask = torch.from_numpy(np.stack([e.mask() for e in edits])).float()[:, None]
@@ -86,7 +86,7 @@ def climb_critic(critic, edits: list[WorldEdit], *, steps: tuple[int, ...] = (10
     points = []
     for step in range(max(steps) + 1):
         outputs = look(variable)
-        log_odds = _log_odds(critic, sources, outputs, texts)
+        log_odds = made_log_odds(critic, edits, sources, outputs)
         if step == 0 or step in steps:
             points.append(_point(step, edits, sources, outputs.detach(), log_odds.detach()))
         if step == max(steps):
