@@ -47,7 +47,7 @@ def test_probe_critic_climb_prints_each_space_and_draws_the_grid(tmp_path, capsy
     assert "pixels in the mask" in out and "the VAE latent" in out and (tmp_path / "climb.png").exists()
 
 
-def test_the_climb_flags_go_together():
+def test_the_climb_flags_go_together(capsys):
     from npedit.cli import main
 
     with pytest.raises(SystemExit, match="--grid goes with --climb"):
@@ -56,3 +56,5 @@ def test_the_climb_flags_go_together():
         main(["world", "probe-critic", "--climb", "--wrong-object"])
     with pytest.raises(SystemExit, match="positive step counts"):
         main(["world", "probe-critic", "--climb", "--climb-steps", "0"])
+    assert main(["world", "probe-critic", "--climb", "--per-type", "0"]) == 2  # one line, no traceback
+    assert "no local colour edit with an object large enough" in capsys.readouterr().err

@@ -32,9 +32,9 @@ def test_the_committed_critic_reads_the_colour_word_and_an_untrained_one_does_no
 def test_probe_critic_takes_editors_or_the_colour_word_and_vae_only_with_the_word(tmp_path, capsys):
     from npedit.cli import main
 
-    for argv, message in ((["world", "probe-critic"], "give --editors, --colour-word or --wrong-object"),
+    for argv, message in ((["world", "probe-critic"], "give --editors, --colour-word, --wrong-object or --climb"),
                           (["world", "probe-critic", "--colour-word", "--editors", str(tmp_path)],
-                           "give --editors, --colour-word or --wrong-object"),
+                           "give --editors, --colour-word, --wrong-object or --climb"),
                           (["world", "probe-critic", "--colour-word", "--wrong-object"], "one of them"),
                           (["world", "probe-critic", "--editors", str(tmp_path), "--vae", str(tmp_path)],
                            "--vae goes with --colour-word"),
