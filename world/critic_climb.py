@@ -33,6 +33,11 @@ class ClimbPoint:
     change: float  # mean absolute change from the source, 0-255
 
 
+def measurable(edits: list[WorldEdit]) -> list[WorldEdit]:
+    """The local colour edits among `edits` whose named object has an interior to read its colour from."""
+    return [e for e in edits if e.edit_type == "local_color_change" and _interior(e).any()]
+
+
 def made_log_odds(critic, edits: list[WorldEdit], sources: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     """(2, edits): the critic's log-odds, for each edit's edit and identity questions about its output beside its
     source, of the answer a made edit gets (Yes; No to a removal's "does it still contain"), as the VLM loss asks."""
@@ -65,7 +70,7 @@ def climb_critic(critic, edits: list[WorldEdit], *, steps: tuple[int, ...] = (10
     weights and their gradients are left as they were."""
     if in_mask and vae is not None:
         raise ValueError("a climb through the VAE's latent changes every pixel: in_mask is for pixels")
-    edits = [e for e in edits if e.edit_type == "local_color_change" and _interior(e).any()]
+    edits = measurable(edits)
     if not edits:
         raise Refused("no local colour edit with an object large enough to measure")
     was_training = critic.model.training
@@ -99,7 +104,7 @@ def climb_critic(critic, edits: list[WorldEdit], *, steps: tuple[int, ...] = (10
 
 def save_climb_grid(edits: list[WorldEdit], climbed: dict[str, torch.Tensor], path, rows: int = 8):
     """A PNG row per edit: the source, the target, then each climb's last output."""
-    edits = [e for e in edits if e.edit_type == "local_color_change" and _interior(e).any()]
+    edits = measurable(edits)
     sources, targets = renders([e.source for e in edits[:rows]]), renders([e.target for e in edits[:rows]])
     return save_labelled_rows(
         [(edit.instruction, [(to_pil(sources[i]), "source"), (to_pil(targets[i]), "target")]
