@@ -50,6 +50,7 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
     from world.critic_adversarial import finetune_on_attacks
     from world.critic_outputs import finetune_on_outputs
     from world.critic_robust import finetune_on_degraded
+    from world.report import MEASURED_ON_IMAGES
     from world.teacher import anneal_teacher, draw_beside_references, focus_small_objects, train_teacher
     from world.vae import finetune_decoder, train_vae
 
@@ -85,21 +86,24 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
         if q.get("wrong_object"):
             line += (f"; refuses the asked change made to another object {q['wrong_object']['accuracy']:.1%} "
                      f"(weakest {q['wrong_object']['weakest']:.1%})")
-        for key, what in (("degraded_renders", "degraded renders"), ("editor_outputs", "editors' outputs"),
-                          ("attacked_outputs", "outputs pushed against it")):
+        for key, what in MEASURED_ON_IMAGES.items():
             if q.get(key):
                 line += f"; on {what} {q[key]['accuracy']:.1%} balanced (weakest {q[key]['weakest']:.1%})"
         return line
 
-    def on_degraded(out: Path, minutes: float, seed: int) -> dict:
+    def round_trips(out: Path, what: str) -> Path:
+        """The VAE a critic stage makes its round trips through: the models folder's own, else the committed one."""
         vae = out / "vae" if (out / "vae").exists() else PRETRAINED / "vae"
-        print(f"critic_robust: degrading renders through the VAE in {vae}")
-        return finetune_on_degraded(out, vae, minutes=minutes, seed=seed)
+        print(f"{what} through the VAE in {vae}")
+        return vae
+
+    def on_degraded(out: Path, minutes: float, seed: int) -> dict:
+        return finetune_on_degraded(out, round_trips(out, "critic_robust: degrading renders"), minutes=minutes,
+                                    seed=seed)
 
     def on_attacks(out: Path, minutes: float, seed: int) -> dict:
-        vae = out / "vae" if (out / "vae").exists() else PRETRAINED / "vae"
-        print(f"critic_adversarial: round trips through the VAE in {vae}")
-        return finetune_on_attacks(out, vae, minutes=minutes, seed=seed)
+        return finetune_on_attacks(out, round_trips(out, "critic_adversarial: round trips"), minutes=minutes,
+                                   seed=seed)
 
     def on_outputs(out: Path, minutes: float, seed: int) -> dict:
         try:

@@ -110,6 +110,8 @@ def probe_critic(args: argparse.Namespace) -> int:
                          "VAE)")
     if args.grid and not args.climb:
         raise SystemExit("npedit: error: --grid goes with --climb")
+    if args.vae and not (args.vae / "config.json").exists():
+        raise SystemExit(f"npedit: error: {args.vae} holds no VAE (no config.json)")
     if args.seen and not args.editors:
         raise SystemExit("npedit: error: --seen goes with --editors (the corpus those editors trained on)")
     if args.colour_word:
@@ -219,8 +221,6 @@ def _critic_climb(args: argparse.Namespace) -> int:
     from world.evaluate import held_out_edits
     from world.vae import load_vae
 
-    if args.vae and not (args.vae / "config.json").exists():
-        raise SystemExit(f"npedit: error: {args.vae} holds no VAE (no config.json)")
     if any(n < 1 for n in args.climb_steps):
         raise SystemExit(f"npedit: error: --climb-steps are positive step counts, not {args.climb_steps}")
     if args.threads:
@@ -257,8 +257,6 @@ def _critic_colour_word(args: argparse.Namespace) -> int:
     from world.evaluate import held_out_edits
     from world.vae import load_vae
 
-    if args.vae and not (args.vae / "config.json").exists():
-        raise SystemExit(f"npedit: error: {args.vae} holds no VAE (no config.json)")
     if args.threads:
         torch.set_num_threads(args.threads)
     critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)

@@ -23,6 +23,9 @@ CONTINUED = {"vae_decoder": "decoder_finetune", "vae_decoder_robust": "decoder_r
              "critic_customization": "finetune", "critic_anneal": "anneal", "critic_robust": "robust",
              "critic_outputs": "outputs_finetune", "critic_adversarial": "adversarial"}
 PHASES = tuple(dict.fromkeys(CONTINUED.values()))
+# a critic's quality measured on images other than renders -> what they are, as the quality lines name them
+MEASURED_ON_IMAGES = {"degraded_renders": "degraded renders", "editor_outputs": "editors' outputs",
+                      "attacked_outputs": "outputs pushed against it"}
 
 
 def _phase_name(key: str) -> str:
@@ -50,7 +53,7 @@ def quality_line(name: str, facts: dict) -> str:
     """One line per model: its steps, minutes and headline figures (the critic's per-kind table left out)."""
     quality = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in (facts.get("quality") or {}).items()
                if not isinstance(v, dict)}
-    for measured in ("degraded_renders", "editor_outputs", "attacked_outputs"):
+    for measured in MEASURED_ON_IMAGES:
         if (facts.get("quality") or {}).get(measured):
             quality[f"{measured}_balanced_accuracy"] = round(facts["quality"][measured]["accuracy"], 3)
     continued = f" (then {' and '.join(facts['phases'])})" if facts.get("phases") else ""
