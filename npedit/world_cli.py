@@ -164,6 +164,8 @@ def build(args: argparse.Namespace) -> int:
             raise SystemExit(f"npedit: error: {error}") from None
         phase = manifest.get(CONTINUED.get(name), manifest)
         print(f"{name}: {phase['steps']} steps, {phase['train_minutes']} min; {summary(manifest['quality'])}")
+        if phase.get("loss_this_run", {}).get("steps") == 0:
+            print(f"{name}: its budget was already spent; give more --minutes than {args.minutes:g} to continue it")
     print(f"models in {args.out}")
     return 0
 
@@ -331,7 +333,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--teacher-patch", type=int, choices=[1, 2], default=2,
                    help="latent pixels per teacher token side, for a new teacher: 2 (the committed one's, a token per "
                         "8x8 world pixels) or 1 (four times the tokens, a token per 4x4 pixels)")
-    b.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per model; a rerun continues")
+    b.add_argument("--minutes", type=float, default=15.0,
+                   help="each stage's whole wall-time budget: a killed run resumes to it, a finished one continues "
+                        "only when given more")
     b.add_argument("--out", type=Path, default=Path("world_models"))
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=0, help="torch threads (1 is fastest on a shared 2-core machine)")

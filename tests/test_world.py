@@ -126,7 +126,10 @@ def test_the_world_vae_trains_resumes_and_loads(tmp_path):
     assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").exists()
     resumed = train_vae(tmp_path, minutes=10, max_steps=45, batch_size=8, eval_every_s=1e9, eval_scenes=16,
                         progress=False)
-    assert resumed["steps"] == 45
+    assert resumed["steps"] == 45 and resumed["loss_this_run"]["steps"] == 5
+    again = train_vae(tmp_path, minutes=10, max_steps=45, batch_size=8, eval_every_s=1e9, eval_scenes=16,
+                      progress=False)
+    assert again["steps"] == 45 and again["loss_this_run"] == {"steps": 0, "first_10": None, "last_10": None}
     vae = load_vae(tmp_path / "vae")
     assert vae.dtype.is_floating_point and vae.config.latent_channels == 16
     assert set(evaluate(vae, 8)) == {"psnr_db", "parse_rate", "small_shape_match", "large_shape_match", "n"}
@@ -278,6 +281,41 @@ def test_a_budgeted_runs_rate_warms_up_then_holds_or_anneals_to_zero(tmp_path):
     assert rates[0] == pytest.approx((0.01, 0.01), rel=1e-3) and rates[49][0] == pytest.approx(0.5)
     assert rates[500] == pytest.approx((1.0, 0.5), abs=1e-3)  # half the step budget: cosine at its midpoint
     assert rates[999][1] < 1e-4 and rates[1000] == (1.0, 0.0)
+
+
+def test_a_budgeted_runs_minutes_are_its_whole_budget_so_a_killed_annealed_run_resumes_its_schedule(tmp_path,
+                                                                                                     monkeypatch):
+    import types
+
+    import world.budget
+    from world.budget import BudgetedRun
+
+    clock = [0.0]
+    monkeypatch.setattr(world.budget, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def train(path, minutes, kill_after=None):
+        """The annealed rates of the steps run, each step taking 6 s; `kill_after` steps, the process dies."""
+        layer = torch.nn.Linear(2, 2)
+        run = BudgetedRun(path, {"layer": layer}, torch.optim.SGD(layer.parameters(), lr=1.0), random.Random(0),
+                          minutes=minutes, progress=False)
+        rates = []
+        while run.running() and len(rates) != kill_after:
+            rates.append(run.rate(1.0, anneal=True, warmup_steps=1))
+            clock[0] += 6.0
+            run.after_step(0.0, evaluate=dict)
+        if kill_after:
+            run.save()
+        else:
+            run.finish()
+        return rates
+
+    straight = train(None, minutes=1)
+    assert len(straight) == 10 and straight[0] == 1.0 and 0 < straight[-1] < 0.03
+    killed = train(tmp_path / "state.pt", minutes=1, kill_after=4)
+    assert killed + train(tmp_path / "state.pt", minutes=1) == pytest.approx(straight)  # the rest, not 10 more
+    assert train(tmp_path / "state.pt", minutes=1) == []  # finished: a rerun trains nothing
+    longer = train(tmp_path / "state.pt", minutes=2)  # more minutes continue it, the schedule stretched to them
+    assert len(longer) == 10 and longer[0] == pytest.approx(0.5) and 0 < longer[-1] < 0.01
 
 
 def test_a_budgeted_run_resumes_only_its_own_identity_and_without_a_path_saves_nothing(tmp_path):

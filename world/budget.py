@@ -17,8 +17,10 @@ from tqdm import tqdm
 class BudgetedRun:
     """Step counter, time spent, quality curve and RNG states of a run, saved atomically with its modules and
     optimizer every minute, at the end and whenever `save` is called; a new run on the same state file resumes them.
-    With `identity` (the settings that make a run this run), a state saved under another identity is refused; with no
-    `state_path`, nothing is saved or resumed."""
+    `minutes` and `max_steps` are the run's whole budget, counted over every process that ran it, as the annealed rate
+    counts it: a killed run resumed trains what is left, a finished one rerun trains nothing unless given more (its
+    rate then picks the schedule up where the longer budget puts it). With `identity` (the settings that make a run
+    this run), a state saved under another identity is refused; with no `state_path`, nothing is saved or resumed."""
 
     def __init__(self, state_path: Path | None, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
                  rng: random.Random, *, minutes: float = math.inf, max_steps: int | None = None,
@@ -30,8 +32,8 @@ class BudgetedRun:
         if self.state_path is not None and self.state_path.exists():
             self._resume(torch.load(self.state_path, map_location="cpu", weights_only=False))
         self.start = self.last_save = self.last_eval = time.monotonic()
-        self.bar = tqdm(total=round(minutes * 60) if math.isfinite(minutes) else None, unit="s", desc=desc,
-                        disable=not progress)
+        self.bar = tqdm(total=round(minutes * 60) if math.isfinite(minutes) else None, initial=round(self.spent_s),
+                        unit="s", desc=desc, disable=not progress)
 
     def _resume(self, state: dict) -> None:
         if self.identity is not None and state.get("identity") != self.identity:
@@ -50,8 +52,8 @@ class BudgetedRun:
         torch.set_rng_state(state["torch_rng"])
 
     def running(self) -> bool:
-        return time.monotonic() - self.start < self.minutes * 60 and (self.max_steps is None
-                                                                       or self.step < self.max_steps)
+        """Whether the budget has time and steps left, counting those spent before a resume."""
+        return self.total_minutes() < self.minutes and (self.max_steps is None or self.step < self.max_steps)
 
     def total_minutes(self) -> float:
         return (self.spent_s + time.monotonic() - self.start) / 60
@@ -68,7 +70,7 @@ class BudgetedRun:
         self.step += 1
         self.losses.append(loss)
         now = time.monotonic()
-        self.bar.n = round(now - self.start)
+        self.bar.n = round(self.spent_s + now - self.start)
         self.bar.set_postfix(step=self.step, loss=f"{np.mean(self.losses[-20:]):.4f}")
         if now - self.last_eval > self.eval_every_s:
             self.history.append({"step": self.step, "minutes": self.total_minutes(), **evaluate()})
@@ -95,5 +97,6 @@ class BudgetedRun:
         self.bar.close()
         self.save()
         return {"steps": self.step, "train_minutes": round(self.total_minutes(), 2), "curve": self.history,
-                "loss_this_run": {"first_10": float(np.mean(self.losses[:10])),
-                                  "last_10": float(np.mean(self.losses[-10:]))}}
+                "loss_this_run": {"steps": len(self.losses),
+                                  "first_10": float(np.mean(self.losses[:10])) if self.losses else None,
+                                  "last_10": float(np.mean(self.losses[-10:])) if self.losses else None}}
