@@ -108,8 +108,12 @@ def probe_critic(args: argparse.Namespace) -> int:
     if args.vae and not (args.colour_word or args.climb):
         raise SystemExit("npedit: error: --vae goes with --colour-word or --climb (editors decode through their own "
                          "VAE)")
-    if args.grid and not args.climb:
-        raise SystemExit("npedit: error: --grid goes with --climb")
+    climb_flags = [flag for flag, given in (("--grid", args.grid), ("--climb-views", args.climb_views != 1),
+                                            ("--climb-noise", args.climb_noise),
+                                            ("--climb-dmd", args.climb_dmd is not None), ("--teacher", args.teacher))
+                   if given]
+    if climb_flags and not args.climb:
+        raise SystemExit(f"npedit: error: {climb_flags[0]} goes with --climb")
     if args.vae and not (args.vae / "config.json").exists():
         raise SystemExit(f"npedit: error: {args.vae} holds no VAE (no config.json)")
     if args.seen and not args.editors:
@@ -217,27 +221,40 @@ def _critic_climb(args: argparse.Namespace) -> int:
     import torch
 
     from training.critics.qwen import QwenVLCritic
-    from world.critic_climb import climb_critic, save_climb_grid
+    from training.backbones import ZImageBackbone
+    from world.critic_climb import TeacherPrior, climb_critic, save_climb_grid
     from world.evaluate import held_out_edits
     from world.vae import load_vae
 
     if any(n < 1 for n in args.climb_steps):
         raise SystemExit(f"npedit: error: --climb-steps are positive step counts, not {args.climb_steps}")
+    if args.climb_views < 1 or args.climb_noise < 0 or (args.climb_views > 1 and not args.climb_noise):
+        raise SystemExit(f"npedit: error: --climb-views {args.climb_views} of --climb-noise {args.climb_noise:g}: "
+                         "one view or more, noise 0 or more, and more than one view needs noise")
+    if (args.climb_dmd is None) != (args.teacher is None) or (args.climb_dmd is not None and args.climb_dmd <= 0):
+        raise SystemExit("npedit: error: --climb-dmd W (W > 0) and --teacher DIR go together")
+    if args.teacher and not (args.teacher / "model_index.json").exists():
+        raise SystemExit(f"npedit: error: {args.teacher} holds no teacher (no model_index.json)")
     if args.threads:
         torch.set_num_threads(args.threads)
     critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
     edits = held_out_edits(args.per_type, edit_types=("local_color_change",))
-    spaces = {"pixels": (None, False), "pixels in the mask": (None, True)}
+    spaces = {"pixels": {}, "pixels in the mask": {"in_mask": True}}
     if args.vae:
-        spaces["the VAE latent"] = (load_vae(args.vae).eval(), False)
+        spaces["the VAE latent"] = {"vae": load_vae(args.vae).eval()}
+    if args.teacher:
+        prior = TeacherPrior(ZImageBackbone.from_pretrained(args.teacher), args.climb_dmd)
+        spaces[f"latent, DMD {args.climb_dmd:g}"] = {"prior": prior}
+        spaces[f"DMD {args.climb_dmd:g} alone"] = {"prior": prior, "follow_critic": False}
+    views = f"; the mean over {args.climb_views} views of noise {args.climb_noise:g}" if args.climb_noise else ""
     print(f"{args.models / 'critic'}: its Yes climbed from held-out local colour sources (Adam, lr {args.climb_lr}"
-          + (f"; the VAE in {args.vae}" if args.vae else "") + ")")
+          + (f"; the VAE in {args.vae}" if args.vae else "") + views + ")")
     print(f"  {'climbed in':18s} {'steps':>5s} {'P(Yes) edit':>11s} {'identity':>8s} {'edit made':>9s} "
           f"{'asked colour':>12s} {'source colour':>13s} {'|change|':>8s}")
     climbed = {}
-    for space, (vae, in_mask) in spaces.items():
+    for space, how in spaces.items():
         points, climbed[space] = climb_critic(critic, edits, steps=tuple(sorted(set(args.climb_steps))),
-                                              lr=args.climb_lr, vae=vae, in_mask=in_mask)
+                                              lr=args.climb_lr, views=args.climb_views, noise=args.climb_noise, **how)
         for p in points:
             print(f"  {space:18s} {p.steps:5d} {p.p_yes_edit:11.3f} {p.p_yes_identity:8.3f} {p.made:9.1%} "
                   f"{p.asked_colour:12.1%} {p.source_colour:13.1%} {p.change:8.1f}")

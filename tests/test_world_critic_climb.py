@@ -8,7 +8,7 @@ import torch
 from schemas.errors import Refused
 from training.critics import load_critic
 from world import PRETRAINED
-from world.critic_climb import climb_critic, save_climb_grid
+from world.critic_climb import TeacherPrior, climb_critic, save_climb_grid
 from world.evaluate import held_out_edits
 from world.vae import load_vae, renders
 
@@ -38,13 +38,41 @@ def test_climbing_raises_the_critics_yes_and_leaves_the_critic_alone(tmp_path):
         climb_critic(critic, held_out_edits(2, edit_types=("background",)))
 
 
+def test_noisy_views_and_the_teachers_dmd_term_change_the_climb_as_they_say():
+    from training.backbones import ZImageBackbone
+
+    critic = load_critic(PRETRAINED / "critic")
+    edits = held_out_edits(3, edit_types=("local_color_change",))
+    plain, plain_outputs = climb_critic(critic, edits, steps=(2,))
+    smoothed, smoothed_outputs = climb_critic(critic, edits, steps=(2,), views=2, noise=0.3)
+    assert smoothed[1].p_yes_edit > smoothed[0].p_yes_edit  # the noisy views' mean gradient still climbs
+    assert not torch.equal(smoothed_outputs, plain_outputs)
+    assert torch.equal(climb_critic(critic, edits, steps=(2,), views=2, noise=0.3)[1], smoothed_outputs)  # seeded
+    teacher = ZImageBackbone.from_pretrained(PRETRAINED / "teacher")
+    _, through_vae = climb_critic(critic, edits, steps=(2,), vae=teacher.vae)
+    _, faint_prior = climb_critic(critic, edits, steps=(2,), prior=TeacherPrior(teacher, 1e-12))
+    assert torch.allclose(faint_prior, through_vae, atol=1e-4)  # the teacher's latent is the VAE's, the critic's term
+    _, prior_alone = climb_critic(critic, edits, steps=(2,), prior=TeacherPrior(teacher, 0.5), follow_critic=False)
+    other_critic = load_critic(PRETRAINED / "critic")
+    torch.nn.init.normal_(next(other_critic.model.parameters()))
+    _, alone_again = climb_critic(other_critic, edits, steps=(2,), prior=TeacherPrior(teacher, 0.5),
+                                  follow_critic=False)
+    assert torch.equal(prior_alone, alone_again) and not torch.allclose(prior_alone, through_vae, atol=1e-3)
+    with pytest.raises(ValueError, match="more than one view needs noise"):
+        climb_critic(critic, edits, views=2)
+    with pytest.raises(ValueError, match="follows the critic, the teacher's DMD term or both"):
+        climb_critic(critic, edits, follow_critic=False)
+
+
 def test_probe_critic_climb_prints_each_space_and_draws_the_grid(tmp_path, capsys):
     from npedit.cli import main
 
     assert main(["world", "probe-critic", "--climb", "--per-type", "3", "--climb-steps", "1", "--vae",
-                 str(PRETRAINED / "vae"), "--grid", str(tmp_path / "climb.png"), "--threads", "1"]) == 0
+                 str(PRETRAINED / "vae"), "--grid", str(tmp_path / "climb.png"), "--threads", "1", "--climb-views",
+                 "2", "--climb-noise", "0.1", "--climb-dmd", "0.5", "--teacher", str(PRETRAINED / "teacher")]) == 0
     out = capsys.readouterr().out
     assert "pixels in the mask" in out and "the VAE latent" in out and (tmp_path / "climb.png").exists()
+    assert "latent, DMD 0.5" in out and "DMD 0.5 alone" in out and "the mean over 2 views of noise 0.1" in out
 
 
 def test_the_climb_flags_go_together(capsys):
@@ -56,5 +84,13 @@ def test_the_climb_flags_go_together(capsys):
         main(["world", "probe-critic", "--climb", "--wrong-object"])
     with pytest.raises(SystemExit, match="positive step counts"):
         main(["world", "probe-critic", "--climb", "--climb-steps", "0"])
+    with pytest.raises(SystemExit, match="--climb-noise goes with --climb"):
+        main(["world", "probe-critic", "--colour-word", "--climb-noise", "0.2"])
+    with pytest.raises(SystemExit, match="more than one view needs noise"):
+        main(["world", "probe-critic", "--climb", "--climb-views", "4"])
+    with pytest.raises(SystemExit, match="--climb-dmd W .W > 0. and --teacher DIR go together"):
+        main(["world", "probe-critic", "--climb", "--climb-dmd", "0.5"])
+    with pytest.raises(SystemExit, match="holds no teacher"):
+        main(["world", "probe-critic", "--climb", "--climb-dmd", "0.5", "--teacher", str(PRETRAINED / "critic")])
     assert main(["world", "probe-critic", "--climb", "--per-type", "0"]) == 2  # one line, no traceback
     assert "no local colour edit with an object large enough" in capsys.readouterr().err

@@ -3,7 +3,9 @@ edit's source, follow the critic's gradient as an editor does under the VLM loss
 to the edit and identity questions, summed as the loss sums them), in pixels and, with a VAE, through its latent as
 an editor's output is decoded; then ask the verifier. A critic whose Yes can only be reached by making the edit
 paints the asked colour on the named object; one whose Yes is reachable another way reaches P(Yes) near 1 with the
-edit unmade, and an editor following it can do the same (findings, section 30)."""
+edit unmade, and an editor following it can do the same (findings, section 30). Two ways to turn the gradient can be
+measured beside it (section 31): averaged over noisy views of the images (`views`, `noise`), as a critic trained under
+that noise is smoothed; and the trainer's DMD term from the teacher beside it (`TeacherPrior`), alone as a control."""
 
 from __future__ import annotations
 
@@ -14,10 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from schemas.errors import Refused
+from training.backbones.base import noise_to, x0_from_velocity
+from training.config import LossConfig
+from training.losses import dmd_loss
 from training.questions import REFERENCE, questions_for
 from training.visualize import save_labelled_rows, to_pil
 from world.edits import WorldEdit
 from world.instruction_probe import _interior, _interior_means, _named_object, _nearest
+from world.scene import caption
 from world.score import score_edit
 from world.vae import renders
 
@@ -31,6 +37,28 @@ class ClimbPoint:
     asked_colour: float  # share whose named object's interior is nearest the asked colour
     source_colour: float  # share whose named object's interior is still nearest its source colour
     change: float  # mean absolute change from the source, 0-255
+
+
+@dataclass(frozen=True)
+class TeacherPrior:
+    """The trainer's DMD term (paper eqn. 5) on each edit's caption, with its fake score as it starts (the teacher
+    unguided), at `weight` against the VLM loss at the recipe's lambda_vlm; the climb goes through the teacher's
+    latent."""
+    teacher: object  # a Backbone: encode_images, decode_latents, encode_text, predict_velocity
+    weight: float
+    loss: LossConfig = LossConfig()
+
+    def dmd(self, latents: torch.Tensor, captions, negative, generator: torch.Generator) -> torch.Tensor:
+        """The DMD loss of `latents`, noised to a time drawn as the trainer draws it, guided as it guides."""
+        with torch.no_grad():
+            t = self.loss.dmd_t_min + (self.loss.dmd_t_max - self.loss.dmd_t_min) * torch.rand(
+                latents.shape[0], generator=generator)
+            x_t = noise_to(latents.detach(), torch.randn(latents.shape, generator=generator), t)
+            v_pos, v_neg = self.teacher.predict_velocity(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                                         captions.concat(negative)).chunk(2)
+            x0_real = x0_from_velocity(x_t, t, v_neg + self.loss.cfg_scale * (v_pos - v_neg))
+            x0_fake = x0_from_velocity(x_t, t, v_pos)
+        return dmd_loss(latents, x0_real, x0_fake).mean() * self.weight / self.loss.lambda_vlm
 
 
 def measurable(edits: list[WorldEdit]) -> list[WorldEdit]:
@@ -63,22 +91,36 @@ def _point(steps: int, edits: list[WorldEdit], sources: torch.Tensor, outputs: t
 
 
 def climb_critic(critic, edits: list[WorldEdit], *, steps: tuple[int, ...] = (10, 30, 100), lr: float = 0.02,
-                 vae=None, in_mask: bool = False) -> tuple[list[ClimbPoint], torch.Tensor]:
+                 vae=None, in_mask: bool = False, views: int = 1, noise: float = 0.0, prior: TeacherPrior | None = None,
+                 follow_critic: bool = True) -> tuple[list[ClimbPoint], torch.Tensor]:
     """Climb the critic's Yes from the sources of `edits` (local colour edits whose object has an interior), in pixels
     (with `in_mask`, only inside each edit's mask: the named object, as an editor that keeps the rest) or, with `vae`,
-    through its latent; the measures at the start and after each of `steps`, and the outputs at the last. The critic's
-    weights and their gradients are left as they were."""
-    if in_mask and vae is not None:
-        raise ValueError("a climb through the VAE's latent changes every pixel: in_mask is for pixels")
+    through its latent; each step's gradient the mean over `views` draws of N(0, noise^2) added to every image the
+    critic sees. With `prior`, through its teacher's latent with its DMD term beside (or, without `follow_critic`,
+    alone). The measures (on the clean images) at the start and after each of `steps`, and the outputs at the last.
+    The critic's weights and their gradients are left as they were."""
+    if in_mask and (vae is not None or prior is not None):
+        raise ValueError("a climb through a latent changes every pixel: in_mask is for pixels")
+    if not (follow_critic or prior):
+        raise ValueError("a climb follows the critic, the teacher's DMD term or both")
+    if views < 1 or noise < 0 or (views > 1 and noise == 0):
+        raise ValueError(f"views of noise: {views} view(s) of noise {noise} (more than one view needs noise > 0)")
     edits = measurable(edits)
     if not edits:
         raise Refused("no local colour edit with an object large enough to measure")
     was_training = critic.model.training
     critic.model.eval()
     sources = renders([e.source for e in edits])
+    generator = torch.Generator().manual_seed(0)
     if in_mask:
         mask = torch.from_numpy(np.stack([e.mask() for e in edits])).float()[:, None]
         start, look = torch.zeros_like(sources), (lambda v: (sources + v * mask).clamp(-1, 1))
+    elif prior is not None:
+        with torch.no_grad():
+            start = prior.teacher.encode_images(sources)
+            captions = prior.teacher.encode_text([caption(e.target) for e in edits])
+            negative = prior.teacher.encode_text([prior.loss.negative_prompt]).repeat(len(edits))
+        look = lambda v: prior.teacher.decode_latents(v).clamp(-1, 1)  # noqa: E731
     elif vae is None:
         start, look = sources.clone(), (lambda v: v.clamp(-1, 1))
     else:  # the latent normalised as the editor's backbone normalises it, so a step means what it means there
@@ -86,17 +128,29 @@ def climb_critic(critic, edits: list[WorldEdit], *, steps: tuple[int, ...] = (10
         with torch.no_grad():
             start = (vae.encode(sources).latent_dist.mode() - shift) * scale
         look = lambda v: vae.decode(v / scale + shift).sample.clamp(-1, 1)  # noqa: E731
+
+    def noisy(images: torch.Tensor) -> torch.Tensor:
+        return images + noise * torch.randn(images.shape, generator=generator) if noise else images
+
     variable = start.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([variable], lr=lr)
     points = []
     for step in range(max(steps) + 1):
         outputs = look(variable)
-        log_odds = made_log_odds(critic, edits, sources, outputs)
         if step == 0 or step in steps:
-            points.append(_point(step, edits, sources, outputs.detach(), log_odds.detach()))
+            with torch.no_grad():
+                points.append(_point(step, edits, sources, outputs.detach(),
+                                     made_log_odds(critic, edits, sources, outputs.detach())))
         if step == max(steps):
             break
-        (variable.grad,) = torch.autograd.grad(-F.logsigmoid(log_odds).sum(0).mean(), variable)
+        objective = torch.zeros(())
+        if follow_critic:
+            for _ in range(views):
+                log_odds = made_log_odds(critic, edits, noisy(sources), noisy(outputs))
+                objective = objective - F.logsigmoid(log_odds).sum(0).mean() / views
+        if prior is not None:
+            objective = objective + prior.dmd(variable, captions, negative, generator)
+        (variable.grad,) = torch.autograd.grad(objective, variable)
         optimizer.step()
     critic.model.train(was_training)
     return points, outputs.detach()
