@@ -380,9 +380,10 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--climb-noise", type=float, default=0.0, metavar="SIGMA",
                     help="with --climb: Gaussian noise (images in [-1, 1]) added to every image the critic sees in "
                          "each view, as a critic smoothed under that noise sees them; measured on clean images")
-    pc.add_argument("--climb-dmd", type=float, default=None, metavar="W",
+    pc.add_argument("--climb-dmd", type=float, nargs="+", default=None, metavar="W",
                     help="with --climb and --teacher: also climb through the teacher's latent with the trainer's DMD "
-                         "term at weight W beside the VLM loss (its fake score as it starts), and with DMD alone")
+                         "term at each weight W beside the VLM loss (its fake score as it starts), and with DMD alone "
+                         "(whose weight Adam ignores)")
     pc.add_argument("--teacher", type=Path, default=None, metavar="DIR",
                     help="with --climb-dmd: the teacher (e.g. world/pretrained_patch1/teacher)")
     pc.add_argument("--grid", type=Path, default=None, metavar="PNG",

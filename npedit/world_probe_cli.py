@@ -231,7 +231,7 @@ def _critic_climb(args: argparse.Namespace) -> int:
     if args.climb_views < 1 or args.climb_noise < 0 or (args.climb_views > 1 and not args.climb_noise):
         raise SystemExit(f"npedit: error: --climb-views {args.climb_views} of --climb-noise {args.climb_noise:g}: "
                          "one view or more, noise 0 or more, and more than one view needs noise")
-    if (args.climb_dmd is None) != (args.teacher is None) or (args.climb_dmd is not None and args.climb_dmd <= 0):
+    if (args.climb_dmd is None) != (args.teacher is None) or any(w <= 0 for w in args.climb_dmd or ()):
         raise SystemExit("npedit: error: --climb-dmd W (W > 0) and --teacher DIR go together")
     if args.teacher and not (args.teacher / "model_index.json").exists():
         raise SystemExit(f"npedit: error: {args.teacher} holds no teacher (no model_index.json)")
@@ -243,9 +243,10 @@ def _critic_climb(args: argparse.Namespace) -> int:
     if args.vae:
         spaces["the VAE latent"] = {"vae": load_vae(args.vae).eval()}
     if args.teacher:
-        prior = TeacherPrior(ZImageBackbone.from_pretrained(args.teacher), args.climb_dmd)
-        spaces[f"latent, DMD {args.climb_dmd:g}"] = {"prior": prior}
-        spaces[f"DMD {args.climb_dmd:g} alone"] = {"prior": prior, "follow_critic": False}
+        teacher = ZImageBackbone.from_pretrained(args.teacher)
+        for weight in args.climb_dmd:
+            spaces[f"latent, DMD {weight:g}"] = {"prior": TeacherPrior(teacher, weight)}
+        spaces["DMD alone"] = {"prior": TeacherPrior(teacher, 1.0), "follow_critic": False}  # Adam: any weight
     views = f"; the mean over {args.climb_views} views of noise {args.climb_noise:g}" if args.climb_noise else ""
     print(f"{args.models / 'critic'}: its Yes climbed from held-out local colour sources (Adam, lr {args.climb_lr}"
           + (f"; the VAE in {args.vae}" if args.vae else "") + views + ")")

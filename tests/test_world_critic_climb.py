@@ -69,10 +69,11 @@ def test_probe_critic_climb_prints_each_space_and_draws_the_grid(tmp_path, capsy
 
     assert main(["world", "probe-critic", "--climb", "--per-type", "3", "--climb-steps", "1", "--vae",
                  str(PRETRAINED / "vae"), "--grid", str(tmp_path / "climb.png"), "--threads", "1", "--climb-views",
-                 "2", "--climb-noise", "0.1", "--climb-dmd", "0.5", "--teacher", str(PRETRAINED / "teacher")]) == 0
+                 "2", "--climb-noise", "0.1", "--climb-dmd", "0.1", "0.5", "--teacher", str(PRETRAINED / "teacher")]) == 0
     out = capsys.readouterr().out
     assert "pixels in the mask" in out and "the VAE latent" in out and (tmp_path / "climb.png").exists()
-    assert "latent, DMD 0.5" in out and "DMD 0.5 alone" in out and "the mean over 2 views of noise 0.1" in out
+    assert "latent, DMD 0.1" in out and "latent, DMD 0.5" in out and "DMD alone" in out
+    assert "the mean over 2 views of noise 0.1" in out
 
 
 def test_the_climb_flags_go_together(capsys):
