@@ -50,6 +50,7 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
     from world.critic_adversarial import finetune_on_attacks
     from world.critic_outputs import finetune_on_outputs
     from world.critic_robust import finetune_on_degraded
+    from world.critic_smooth import finetune_under_noise
     from world.report import MEASURED_ON_IMAGES
     from world.teacher import anneal_teacher, draw_beside_references, focus_small_objects, train_teacher
     from world.vae import finetune_decoder, train_vae
@@ -133,6 +134,7 @@ def _summaries(editors: list[Path] = (), teacher_patch: int = 2, device: str = "
         "critic_robust": (continued("critic", "critic_robust", on_degraded), critic_line),
         "critic_outputs": (continued("critic", "critic_outputs", on_outputs), critic_line),
         "critic_adversarial": (continued("critic", "critic_adversarial", on_attacks), critic_line),
+        "critic_smooth": (continued("critic", "critic_smooth", finetune_under_noise), critic_line),
         "builder": (lambda out, minutes, seed: train_builder(out, minutes=minutes, seed=seed),
                     lambda q: f"caption match {q['caption_match']:.1%}, valid proposals {q['proposals_valid']:.1%}, "
                               f"validity agreement {q['validity_agreement']:.1%}, edited caption match "
@@ -312,7 +314,7 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
               "builder"]
     b.add_argument("--models", nargs="+", choices=stages + ["vae_decoder_robust", "teacher_small_objects",
                                                               "teacher_beside", "critic_robust", "critic_outputs",
-                                                              "critic_adversarial"],
+                                                              "critic_adversarial", "critic_smooth"],
                    default=stages,
                    help="which models, in this order (vae_decoder sharpens the VAE's decoder, its encoder frozen; "
                         "vae_decoder_robust continues it on latents degraded as editors degrade them; "
@@ -326,7 +328,8 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                         "else the committed VAE); "
                         "critic_outputs continues it on --editors' outputs answered by the verifier; "
                         "critic_adversarial continues it on editor-like outputs pushed against it by projected "
-                        "gradient steps, answered by the verifier)")
+                        "gradient steps, answered by the verifier; critic_smooth continues it with its images under "
+                        "Gaussian noise, answering for the clean image)")
     b.add_argument("--editors", type=Path, nargs="+", default=[],
                    help="for critic_outputs: editor checkpoints (e.g. an experiment's "
                         "runs/*/checkpoints/step-*/generator, or a teacher/)")

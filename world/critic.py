@@ -69,24 +69,33 @@ def _tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels, np.float32) / 127.5 - 1).permute(2, 0, 1)
 
 
-def yes_no_loss(critic: QwenVLCritic, questions: list[LabelledQuestion]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of the answer between the Yes and No logits; returns it with the per-question correctness."""
-    logit_yes, logit_no = critic.answer_logits([[_tensor(p) for p in q.images] for q in questions],
+def yes_no_loss(critic: QwenVLCritic, questions: list[LabelledQuestion], *, noise: float = 0.0,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the answer between the Yes and No logits; returns it with the per-question correctness. With
+    `noise`, every image is shown with N(0, noise^2) added (images in [-1, 1]), the answer still the clean image's."""
+    def shown(pixels: np.ndarray) -> torch.Tensor:
+        image = _tensor(pixels)
+        return image + noise * torch.randn(image.shape, generator=generator) if noise else image
+
+    logit_yes, logit_no = critic.answer_logits([[shown(p) for p in q.images] for q in questions],
                                                [q.text for q in questions])
     margin = logit_yes - logit_no
     target = torch.tensor([q.answer == "Yes" for q in questions], dtype=torch.float32)
     return F.binary_cross_entropy_with_logits(margin, target), ((margin > 0).float() == target)
 
 
-def evaluate_critic(critic: QwenVLCritic, questions: list[LabelledQuestion], batch_size: int = 64) -> dict:
-    """Accuracy per question kind on a fixed question set, with the mean and the weakest kind."""
+def evaluate_critic(critic: QwenVLCritic, questions: list[LabelledQuestion], batch_size: int = 64, *,
+                    noise: float = 0.0) -> dict:
+    """Accuracy per question kind on a fixed question set, with the mean and the weakest kind; with `noise`, its
+    images shown under that Gaussian noise (the same draws every time)."""
     was_training = critic.model.training
     critic.model.eval()
     right: dict[str, list[float]] = defaultdict(list)
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for start in range(0, len(questions), batch_size):
             chunk = questions[start:start + batch_size]
-            _, correct = yes_no_loss(critic, chunk)
+            _, correct = yes_no_loss(critic, chunk, noise=noise, generator=generator)
             for q, c in zip(chunk, correct.tolist()):
                 right[q.kind].append(c)
     critic.model.train(was_training)
@@ -150,11 +159,13 @@ def _phase_key(manifest: dict, phase: str, state_path: Path) -> str | None:
 def fit_critic(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_steps: int | None, seed: int,
                batch_size: int, lr: float, aux_weight: float, eval_every_s: float, eval_per_kind: int,
                kinds: tuple[str, ...], desc: str, progress: bool, anneal: bool = False, extra=None,
-               extra_share: float = 0.0, extra_eval=None, identity: dict | None = None) -> tuple[dict, dict]:
+               extra_share: float = 0.0, extra_eval=None, identity: dict | None = None,
+               input_noise: float = 0.0) -> tuple[dict, dict]:
     """Train `critic` on Yes/No questions of `kinds` plus the auxiliary objectives under a resumable time budget (the
     rate as `BudgetedRun.rate`); returns the run's facts and the final held-out quality. `extra(rng)`, when given,
     draws a question from elsewhere (e.g. about editors' outputs) for `extra_share` of every batch; `extra_eval()`
-    adds its measure to each evaluation, under "extra"."""
+    adds its measure to each evaluation, under "extra". With `input_noise`, the answers are learnt from images under
+    that Gaussian noise (randomized smoothing); the held-out measures stay on clean renders."""
     critic.model.requires_grad_(True).train()
     heads = AuxiliaryObjectives(critic)
     params = list(critic.model.parameters()) + list(heads.parameters())
@@ -177,7 +188,7 @@ def fit_critic(critic: QwenVLCritic, state_path: Path, *, minutes: float, max_st
         questions = [labelled_question(rng, kind) for kind in rng.choices(kinds, weights=kind_weights(),
                                                                           k=batch_size - n_extra)]
         questions += [extra(rng) for _ in range(n_extra)]
-        answer_loss, _ = yes_no_loss(critic, questions)
+        answer_loss, _ = yes_no_loss(critic, questions, noise=input_noise)
         auxiliary = heads.loss(questions)
         loss = answer_loss + aux_weight * sum(auxiliary.values())
         optimizer.zero_grad(set_to_none=True)

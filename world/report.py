@@ -21,11 +21,11 @@ CONTINUED = {"vae_decoder": "decoder_finetune", "vae_decoder_robust": "decoder_r
              "teacher_anneal": "anneal", "teacher_small_objects": "small_objects",
              "teacher_beside": "beside",
              "critic_customization": "finetune", "critic_anneal": "anneal", "critic_robust": "robust",
-             "critic_outputs": "outputs_finetune", "critic_adversarial": "adversarial"}
+             "critic_outputs": "outputs_finetune", "critic_adversarial": "adversarial", "critic_smooth": "smooth"}
 PHASES = tuple(dict.fromkeys(CONTINUED.values()))
 # a critic's quality measured on images other than renders -> what they are, as the quality lines name them
 MEASURED_ON_IMAGES = {"degraded_renders": "degraded renders", "editor_outputs": "editors' outputs",
-                      "attacked_outputs": "outputs pushed against it"}
+                      "attacked_outputs": "outputs pushed against it", "noisy_renders": "renders under its noise"}
 
 
 def _phase_name(key: str) -> str:
