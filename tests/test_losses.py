@@ -1,4 +1,4 @@
-"""The losses against hand-computed cases (paper eqns. 4 and 5, flow matching)."""
+"""The losses against hand-computed cases (paper eqns. 4 and 5, flow matching, guidance)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from training.backbones.base import guided_velocity
 from training.losses import dmd_gradient, dmd_loss, flow_matching_loss, reconstruction_loss, vlm_feedback_loss
 
 
@@ -56,3 +57,11 @@ def test_flow_matching_and_reconstruction_hand_cases():
     v = torch.tensor([[[[1.0, 1.0]]]])  # target eps - x0 = (1, -1): errors 0 and 2 -> mean 2
     assert torch.allclose(flow_matching_loss(v, x0, eps), torch.tensor([2.0]))
     assert torch.allclose(reconstruction_loss(v, x0), torch.tensor([1.0]))
+
+
+def test_guided_velocity_hand_case_one_scale_and_one_per_sample():
+    v_pos = torch.tensor([[[[1.0, 3.0]]], [[[2.0, 0.0]]]])
+    v_neg = torch.tensor([[[[0.0, 1.0]]], [[[1.0, 1.0]]]])
+    # s = 4: v_neg + 4 (v_pos - v_neg) -> (4, 9) and (5, -3); per sample (1, 0): v_pos then v_neg
+    assert torch.equal(guided_velocity(v_pos, v_neg, 4.0), torch.tensor([[[[4.0, 9.0]]], [[[5.0, -3.0]]]]))
+    assert torch.equal(guided_velocity(v_pos, v_neg, torch.tensor([1.0, 0.0])), torch.stack([v_pos[0], v_neg[1]]))

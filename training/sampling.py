@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from training.backbones.base import Backbone
+from training.backbones.base import Backbone, guided_velocity
 from training.unroll import Generators, UnrollPlan, draw_noise, unroll
 
 SAMPLERS = ("renoise", "euler")
@@ -61,7 +61,7 @@ def generate_images(
     negative_prompt: str = "",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Text-to-image with Euler steps and classifier-free guidance (v_neg + s (v_pos - v_neg)); images in [-1, 1]."""
+    """Text-to-image with Euler steps and classifier-free guidance; images in [-1, 1]."""
     height, width = size
     factor = backbone.spatial_factor
     if height % factor or width % factor:
@@ -76,7 +76,6 @@ def generate_images(
         both = x if cfg_scale == 1.0 else torch.cat([x, x])
         v = backbone.predict_velocity(both, t.expand(both.shape[0]), text)
         if cfg_scale != 1.0:
-            v_pos, v_neg = v.chunk(2)
-            v = v_neg + cfg_scale * (v_pos - v_neg)
+            v = guided_velocity(*v.chunk(2), cfg_scale)
         x = x + (t_next - t) * v
     return backbone.decode_latents(x).clamp(-1, 1)

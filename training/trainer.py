@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from training.backbones.base import noise_to, x0_from_velocity
+from training.backbones.base import guided_velocity, noise_to, x0_from_velocity
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig, accumulation_steps
 from training.critics import Critic
@@ -160,8 +160,7 @@ class Trainer:
             both = self.teacher.predict_velocity(torch.cat([x_t, x_t]), torch.cat([t, t]),
                                                  caption.concat(self._negative_text(x0.shape[0])))
             v_pos, v_neg = both.chunk(2)
-            scale = self._cfg_scales(batch.edit_types).to(x0).reshape(-1, 1, 1, 1)
-            x0_real = x0_from_velocity(x_t, t, v_neg + scale * (v_pos - v_neg))
+            x0_real = x0_from_velocity(x_t, t, guided_velocity(v_pos, v_neg, self._cfg_scales(batch.edit_types)))
             x0_fake = x0_from_velocity(x_t, t, self.fake.predict_velocity(x_t, t, caption))
         return dmd_loss(x0, x0_real, x0_fake)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from schemas.errors import Refused
-from training.backbones.base import noise_to, x0_from_velocity
+from training.backbones.base import guided_velocity, noise_to, x0_from_velocity
 from training.config import LossConfig
 from training.losses import dmd_loss
 from training.questions import REFERENCE, questions_for
@@ -56,7 +56,7 @@ class TeacherPrior:
             x_t = noise_to(latents.detach(), torch.randn(latents.shape, generator=generator), t)
             v_pos, v_neg = self.teacher.predict_velocity(torch.cat([x_t, x_t]), torch.cat([t, t]),
                                                          captions.concat(negative)).chunk(2)
-            x0_real = x0_from_velocity(x_t, t, v_neg + self.loss.cfg_scale * (v_pos - v_neg))
+            x0_real = x0_from_velocity(x_t, t, guided_velocity(v_pos, v_neg, self.loss.cfg_scale))
             x0_fake = x0_from_velocity(x_t, t, v_pos)
         return dmd_loss(latents, x0_real, x0_fake).mean() * self.weight / self.loss.lambda_vlm
 

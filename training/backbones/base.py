@@ -134,6 +134,13 @@ def x0_from_velocity(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> tor
     return x_t - _per_sample(t, x_t) * v
 
 
+def guided_velocity(v_pos: torch.Tensor, v_neg: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance: v_neg + s (v_pos - v_neg); s is one scale or one per sample."""
+    if isinstance(scale, torch.Tensor):
+        scale = _per_sample(scale, v_pos)
+    return v_neg + scale * (v_pos - v_neg)
+
+
 def noise_to(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """x_t = (1 - t) x0 + t eps."""
     t = _per_sample(t, x0)
