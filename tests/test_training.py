@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from npedit.cli import main as npedit
+from schemas.errors import ConfigError
 from snapshot_fixture import EDITS, fixture_train_config
 from training.config import load_config
 from training.data import EditBatches, SnapshotEdits, bucket_sizes
@@ -251,3 +252,34 @@ def test_checkpoints_link_frozen_parts_written_once_when_the_base_is_not_a_folde
 
     loaded = ZImageBackbone.from_pretrained(tmp_path / "checkpoints" / "step-0000002" / "generator")
     assert loaded.shift == trainer.generator.shift
+
+
+def test_the_editor_starts_from_generator_init_while_teacher_and_fake_score_start_from_the_generator(
+        lake_dir, tiny_models, tmp_path):
+    from diffusers import ZImageTransformer2DModel
+
+    base = ZImageTransformer2DModel.from_pretrained(tiny_models.generator, subfolder="transformer").state_dict()
+    start = ZImageTransformer2DModel.from_pretrained(tiny_models.generator, subfolder="transformer")
+    with torch.no_grad():
+        for parameter in start.parameters():
+            parameter.add_(0.01)
+    start.save_pretrained(tmp_path / "start" / "transformer")
+    moved = start.state_dict()
+    config = fixture_train_config(lake_dir, tiny_models, **{**PURE, "model.generator_init": str(tmp_path / "start")})
+    trainer = build_trainer(config, tmp_path / "run")
+
+    def equal(model, weights) -> bool:
+        state = model.transformer.state_dict()
+        return all(torch.equal(state[k], weights[k]) for k in weights)
+
+    assert equal(trainer.generator, moved) and equal(trainer.teacher, base) and equal(trainer.fake, base)
+    batch = next(trainer.batches)
+    assert float(trainer.generator_step(batch).metrics["loss/dmd"]) > 0  # the editor is no longer the teacher
+    trainer.train(until=1, progress=False)
+    assert not equal(trainer.generator, moved) and equal(trainer.teacher, base)  # the optimizer holds the new weights
+    with pytest.raises(ConfigError, match="no transformer loads from"):
+        build_trainer(fixture_train_config(lake_dir, tiny_models, **{"model.generator_init": str(tmp_path / "no")}),
+                      tmp_path / "a")
+    with pytest.raises(ConfigError, match="is not model.generator's architecture"):
+        build_trainer(fixture_train_config(lake_dir, tiny_models, **{"model.generator_init": str(tiny_models.omni)}),
+                      tmp_path / "b")

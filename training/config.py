@@ -18,6 +18,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 @dataclass(frozen=True)
 class ModelConfig:
     generator: str = ""  # diffusers-layout Z-Image path or hub id; "" = the tiny zoo model
+    # Where the editor's weights start when not at the teacher's (the reference code's init_ckpt_student): a checkpoint
+    # of model.generator's architecture, e.g. an identity-warmup or supervised editor. "" = model.generator. The
+    # teacher and the fake score always start from model.generator.
+    generator_init: str = ""
     critic: str = ""  # Qwen2-VL/2.5-VL or LLaVA-OneVision path or hub id; "" = the tiny zoo model
     dtype: str = "float32"
     gradient_checkpointing: bool = False

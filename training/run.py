@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from schemas.errors import ConfigError
 from training.backbones import backbone_class
 from training.config import TrainConfig, resolved_for
 from training.critics import critic_class
@@ -74,6 +75,10 @@ def build_trainer(config: TrainConfig, out_dir: Path, *, rank: int = 0, world_si
     backbone, critic_type = backbone_class(generator_path), critic_class(critic_path)  # before any weights load
     batches = snapshot_batches(config.data, seed=config.seed, rank=rank, world_size=world_size)
     generator = backbone.from_pretrained(generator_path, dtype=dtype, transformer_dtype=torch.float32)
+    teacher_transformer = None
+    if config.model.generator_init:
+        teacher_transformer = generator.transformer
+        generator = generator.with_transformer(starting_transformer(teacher_transformer, config.model.generator_init))
     if config.model.gradient_checkpointing:
         generator.transformer.enable_gradient_checkpointing()
     critic = critic_type.from_pretrained(critic_path, dtype=dtype).to(device)
@@ -81,7 +86,24 @@ def build_trainer(config: TrainConfig, out_dir: Path, *, rank: int = 0, world_si
     if world_size > 1:
         shard = transformer_sharder(dtype)
         generator.compute_dtype = dtype
-    return Trainer(config, generator.to(device), critic, batches, out_dir, shard=shard)
+    return Trainer(config, generator.to(device), critic, batches, out_dir, shard=shard,
+                   teacher_transformer=None if teacher_transformer is None else teacher_transformer.to(device))
+
+
+def starting_transformer(teacher: torch.nn.Module, path: str) -> torch.nn.Module:
+    """The editor's starting transformer (`model.generator_init`): the teacher's class and config, another checkpoint's
+    weights (its `transformer/` folder, or a hub id's), in float32 for training."""
+    try:
+        config = type(teacher).load_config(path, subfolder="transformer")
+    except (OSError, ValueError) as error:
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"model.generator_init: no transformer loads from {path!r}: {reason}") from None
+    differs = sorted(key for key in {**config, **teacher.config} if not key.startswith("_")
+                     and config.get(key) != teacher.config.get(key))
+    if differs or config.get("_class_name", type(teacher).__name__) != type(teacher).__name__:
+        raise ConfigError(f"model.generator_init: {path!r} is not model.generator's architecture "
+                          f"({config.get('_class_name')}; differing: {', '.join(differs[:5]) or 'none'})")
+    return type(teacher).from_pretrained(path, subfolder="transformer", torch_dtype=torch.float32)
 
 
 def describe_run(trainer: Trainer, world_size: int) -> str:

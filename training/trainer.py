@@ -55,13 +55,17 @@ class Trainer:
     """Owns the generator, its frozen teacher and trainable fake-score copies, the critic, optimizers and data."""
 
     def __init__(self, config: TrainConfig, generator, critic: Critic, batches: EditBatches, out_dir: Path,
-                 shard: Callable[[torch.nn.Module], None] | None = None):
+                 shard: Callable[[torch.nn.Module], None] | None = None,
+                 teacher_transformer: torch.nn.Module | None = None):
         """`shard` (e.g. FSDP2's per-block `fully_shard`) is applied to the three transformers before the optimizers
-        are built, so the optimizers hold the sharded parameters."""
+        are built, so the optimizers hold the sharded parameters. The teacher and the fake score copy
+        `teacher_transformer` when the generator starts from other weights (`model.generator_init`), else the
+        generator's own transformer."""
         self.config, self.generator, self.critic, self.batches = config, generator, critic, batches
         self.out_dir = Path(out_dir)
-        self.teacher = generator.with_transformer(copy.deepcopy(generator.transformer).requires_grad_(False).eval())
-        self.fake = generator.with_transformer(copy.deepcopy(generator.transformer).requires_grad_(True).train())
+        base = generator.transformer if teacher_transformer is None else teacher_transformer
+        self.teacher = generator.with_transformer(copy.deepcopy(base).requires_grad_(False).eval())
+        self.fake = generator.with_transformer(copy.deepcopy(base).requires_grad_(True).train())
         self.generator.transformer.requires_grad_(True).train()
         if config.lora.rank:  # adapters after the copies: the teacher (and a fully trained fake score) stay plain
             add_lora(self.generator.transformer, config.lora)
