@@ -58,14 +58,15 @@ class Trainer:
                  shard: Callable[[torch.nn.Module], None] | None = None,
                  teacher_transformer: torch.nn.Module | None = None):
         """`shard` (e.g. FSDP2's per-block `fully_shard`) is applied to the three transformers before the optimizers
-        are built, so the optimizers hold the sharded parameters. The teacher and the fake score copy
-        `teacher_transformer` when the generator starts from other weights (`model.generator_init`), else the
-        generator's own transformer."""
+        are built, so the optimizers hold the sharded parameters. When the generator starts from other weights
+        (`model.generator_init`), `teacher_transformer` is the teacher and the fake score starts as its copy; else both
+        copy the generator's transformer."""
         self.config, self.generator, self.critic, self.batches = config, generator, critic, batches
         self.out_dir = Path(out_dir)
         base = generator.transformer if teacher_transformer is None else teacher_transformer
-        self.teacher = generator.with_transformer(copy.deepcopy(base).requires_grad_(False).eval())
+        teacher = copy.deepcopy(base) if teacher_transformer is None else teacher_transformer  # no third copy
         self.fake = generator.with_transformer(copy.deepcopy(base).requires_grad_(True).train())
+        self.teacher = generator.with_transformer(teacher.requires_grad_(False).eval())
         self.generator.transformer.requires_grad_(True).train()
         if config.lora.rank:  # adapters after the copies: the teacher (and a fully trained fake score) stay plain
             add_lora(self.generator.transformer, config.lora)
