@@ -63,9 +63,8 @@ class Trainer:
         copy the generator's transformer."""
         self.config, self.generator, self.critic, self.batches = config, generator, critic, batches
         self.out_dir = Path(out_dir)
-        base = generator.transformer if teacher_transformer is None else teacher_transformer
-        teacher = copy.deepcopy(base) if teacher_transformer is None else teacher_transformer  # no third copy
-        self.fake = generator.with_transformer(copy.deepcopy(base).requires_grad_(True).train())
+        teacher = copy.deepcopy(generator.transformer) if teacher_transformer is None else teacher_transformer
+        self.fake = generator.with_transformer(copy.deepcopy(teacher).requires_grad_(True).train())
         self.teacher = generator.with_transformer(teacher.requires_grad_(False).eval())
         self.generator.transformer.requires_grad_(True).train()
         if config.lora.rank:  # adapters after the copies: the teacher (and a fully trained fake score) stay plain
