@@ -8,7 +8,7 @@ from pathlib import Path
 from datasets_builder import lake
 from datasets_builder.images import normalise_image
 from odd_images import SAMPLES
-from schemas import BACKGROUND_PROMPTS, EDIT_INSTRUCTIONS, IMAGES, OBJECTS
+from schemas import BACKGROUND_PROMPTS, CAPTIONS, EDIT_INSTRUCTIONS, IMAGES, OBJECTS
 
 PROVENANCE = dict(model_id="fixture", prompt_version="fixture-1", sampling="{}", backend="transformers")
 EDITS = [
@@ -25,6 +25,11 @@ EDITS = [
 OBJECTS_CENTRIC = {"coffee.jpg": "the cup of coffee", "horse.jpg": "the horse"}
 SCENES = ["on a wooden table in a sunny garden", "on a snowy mountain top at dawn"]
 NOT_CENTRIC = "astronaut.jpg"
+
+# Reference captions of the source images; the rocket has none (a sample the caption-conditioned warmup falls back on).
+REFERENCE_CAPTIONS = {"astronaut.jpg": "an astronaut standing beside a flag", "coffee.jpg": "a cup of coffee on a saucer",
+                      "horse.jpg": "a horse silhouette", "chelsea.jpg": "a cat sitting in front of a wall",
+                      "brick.jpg": "a wall of red bricks"}
 
 TARGETS = {"Remove the cup of coffee": "the white coffee cup", "Make the horse bright blue": "the horse"}
 
@@ -45,7 +50,10 @@ def write_fixture_snapshot(root: Path | lake.LakeConfig, tag: str = "fixture", *
                           instruction=instruction, is_valid=True, reasoning="fixture", edited_caption=caption,
                           target_object=TARGETS.get(instruction)))
     edits.append({**edits[0], "proposal_id": "0" * 64, "is_valid": False, "edited_caption": None})
+    captions = [dict(**PROVENANCE, image_id=image["image_id"], caption=REFERENCE_CAPTIONS[image["source"]])
+                for image in images if image["source"] in REFERENCE_CAPTIONS]
     files = {"images": [lake.write_staged(store, IMAGES, IMAGES.to_arrow(images), "fixture")],
+             "captions": [lake.write_staged(store, CAPTIONS, CAPTIONS.to_arrow(captions), "fixture")],
              "edit_instructions": [lake.write_staged(store, EDIT_INSTRUCTIONS, EDIT_INSTRUCTIONS.to_arrow(edits),
                                                      "fixture")]}
     if objects:

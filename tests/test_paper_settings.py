@@ -77,6 +77,27 @@ def test_identity_warmup_draws_t_through_the_time_shift(lake_dir, tiny_models, t
         assert float(t.min()) >= 0 and float(t.max()) <= 1
 
 
+def test_the_warmup_copies_given_the_sources_caption_or_do_nothing(lake_dir, tiny_models, tmp_path, monkeypatch):
+    from snapshot_fixture import REFERENCE_CAPTIONS
+
+    trainer = build_trainer(fixture_train_config(lake_dir, tiny_models, **{
+        "schedule.warmup_text": "reference_caption", "data.batch_size": 6}), tmp_path)
+    batch = next(trainer.batches)
+    by_instruction = {row["instruction"]: row["reference_caption"] for row in trainer.batches.dataset.table.to_pylist()}
+    assert sorted(map(str, batch.reference_captions)) == sorted(map(str, [*REFERENCE_CAPTIONS.values(), None]))
+    assert [by_instruction[i] for i in batch.instructions] == batch.reference_captions
+    texts = trainer.warmup_texts(batch)
+    assert texts == [caption or "do nothing" for caption in batch.reference_captions]
+    seen = []
+    encode = trainer.generator.encode_text
+    monkeypatch.setattr(trainer.generator, "encode_text", lambda texts, **kw: seen.append(texts) or encode(texts, **kw))
+    trainer.batches.load_state_dict({"epoch": 0, "position": 0})  # the step trains on the batch read above
+    trainer.train(until=1, progress=False)
+    assert seen[0] == texts  # the warmup step conditioned each copy on its source's caption
+    plain = build_trainer(fixture_train_config(lake_dir, tiny_models), tmp_path / "plain")
+    assert plain.warmup_texts(batch) == ["do nothing"] * len(batch.instructions)
+
+
 class FixedCritic:
     """Answers every question with the next (yes, no) logit pair it was given."""
 
@@ -229,6 +250,7 @@ def test_a_removal_without_a_known_object_asks_the_general_question_and_the_colu
     ("optim.betas", [0.9], "optim.betas must be a list of 2"),
     ("loss.strong_cfg_edit_types", ["recolor"], "may only name edit types"),
     ("loss.zzz", 1, "no config field 'loss.zzz'"),
+    ("schedule.warmup_text", "caption", "schedule.warmup_text must be one of do_nothing, reference_caption"),
 ])
 def test_bad_config_values_are_one_line_errors(key, value, message):
     with pytest.raises(ValueError) as error:

@@ -13,6 +13,7 @@ from schemas.edit_types import EDIT_TYPES
 from schemas.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
+WARMUP_TEXTS = ("do_nothing", "reference_caption")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class LossConfig:
 class ScheduleConfig:
     total_steps: int = 10_000
     warmup_steps: int = 250  # identity reconstruction
+    # What the identity warmup conditions the copy on: "do_nothing" (one fixed instruction) or "reference_caption"
+    # (the source's own caption, as the reference reimplementation's stage 0; a sample without one falls back to
+    # "do nothing"). A fixed instruction whose target never depends on it teaches the editor to ignore its text.
+    warmup_text: str = "do_nothing"
     single_step_steps: int = 4_000  # after warmup: one-step unroll only
     two_step_prob: float = 0.75
     two_step_times: tuple[float, ...] = (0.75, 0.5, 0.25)  # un-shifted; the backbone's time shift is applied
@@ -159,6 +164,7 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
         ("schedule.total_steps", s.total_steps >= 1, "must be >= 1"),
         *[(f"schedule.{name}", getattr(s, name) >= 0, "must be >= 0")
           for name in ("warmup_steps", "single_step_steps", "fake_steps_per_generator_step")],
+        ("schedule.warmup_text", s.warmup_text in WARMUP_TEXTS, f"must be one of {', '.join(WARMUP_TEXTS)}"),
         ("schedule.two_step_prob", 0 <= s.two_step_prob <= 1, "must lie in [0, 1]"),
         ("schedule.two_step_times", bool(s.two_step_times) and all(0 < t < 1 for t in s.two_step_times),
          "must lie strictly between 0 and 1"),

@@ -34,6 +34,7 @@ class EditBatch:
     edited_captions: list[str]
     proposal_ids: list[str]
     target_objects: list[str | None] | None = None  # what a remove/replace/recolour acts on (schema version >= 2)
+    reference_captions: list[str | None] | None = None  # the source image's caption c^y (None: it has none)
     # edit_types[b] == "customization": instructions[b] places target_objects[b] in the scene edited_captions[b]
 
 
@@ -113,6 +114,9 @@ class SnapshotEdits:
             samples = customization_samples(lake, snapshot.snapshot_id)
             self.customizations = samples.num_rows
             edits = pa.concat_tables([edits, samples.select(edits.column_names).cast(edits.schema)])
+        captions = read_table(lake, "captions", snapshot.snapshot_id, ["image_id", "caption"])
+        edits = edits.join(captions.rename_columns(["image_id", "reference_caption"]), "image_id",
+                           join_type="left outer")
         self.store = ImageStore(table_files(lake, "images", snapshot.snapshot_id))
         joined = edits.join(self.store.index(), "image_id", join_type="left outer")
         missing = joined.filter(pc.is_null(pc.field("file")))
@@ -269,6 +273,7 @@ class EditBatches:
             edited_captions=[r["edited_caption"] or r["instruction"] for r in rows],
             proposal_ids=[r["proposal_id"] for r in rows],
             target_objects=[r["target_object"] for r in rows],
+            reference_captions=[r["reference_caption"] for r in rows],
         )
 
     def state_dict(self) -> dict[str, int]:

@@ -143,11 +143,19 @@ class Trainer:
         the two-step times are (under Z-Image's shift 6, 40 % of samples lie above t = 0.9)."""
         return self.generator.shift_time(self._uniform(n))
 
-    def _warmup_loss(self, references: torch.Tensor, pixels: torch.Tensor
+    def warmup_texts(self, batch: EditBatch) -> list[str]:
+        """What the identity warmup conditions each copy on: 'do nothing', or the source's own caption (schedule
+        .warmup_text), 'do nothing' where a source has no caption."""
+        captions = batch.reference_captions or [None] * len(batch.instructions)
+        if self.config.schedule.warmup_text == "reference_caption":
+            return [caption or DO_NOTHING for caption in captions]
+        return [DO_NOTHING] * len(batch.instructions)
+
+    def _warmup_loss(self, references: torch.Tensor, batch: EditBatch
                      ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        """Identity reconstruction: flow matching towards the reference itself, instruction 'do nothing'."""
-        text = self.generator.encode_text([DO_NOTHING] * references.shape[0], num_references=1,
-                                          reference_images=pixels)
+        """Identity reconstruction: flow matching towards the reference itself, given `warmup_texts`."""
+        pixels = batch.references
+        text = self.generator.encode_text(self.warmup_texts(batch), num_references=1, reference_images=pixels)
         t, eps = self.warmup_times(references.shape[0]), self._noise(references)
         x_t = noise_to(references, eps, t)
         v = self.generator.predict_velocity(x_t, t, text, reference=references)
@@ -206,7 +214,7 @@ class Trainer:
         with torch.no_grad():
             references = self.generator.encode_images(batch.references)
         if phase(self.step, self.config.schedule) == "warmup":
-            return self._warmup_loss(references, batch.references)
+            return self._warmup_loss(references, batch)
         do_nothing = (self._uniform(references.shape[0]) < loss_config.do_nothing_prob).cpu()
         instructions = [DO_NOTHING if d else s for d, s in zip(do_nothing.tolist(), batch.instructions)]
         text = self.generator.encode_text(instructions, num_references=1, reference_images=batch.references)
