@@ -35,6 +35,7 @@ def test_the_paper_recipe_holds_the_papers_values():
     reimplementation = load_config("zimage_reimplementation")
     assert (reimplementation.optim.lr, reimplementation.data.global_batch_size) == (2e-5, 8)
     assert reimplementation.data.edit_type_weights == {"remove": 0.25}
+    assert (paper.schedule.warmup_text, reimplementation.schedule.warmup_text) == ("do_nothing", "reference_caption")
 
 
 def _generator_grads(trainer, *batches) -> torch.Tensor:

@@ -236,7 +236,7 @@ def zimage_reimplementation() -> TrainConfig:
 
     lr 2e-5 at batch 8, lambda_VLM 0.02 / lambda_DMD 1.0 (the paper's ratio, twice the scale), 5 fake-score updates,
     two-step unrolls from the start, the critic temperature ramp over 2000 steps, removal at 25 % of edits, and its
-    separate 5000-step identity stage run here as the warmup. Its critic (InternVL3-14B) is not supported here; this
+    separate 5000-step identity stage, conditioned on the source's caption, run here as the warmup. Its critic (InternVL3-14B) is not supported here; this
     recipe uses Qwen2.5-VL-7B.
     """
     return TrainConfig(
@@ -245,8 +245,8 @@ def zimage_reimplementation() -> TrainConfig:
         data=DataConfig(resolution=512, aspect_ratios=(0.75, 1.0, 1.333), batch_size=1, global_batch_size=8,
                         edit_type_weights={"remove": 0.25}),
         loss=LossConfig(lambda_vlm=0.02, lambda_dmd=1.0, critic_temperature_ramp_steps=2000),
-        schedule=ScheduleConfig(total_steps=19_000, warmup_steps=5_000, single_step_steps=0,
-                                fake_steps_per_generator_step=5),
+        schedule=ScheduleConfig(total_steps=19_000, warmup_steps=5_000, warmup_text="reference_caption",
+                                single_step_steps=0, fake_steps_per_generator_step=5),
         optim=OptimConfig(lr=2e-5, fake_lr=2e-5),
         log=LogConfig(out_dir="runs/zimage_reimplementation", log_every=10, image_every=250, checkpoint_every=500),
     )
