@@ -71,7 +71,7 @@ class ScheduleConfig:
     warmup_steps: int = 250  # identity reconstruction
     # What the identity warmup conditions the copy on: "do_nothing" (one fixed instruction) or "reference_caption"
     # (the source's own caption, as the reference reimplementation's stage 0; a sample without one falls back to
-    # "do nothing"). A fixed instruction whose target never depends on it teaches the editor to ignore its text.
+    # "do nothing"). Either erases what an editor that already edits knows (world findings 33-34).
     warmup_text: str = "do_nothing"
     single_step_steps: int = 4_000  # after warmup: one-step unroll only
     two_step_prob: float = 0.75
@@ -236,8 +236,8 @@ def zimage_reimplementation() -> TrainConfig:
 
     lr 2e-5 at batch 8, lambda_VLM 0.02 / lambda_DMD 1.0 (the paper's ratio, twice the scale), 5 fake-score updates,
     two-step unrolls from the start, the critic temperature ramp over 2000 steps, removal at 25 % of edits, and its
-    separate 5000-step identity stage, conditioned on the source's caption, run here as the warmup. Its critic (InternVL3-14B) is not supported here; this
-    recipe uses Qwen2.5-VL-7B.
+    separate 5000-step identity stage, conditioned on the source's caption, run here as the warmup. Its critic
+    (InternVL3-14B) is not supported here; this recipe uses Qwen2.5-VL-7B.
     """
     return TrainConfig(
         model=ModelConfig(generator="Tongyi-MAI/Z-Image", critic="Qwen/Qwen2.5-VL-7B-Instruct", dtype="bfloat16",
