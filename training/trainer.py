@@ -146,16 +146,15 @@ class Trainer:
     def warmup_texts(self, batch: EditBatch) -> list[str]:
         """What the identity warmup conditions each copy on: 'do nothing', or the source's own caption (schedule
         .warmup_text), 'do nothing' where a source has no caption."""
-        captions = batch.reference_captions or [None] * len(batch.instructions)
-        if self.config.schedule.warmup_text == "reference_caption":
-            return [caption or DO_NOTHING for caption in captions]
+        if self.config.schedule.warmup_text == "reference_caption" and batch.reference_captions:
+            return [caption or DO_NOTHING for caption in batch.reference_captions]
         return [DO_NOTHING] * len(batch.instructions)
 
     def _warmup_loss(self, references: torch.Tensor, batch: EditBatch
                      ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """Identity reconstruction: flow matching towards the reference itself, given `warmup_texts`."""
-        pixels = batch.references
-        text = self.generator.encode_text(self.warmup_texts(batch), num_references=1, reference_images=pixels)
+        text = self.generator.encode_text(self.warmup_texts(batch), num_references=1,
+                                          reference_images=batch.references)
         t, eps = self.warmup_times(references.shape[0]), self._noise(references)
         x_t = noise_to(references, eps, t)
         v = self.generator.predict_velocity(x_t, t, text, reference=references)
