@@ -74,9 +74,16 @@ def ceilings(args: argparse.Namespace) -> int:
 
 
 def _type_scores_line(edit_type: str, s: dict) -> str:
-    """One edit type's verifier scores on one line, as `world ceilings` and `world score` print them."""
+    """One edit type's verifier scores on one line, as `world ceilings` and `world score` print them; success and edit
+    made with their 95 % intervals over the line's n edits."""
+    from world.evaluate import share_interval
+
+    def share(value: float) -> str:
+        low, high = share_interval(value, s["n"])
+        return f"{value:4.0%} ({low:.0%}-{high:.0%})"
+
     kept = "n/a" if s["preservation_db"] is None else f"{s['preservation_db']:.1f} dB"
-    return (f"{edit_type:18s} success {s['success']:4.0%}  edit made {s['applied']:4.0%}  preservation {kept}  "
+    return (f"{edit_type:18s} success {share(s['success'])}  edit made {share(s['applied'])}  preservation {kept}  "
             f"realism {s['realism']:4.0%}  n {s['n']}")
 
 

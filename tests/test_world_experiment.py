@@ -54,6 +54,7 @@ def test_experiment_writes_results_and_report_and_resumes(smoke_world_models, tm
     report = (tmp_path / "exp" / "report.md").read_text()
     assert "| the true target encoded and decoded by the editor's VAE |" in report
     assert "| np_edit | 2 | 2 |" in report and "Customization (the reference's object" in report
+    assert "a share measured on 1 edits is known to ±40 points at most" in report  # Wilson at n 1: 0-0.79
     assert (tmp_path / "exp" / "grids" / "np_edit_seed0_customization.png").exists() and (tmp_path / "exp" / "grids" / "supervised_seed1.png").exists()
     saved = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert len(saved["runs"]) == 5
@@ -258,11 +259,20 @@ def test_world_models_prints_the_committed_models_and_refuses_a_folder_without_a
         main(["world", "models", "--models", str(tmp_path)])
 
 
+def test_a_share_measured_on_few_edits_gets_its_wilson_interval():
+    from world.evaluate import share_interval
+
+    # by hand, z = 1.96: centre (p + z²/2n) / (1 + z²/n), half-width z sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n)
+    assert share_interval(0.5, 24) == pytest.approx((0.3143, 0.6857), abs=1e-4)
+    assert share_interval(0.0, 24) == pytest.approx((0.0, 0.1380), abs=1e-4)  # no success seen: up to 14 % allowed
+    assert share_interval(9 / 96, 96) == pytest.approx((0.0501, 0.1687), abs=1e-4)
+
+
 def test_world_score_prints_the_verifiers_scores_of_an_editor_checkpoint(tmp_path, capsys):
     from npedit.cli import main
     from training.backbones import ZImageBackbone
     from world import PRETRAINED
-    from world.evaluate import held_out_edits, score_editor
+    from world.evaluate import held_out_edits, score_editor, share_interval
 
     teacher = PRETRAINED / "teacher"
     assert main(["world", "score", str(teacher), "--edit-types", "insertion", "--per-type", "2",
@@ -272,6 +282,8 @@ def test_world_score_prints_the_verifiers_scores_of_an_editor_checkpoint(tmp_pat
     expected = score_editor(ZImageBackbone.from_pretrained(teacher), held_out_edits(2, edit_types=["insertion"]),
                             num_steps=2)["insertion"]
     assert "[2 steps] insertion" in lines[2] and f"realism {expected['realism']:4.0%}" in lines[2]
+    low, high = share_interval(expected["success"], expected["n"])
+    assert f"success {expected['success']:4.0%} ({low:.0%}-{high:.0%})" in lines[2]
     assert f"n {expected['n']}" in lines[2]
     with pytest.raises(SystemExit, match="not an editor checkpoint"):
         main(["world", "score", str(tmp_path)])

@@ -103,6 +103,15 @@ def mean_of(values) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
+def share_interval(share: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson interval of a share measured on `n` edits (success, edit made): how far a score on few edits may
+    sit from the editor's true rate, sampling noise included."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(round(share * n), n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
 def summarise(edits: list[WorldEdit], scores: list[EditScore]) -> dict[str, TypeScores]:
     """Per edit type (and "mean": the unweighted mean over types) of the verifier's scores."""
     table = {}

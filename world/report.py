@@ -11,6 +11,7 @@ import numpy as np
 from schemas.edit_types import EDIT_TYPES
 from training.customization import CUSTOMIZATION
 from world.ceilings import CEILINGS
+from world.evaluate import share_interval
 
 GOAL = {"success": 0.80, "preservation_db": 30.0, "realism": 0.95}
 
@@ -249,6 +250,18 @@ def ceiling_table(ceilings: dict[str, dict], types: list[str]) -> list[str]:
     return lines + ["", "(the last columns: success per edit type)"]
 
 
+def _noise_lines(results: dict) -> list[str]:
+    """How far a share measured on the fewest held-out edits a run's edit type had may sit from the editor's rate."""
+    counts = [scores["n"] for run in results["runs"] for edit_type, scores in run["scores"].items()
+              if edit_type != "mean"]
+    if not counts:
+        return []
+    n = min(counts)
+    low, high = share_interval(n // 2 / n, n)  # the widest interval: half the edits successful
+    return ["", f"Each run scores {n} held-out edits per type or more; a share measured on {n} edits is known to "
+                f"±{(high - low) * 50:.0f} points at most (the 95 % Wilson interval, sampling noise included)."]
+
+
 def write_report(results: dict, out: Path) -> Path:
     """`out/report.md` and `out/success_per_type.png` from `results` (what `results.json` holds)."""
     grouped = _by_variant(results)
@@ -258,7 +271,7 @@ def write_report(results: dict, out: Path) -> Path:
              "holds and the output parses as a world scene), edit made (what the instruction names holds, realism "
              "aside), preservation (PSNR outside the edit mask; n/a for style), realism (the output parses as a world "
              f"scene). Goal: success >= {GOAL['success']:.0%}, preservation >= {GOAL['preservation_db']:.0f} dB, "
-             f"realism >= {GOAL['realism']:.0%}.", "",
+             f"realism >= {GOAL['realism']:.0%}.", *_noise_lines(results), "",
              "| variant | seeds | generator steps | train min | success | edit made | preservation (dB) | realism |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for variant, runs in grouped.items():
