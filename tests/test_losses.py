@@ -1,4 +1,4 @@
-"""The losses against hand-computed cases (paper eqns. 4 and 5, flow matching, guidance)."""
+"""The losses against hand-computed cases (paper eqns. 4 and 5, appendix C's consistency, flow matching, guidance)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 
 from training.backbones.base import guided_velocity
-from training.losses import dmd_gradient, dmd_loss, flow_matching_loss, reconstruction_loss, vlm_feedback_loss
+from training.losses import consistency_loss, dmd_gradient, dmd_loss, flow_matching_loss, reconstruction_loss, vlm_feedback_loss
 
 
 def test_vlm_loss_is_minus_log_sigmoid_of_the_logit_gap():
@@ -57,6 +57,14 @@ def test_flow_matching_and_reconstruction_hand_cases():
     v = torch.tensor([[[[1.0, 1.0]]]])  # target eps - x0 = (1, -1): errors 0 and 2 -> mean 2
     assert torch.allclose(flow_matching_loss(v, x0, eps), torch.tensor([2.0]))
     assert torch.allclose(reconstruction_loss(v, x0), torch.tensor([1.0]))
+
+
+def test_consistency_is_the_pixel_mse_to_the_reference_per_sample():
+    reference = torch.zeros(2, 3, 1, 2)
+    output = torch.zeros(2, 3, 1, 2)
+    output[0, 0, 0] = torch.tensor([1.0, -1.0])  # two of six pixels off by 1: 2 / 6
+    output[1] = 0.5  # every pixel off by 0.5: 0.25
+    assert torch.allclose(consistency_loss(output, reference), torch.tensor([1 / 3, 0.25]))
 
 
 def test_guided_velocity_hand_case_one_scale_and_one_per_sample():

@@ -108,6 +108,22 @@ def test_dmd_alone_moves_the_generator_toward_the_teacher(lake_dir, tiny_models,
     assert mean_output() > before + 0.3
 
 
+def test_the_consistency_term_alone_pulls_edits_toward_their_reference(lake_dir, tiny_models, tmp_path):
+    config = fixture_train_config(lake_dir, tiny_models, **PURE, **{"loss.lambda_dmd": 0.0, "loss.lambda_vlm": 0.0,
+                                                         "loss.lambda_consistency": 1.0, "optim.lr": 1e-3})
+    trainer = build_trainer(config, tmp_path)
+    batch = next(trainer.batches)
+    trainer.critic.answer_logits = None  # the VLM term is off: the critic is never asked
+    history = []
+    for _ in range(30):
+        history.append(trainer.generator_step(batch).metrics)
+        trainer.step += 1
+    losses = [row["loss/consistency"] for row in history]  # fresh noise each step: compare the ends' means
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.9 * first, losses
+    assert history[0]["loss/total"] == pytest.approx(losses[0])  # the only term, on edit samples alone
+
+
 @pytest.mark.parametrize("weights", [{"loss.lambda_dmd": 0.0}, {"loss.lambda_vlm": 0.0}])
 def test_a_loss_term_weighted_zero_is_not_computed(lake_dir, tiny_models, tmp_path, weights):
     config = fixture_train_config(lake_dir, tiny_models, **{**PURE, "schedule.fake_steps_per_generator_step": 2},
@@ -131,6 +147,7 @@ def test_a_loss_term_weighted_zero_is_not_computed(lake_dir, tiny_models, tmp_pa
     else:  # DMD only: the teacher and 2 fake-score updates every step, no critic
         assert calls == {"teacher": 2, "fake_update": 4, "critic": 0}
         assert "loss/vlm" not in history[-1] and "loss/dmd" in history[-1]
+    assert "loss/consistency" not in history[-1]  # off by default, as in the paper
     assert all(torch.isfinite(torch.tensor(row["loss/total"])) for row in history)
 
 

@@ -51,6 +51,9 @@ class LossConfig:
     lambda_vlm: float = 0.01
     lambda_dmd: float = 0.5
     lambda_reconstruction: float = 1.0
+    # Paper appendix C (figure 9): a distance between the output and its reference, on edit samples, trades edit
+    # success for consistency. The paper's is LPIPS; ours the pixel MSE (images in [-1, 1]). 0: off, as in the paper.
+    lambda_consistency: float = 0.0
     do_nothing_prob: float = 0.01
     cfg_scale: float = 3.5
     strong_cfg_scale: float = 7.5
@@ -154,8 +157,8 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
          "must be probabilities summing to at most 1"),
         ("data.customization_fraction", 0 <= d.customization_fraction < 1, "must lie in [0, 1)"),
         *[(f"loss.{name}", getattr(loss, name) >= 0, "must be >= 0")
-          for name in ("lambda_vlm", "lambda_dmd", "lambda_reconstruction", "cfg_scale", "strong_cfg_scale",
-                       "critic_temperature_ramp_steps")],
+          for name in ("lambda_vlm", "lambda_dmd", "lambda_reconstruction", "lambda_consistency", "cfg_scale",
+                       "strong_cfg_scale", "critic_temperature_ramp_steps")],
         ("loss.do_nothing_prob", 0 <= loss.do_nothing_prob <= 1, "must lie in [0, 1]"),
         ("loss.strong_cfg_edit_types", set(loss.strong_cfg_edit_types) <= set(EDIT_TYPES),
          f"may only name edit types ({', '.join(EDIT_TYPES)})"),

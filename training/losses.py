@@ -40,6 +40,11 @@ def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor
     return F.mse_loss(v_pred, eps - x0, reduction="none").flatten(1).mean(dim=1)
 
 
+def consistency_loss(output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Paper appendix C's input-output consistency term (LPIPS there; mean squared pixel error here), per sample."""
+    return F.mse_loss(output, reference, reduction="none").flatten(1).mean(dim=1)
+
+
 def reconstruction_loss(x0: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """"Do nothing" regulariser: the output should equal the reference latent; per sample."""
     return F.mse_loss(x0, reference, reduction="none").flatten(1).mean(dim=1)

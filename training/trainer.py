@@ -23,7 +23,7 @@ from training.config import TrainConfig, accumulation_steps
 from training.critics import Critic
 from training.data import EditBatch, EditBatches
 from training.lora import add_lora
-from training.losses import dmd_loss, flow_matching_loss, reconstruction_loss, vlm_feedback_loss
+from training.losses import consistency_loss, dmd_loss, flow_matching_loss, reconstruction_loss, vlm_feedback_loss
 from training.monitor import Monitor
 from training.customization import CUSTOMIZATION, customization_questions
 from training.questions import OUTPUT, REFERENCE, Question, questions_for
@@ -225,11 +225,16 @@ class Trainer:
             l_dmd = self._dmd(x0, batch)
             per_sample = per_sample + loss_config.lambda_dmd * l_dmd * edit
             metrics["loss/dmd"] = l_dmd.mean().item()
+        images = self.generator.decode_latents(x0) if loss_config.lambda_vlm or loss_config.lambda_consistency else None
         if loss_config.lambda_vlm > 0:
-            l_vlm, metrics_vlm = self._vlm(self.generator.decode_latents(x0), batch)
+            l_vlm, metrics_vlm = self._vlm(images, batch)
             per_sample = per_sample + loss_config.lambda_vlm * l_vlm * edit
             metrics.update({**metrics_vlm, "loss/vlm": l_vlm.mean().item(),
                             "vlm/temperature": self.critic_temperature()})
+        if loss_config.lambda_consistency > 0:
+            l_consistency = consistency_loss(images, batch.references.to(images))
+            per_sample = per_sample + loss_config.lambda_consistency * l_consistency * edit
+            metrics["loss/consistency"] = l_consistency.mean().item()
         l_rec = reconstruction_loss(x0, references)
         per_sample = per_sample + loss_config.lambda_reconstruction * l_rec * (1 - edit)
         metrics.update({"loss/do_nothing": (l_rec * (1 - edit)).sum().item() / max(1.0, (1 - edit).sum().item()),
