@@ -7,7 +7,8 @@ import math
 import torch
 
 from training.backbones.base import guided_velocity
-from training.losses import consistency_loss, dmd_gradient, dmd_loss, flow_matching_loss, reconstruction_loss, vlm_feedback_loss
+from training.losses import (consistency_loss, dmd_gradient, dmd_loss, flow_matching_loss, reconstruction_loss,
+                             vlm_feedback_loss)
 
 
 def test_vlm_loss_is_minus_log_sigmoid_of_the_logit_gap():

@@ -237,6 +237,7 @@ def test_a_removal_without_a_known_object_asks_the_general_question_and_the_colu
     ("loss.lambda_vlm", "abc", "loss.lambda_vlm must be a number, not 'abc'"),
     ("optim.lr", -1e-5, "optim.lr must be > 0"),
     ("loss.do_nothing_prob", 1.5, "loss.do_nothing_prob must lie in [0, 1]"),
+    ("loss.lambda_consistency", -0.5, "loss.lambda_consistency must be >= 0"),
     ("schedule.two_step_prob", -0.1, "schedule.two_step_prob must lie in [0, 1]"),
     ("loss.dmd_t_max", 1.0, "loss.dmd_t_max must lie in (loss.dmd_t_min, 1)"),
     ("schedule.two_step_times", [0.5, 1.0], "schedule.two_step_times must lie strictly between 0 and 1"),
