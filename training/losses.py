@@ -35,16 +35,21 @@ def dmd_loss(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> 
     return 0.5 * F.mse_loss(x0, target, reduction="none").flatten(1).mean(dim=1)
 
 
+def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every non-batch dimension, one value per sample."""
+    return F.mse_loss(a, b, reduction="none").flatten(1).mean(dim=1)
+
+
 def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Rectified-flow objective ||v_pred - (eps - x0)||^2, per sample (fake-score updates, identity warmup)."""
-    return F.mse_loss(v_pred, eps - x0, reduction="none").flatten(1).mean(dim=1)
+    return _per_sample_mse(v_pred, eps - x0)
 
 
 def consistency_loss(output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Paper appendix C's input-output consistency term (LPIPS there; mean squared pixel error here), per sample."""
-    return F.mse_loss(output, reference, reduction="none").flatten(1).mean(dim=1)
+    return _per_sample_mse(output, reference)
 
 
 def reconstruction_loss(x0: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """"Do nothing" regulariser: the output should equal the reference latent; per sample."""
-    return F.mse_loss(x0, reference, reduction="none").flatten(1).mean(dim=1)
+    return _per_sample_mse(x0, reference)
