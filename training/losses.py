@@ -9,6 +9,11 @@ import torch
 import torch.nn.functional as F
 
 
+def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every non-batch dimension, one value per sample."""
+    return F.mse_loss(a, b, reduction="none").flatten(1).mean(dim=1)
+
+
 def vlm_feedback_loss(logit_correct: torch.Tensor, logit_wrong: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Paper eqn. 4: L_VLM = -log sigmoid(T (l_correct - l_wrong)), per question; returns the per-item loss."""
     return -F.logsigmoid(temperature * (logit_correct - logit_wrong))
@@ -32,12 +37,7 @@ def dmd_loss(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> 
     """
     grad = dmd_gradient(x0.detach(), x0_real.detach(), x0_fake.detach())
     target = (x0 - grad).detach()
-    return 0.5 * F.mse_loss(x0, target, reduction="none").flatten(1).mean(dim=1)
-
-
-def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over every non-batch dimension, one value per sample."""
-    return F.mse_loss(a, b, reduction="none").flatten(1).mean(dim=1)
+    return 0.5 * _per_sample_mse(x0, target)
 
 
 def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
