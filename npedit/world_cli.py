@@ -243,7 +243,7 @@ def report(args: argparse.Namespace) -> int:
     """One report from an experiment whose runs were split over several --out folders."""
     import sys
 
-    from world.experiment import merge_results
+    from world.merge import merge_results
 
     try:
         merge_results(args.parts, args.out, command=" ".join(["npedit", *sys.argv[1:]]))
@@ -496,7 +496,9 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
     jd.add_argument("--results", type=Path, required=True, help="OUT/METHOD of npedit eval generate")
     jd.set_defaults(func=judge)
     r = commands.add_parser("report", help="merge experiment runs split over several --out folders into one report")
-    r.add_argument("parts", nargs="+", type=Path, help="the experiment --out folders (same --steps)")
+    r.add_argument("parts", nargs="+", help="the experiment --out folders (same --steps); DIR:RUN,RUN keeps the named "
+                                            "runs (np_edit_seed0), DIR:none only the folder's ceilings. One variant "
+                                            "and seed in parts scoring disjoint edit types is joined: an editor per type")
     r.add_argument("--out", type=Path, required=True)
     r.set_defaults(func=report)
     c = commands.add_parser("corpus", help="build a world corpus with the real builder: loopback images, img2dataset, "

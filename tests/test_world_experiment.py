@@ -190,6 +190,57 @@ def test_runs_split_over_folders_merge_into_one_report_and_mismatches_are_refuse
             in (tmp_path / "merged_recipe" / "report.md").read_text())
 
 
+def _one_type_part(folder, edit_type, runs, success, ceilings=None):
+    """A part scored on one or more edit types: each type's success as given, a grid per run."""
+    types = [edit_type] if isinstance(edit_type, str) else edit_type
+    scores = {t: {"success": success, "preservation_db": 30.0, "realism": 1.0, "applied": success, "n": 96}
+              for t in types}
+    scores["mean"] = dict(scores[types[0]], n=96 * len(types))
+    (folder / "grids").mkdir(parents=True)
+    for variant, seed, _ in runs:
+        (folder / "grids" / f"{variant}_seed{seed}.png").write_bytes(b"png")
+    results = {"command": f"npedit world experiment --out {folder}", "models": {},
+               "runs": [{"variant": v, "seed": s, "steps": n, "train_minutes": 2.0, "scores": scores,
+                         "seen_scores": scores} for v, s, n in runs], **({"ceilings": ceilings} if ceilings else {})}
+    (folder / "results.json").write_text(json.dumps(results))
+    return str(folder)
+
+
+def test_one_type_experiments_join_into_one_per_type_report_and_overlaps_are_refused(tmp_path, capsys):
+    from npedit.cli import main
+
+    remove = _one_type_part(tmp_path / "remove", "remove", [("np_edit", 0, 600), ("teacher", 0, 0)], 0.4)
+    replace = _one_type_part(tmp_path / "replace", "replace", [("np_edit", 0, 600), ("teacher", 0, 0)], 0.1)
+    bound = {"success": 0.7, "preservation_db": 35.0, "realism": 0.9, "applied": 0.8, "n": 96}
+    ceilings = _one_type_part(tmp_path / "ceilings", ["remove", "replace"], [("teacher", 0, 0)], 0.0,
+                              ceilings={"teacher_draws_target": {"remove": bound, "replace": dict(bound, success=0.3),
+                                                                 "mean": bound}})
+    assert main(["world", "report", remove, replace, f"{ceilings}:none", "--out", str(tmp_path / "joined")]) == 0
+    merged = json.loads((tmp_path / "joined" / "results.json").read_text())
+    np_edit = next(r for r in merged["runs"] if r["variant"] == "np_edit")
+    assert sorted(np_edit["scores"]) == ["mean", "remove", "replace"]
+    assert np_edit["scores"]["mean"]["success"] == pytest.approx(0.25) and np_edit["scores"]["mean"]["n"] == 192
+    assert np_edit["seen_scores"]["mean"]["success"] == pytest.approx(0.25) and np_edit["train_minutes"] == 4.0
+    assert merged["ceilings"]["teacher_draws_target"]["mean"]["success"] == pytest.approx(0.5)
+    report = (tmp_path / "joined" / "report.md").read_text()
+    assert "| np_edit | 1 | 600 | 4.0 | 25% |" in report
+    assert "np_edit seed 0 (remove / replace)" in report
+    assert sorted(p.name for p in (tmp_path / "joined" / "grids").iterdir()) == [
+        "np_edit_seed0_remove.png", "np_edit_seed0_replace.png",
+        "teacher_seed0_remove.png", "teacher_seed0_replace.png"]
+    twice = r"a run appears in more than one part: teacher_seed0 scores \['remove', 'replace'\] twice"
+    with pytest.raises(SystemExit, match=twice):
+        main(["world", "report", remove, replace, ceilings, "--out", str(tmp_path / "overlap")])
+    with pytest.raises(SystemExit, match="has no run np_edit_seed3: it has teacher_seed0"):
+        main(["world", "report", remove, f"{ceilings}:np_edit_seed3", "--out", str(tmp_path / "missing")])
+    seed1 = _one_type_part(tmp_path / "seed1", "remove", [("np_edit", 1, 600)], 0.5)
+    with pytest.raises(SystemExit, match="runs of one variant cover different edit types"):
+        main(["world", "report", remove, replace, seed1, "--out", str(tmp_path / "uneven")])
+    assert main(["world", "report", remove, f"{seed1}:np_edit_seed1", "--out", str(tmp_path / "seeds")]) == 0
+    assert "| np_edit | 2 | 600 |" in (tmp_path / "seeds" / "report.md").read_text()
+    assert not (tmp_path / "overlap").exists() and not (tmp_path / "uneven").exists()
+
+
 def test_the_models_recipe_sets_what_the_world_cpu_recipe_does_not_and_set_and_variants_override_it(tmp_path, capsys):
     from npedit.cli import main
     from world.experiment import _config

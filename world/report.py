@@ -297,6 +297,12 @@ def write_report(results: dict, out: Path) -> Path:
                       *critic_table(results["models"]["critic"]["quality"] or {})]
     if results.get("models_recipe"):
         lines += ["", recipe_line(results["models_recipe"])]
+    joined = [f"{r['variant']} seed {r['seed']} ({' / '.join('+'.join(t) for t in r['joined_types'])})"
+              for r in results["runs"] if r.get("joined_types")]
+    if joined:
+        lines += ["", "Joined from parts that each trained their own editor on their own edit types, one run per "
+                      f"part: {'; '.join(joined)}. Such a run's mean is over those editors, its train minutes "
+                      "their sum; its grids and loss curves are named by their edit types."]
     weights = sorted({r["edit_weight"] for r in grouped.get("supervised", []) if r.get("edit_weight", 1.0) != 1.0})
     if weights:
         lines += ["", "The supervised editor's loss weighs the latent pixels an edit may change "
