@@ -199,6 +199,7 @@ def _one_type_part(folder, edit_type, runs, success, ceilings=None):
     (folder / "grids").mkdir(parents=True)
     for variant, seed, _ in runs:
         (folder / "grids" / f"{variant}_seed{seed}.png").write_bytes(b"png")
+    (folder / "grids" / f"{runs[0][0]}_seed{runs[0][1]}_customization.png").write_bytes(b"png")
     results = {"command": f"npedit world experiment --out {folder}", "models": {},
                "runs": [{"variant": v, "seed": s, "steps": n, "train_minutes": 2.0, "scores": scores,
                          "seen_scores": scores} for v, s, n in runs], **({"ceilings": ceilings} if ceilings else {})}
@@ -226,8 +227,8 @@ def test_one_type_experiments_join_into_one_per_type_report_and_overlaps_are_ref
     assert "| np_edit | 1 | 600 | 4.0 | 25% |" in report
     assert "np_edit seed 0 (remove / replace)" in report
     assert sorted(p.name for p in (tmp_path / "joined" / "grids").iterdir()) == [
-        "np_edit_seed0_remove.png", "np_edit_seed0_replace.png",
-        "teacher_seed0_remove.png", "teacher_seed0_replace.png"]
+        "np_edit_seed0_remove.png", "np_edit_seed0_remove_customization.png", "np_edit_seed0_replace.png",
+        "np_edit_seed0_replace_customization.png", "teacher_seed0_remove.png", "teacher_seed0_replace.png"]
     twice = r"a run appears in more than one part: teacher_seed0 scores \['remove', 'replace'\] twice"
     with pytest.raises(SystemExit, match=twice):
         main(["world", "report", remove, replace, ceilings, "--out", str(tmp_path / "overlap")])
@@ -238,6 +239,9 @@ def test_one_type_experiments_join_into_one_per_type_report_and_overlaps_are_ref
         main(["world", "report", remove, replace, seed1, "--out", str(tmp_path / "uneven")])
     assert main(["world", "report", remove, f"{seed1}:np_edit_seed1", "--out", str(tmp_path / "seeds")]) == 0
     assert "| np_edit | 2 | 600 |" in (tmp_path / "seeds" / "report.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "seeds" / "grids").iterdir()) == [
+        "np_edit_seed0.png", "np_edit_seed0_customization.png", "np_edit_seed1.png", "np_edit_seed1_customization.png",
+        "teacher_seed0.png"]
     assert not (tmp_path / "overlap").exists() and not (tmp_path / "uneven").exists()
 
 

@@ -83,11 +83,11 @@ def join_ceilings(parts: list[dict]) -> dict[str, dict]:
 
 
 def _copy_pictures(folder: Path, run: dict, out: Path, suffix: str) -> None:
+    """The run's grids (`NAME.png`, `NAME_customization.png`) and loss curves, their names given `suffix`."""
     name = run_name(run)
-    grid = folder / "grids" / f"{name}.png"
-    if grid.exists():
+    for grid in [*(folder / "grids").glob(f"{name}.png"), *(folder / "grids").glob(f"{name}_*.png")]:
         (out / "grids").mkdir(parents=True, exist_ok=True)
-        shutil.copy(grid, out / "grids" / f"{name}{suffix}.png")
+        shutil.copy(grid, out / "grids" / f"{name}{suffix}{grid.name[len(name):]}")
     curves = folder / "runs" / name / "loss_curves.png"
     if curves.exists():
         (out / "runs" / f"{name}{suffix}").mkdir(parents=True, exist_ok=True)
