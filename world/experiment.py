@@ -26,7 +26,7 @@ from world import RECIPE_FILE
 from world.ceilings import ceilings
 from world.customization import held_out_customizations, score_customizer
 from world.evaluate import held_out_edits, score_editor, training_edits
-from world.report import model_quality, write_report
+from world.report import model_quality, run_name, write_report
 from world.supervised import train_supervised
 
 VARIANTS: dict[str, dict | str] = {
@@ -180,7 +180,7 @@ def _shorter_runs(experiment: Experiment, results: dict, steps: int | None) -> d
     for run in list(results["runs"]):
         if run["variant"] == "teacher" or steps is None or run["steps"] == steps:
             continue
-        name = f"{run['variant']}_seed{run['seed']}"
+        name = run_name(run)
         if run["steps"] > steps:
             raise Refused(f"{name} in {experiment.out} ran {run['steps']} steps, more than the {steps} asked: "
                           f"ask for --steps {run['steps']} or another --out")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from world.evaluate import mean_of
-from world.report import write_report
+from world.report import run_name, write_report
 
 RUN_NAMES = re.compile(r"none|[a-z_]+_seed\d+(,[a-z_]+_seed\d+)*")
 
@@ -34,11 +34,6 @@ class Part:
         if not colon or not RUN_NAMES.fullmatch(names):
             return cls(Path(text))
         return cls(Path(folder), frozenset() if names == "none" else frozenset(names.split(",")))
-
-
-def run_name(run: dict) -> str:
-    """The run's folder name under `runs/` and its grid's name: `variant_seedN`."""
-    return f"{run['variant']}_seed{run['seed']}"
 
 
 def edit_types_of(run: dict) -> list[str]:

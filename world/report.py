@@ -89,6 +89,11 @@ def critic_table(quality: dict) -> list[str]:
     return rows
 
 
+def run_name(run: dict) -> str:
+    """The run's folder name under `runs/` and its grid's name: `variant_seedN`."""
+    return f"{run['variant']}_seed{run['seed']}"
+
+
 def _by_variant(results: dict) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = {}
     for run in results["runs"]:
