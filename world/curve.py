@@ -98,10 +98,14 @@ def write_curve(points: list[dict], out: Path, *, settings: dict, command: str =
 
 def _write_points(points: list[dict], out: Path, *, name: str, settings: dict, command: str,
                   plot) -> tuple[Path, Path]:
-    """`out/<name>.json` (the command, the settings and every point) and the figure `plot` draws at `out/<name>.png`."""
+    """`out/<name>.json` (the commands, the settings and every point) and the figure `plot` draws at
+    `out/<name>.png`. A rerun that extends the curve keeps the earlier commands before its own, joined by " ; ", so
+    the file names every command its points came from."""
     out.mkdir(parents=True, exist_ok=True)
     data = out / f"{name}.json"
-    data.write_text(json.dumps({"command": command, "settings": settings, "points": points}, indent=2))
+    earlier = json.loads(data.read_text()).get("command", "").split(" ; ") if data.exists() else []
+    commands = " ; ".join(dict.fromkeys(c for c in (*earlier, command) if c))
+    data.write_text(json.dumps({"command": commands, "settings": settings, "points": points}, indent=2))
     return data, plot(points, out / f"{name}.png")
 
 
