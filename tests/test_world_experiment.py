@@ -73,9 +73,11 @@ def test_a_rerun_asking_for_more_steps_continues_the_shorter_runs_to_the_weights
     write_fixture_snapshot(lake, objects=True)
     short = Experiment(out=tmp_path / "exp", models=smoke_world_models, corpus=lake, steps=2, per_type=1,
                        variants=("np_edit", "supervised"), seeds=(0,), edit_types=("remove",), ceilings=False)
-    run_experiment(short, log=lambda line: None)
+    run_experiment(short, command="npedit world experiment --steps 2", log=lambda line: None)
     logged = []
-    longer = run_experiment(replace(short, steps=3), log=logged.append)
+    longer = run_experiment(replace(short, steps=3), command="npedit world experiment --steps 3", log=logged.append)
+    regenerate = "npedit world experiment --steps 2 ; npedit world experiment --steps 3"  # both, so it regenerates
+    assert longer["command"] == regenerate and f"Regenerate: `{regenerate}`" in (tmp_path / "exp/report.md").read_text()
     assert [(r["variant"], r["steps"], r["continued_from"]) for r in longer["runs"]] == [("np_edit", 3, 2),
                                                                                        ("supervised", 3, 2)]
     assert any("continued from the run scored at step 2" in line for line in logged)

@@ -8,6 +8,8 @@ import json
 import re
 from pathlib import Path
 
+from world.report import joined_commands
+
 STEP = re.compile(r"step-(\d+)")
 
 
@@ -103,9 +105,9 @@ def _write_points(points: list[dict], out: Path, *, name: str, settings: dict, c
     the file names every command its points came from."""
     out.mkdir(parents=True, exist_ok=True)
     data = out / f"{name}.json"
-    earlier = json.loads(data.read_text()).get("command", "").split(" ; ") if data.exists() else []
-    commands = " ; ".join(dict.fromkeys(c for c in (*earlier, command) if c))
-    data.write_text(json.dumps({"command": commands, "settings": settings, "points": points}, indent=2))
+    earlier = json.loads(data.read_text()).get("command", "") if data.exists() else ""
+    data.write_text(json.dumps({"command": joined_commands(earlier, command), "settings": settings, "points": points},
+                               indent=2))
     return data, plot(points, out / f"{name}.png")
 
 

@@ -26,7 +26,7 @@ from world import RECIPE_FILE
 from world.ceilings import ceilings
 from world.customization import held_out_customizations, score_customizer
 from world.evaluate import held_out_edits, score_editor, training_edits
-from world.report import model_quality, run_name, write_report
+from world.report import joined_commands, model_quality, run_name, write_report
 from world.supervised import train_supervised
 
 VARIANTS: dict[str, dict | str] = {
@@ -136,7 +136,8 @@ def run_experiment(experiment: Experiment, *, command: str = "", log=print) -> d
     """Every run of the experiment (resuming from `results.json`), then the report."""
     experiment.out.mkdir(parents=True, exist_ok=True)
     path = experiment.out / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {"command": command, "runs": []}
+    results = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    results["command"] = joined_commands(results.get("command", ""), command)
     results.setdefault("models", model_quality(experiment.models))
     if experiment.models_recipe:
         results.setdefault("models_recipe", tomllib.loads(experiment.models_recipe.read_text()))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from world.evaluate import mean_of
-from world.report import run_name, write_report
+from world.report import joined_commands, run_name, write_report
 
 RUN_NAMES = re.compile(r"none|[a-z_]+_seed\d+(,[a-z_]+_seed\d+)*")
 
@@ -139,7 +139,7 @@ def merge_results(parts: list[str | Path], out: Path, *, command: str = "") -> d
     commands = [results.get("command", "") for _, results, _ in read]
     models = next((results["models"] for _, results, _ in read if results.get("models")), {})
     out.mkdir(parents=True, exist_ok=True)
-    merged = {"command": " ; ".join(c for c in [*commands, command] if c), "parts": commands, "models": models,
+    merged = {"command": joined_commands(*commands, command), "parts": commands, "models": models,
               "runs": merged_runs, **({"ceilings": bounds} if bounds else {}),
               **({"models_recipe": recipes[0]} if recipes[0] else {})}
     (out / "results.json").write_text(json.dumps(merged, indent=2))

@@ -94,6 +94,13 @@ def run_name(run: dict) -> str:
     return f"{run['variant']}_seed{run['seed']}"
 
 
+def joined_commands(*commands: str) -> str:
+    """The commands a results or curve file came from, in order and once each, joined by " ; " (each argument may
+    itself be such a join): a rerun that continues or extends the file adds its own."""
+    parts = (part for command in commands for part in command.split(" ; "))
+    return " ; ".join(dict.fromkeys(part for part in parts if part))
+
+
 def _by_variant(results: dict) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = {}
     for run in results["runs"]:
