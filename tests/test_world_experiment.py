@@ -419,11 +419,11 @@ def test_world_score_curve_orders_one_runs_checkpoints_by_step_and_refuses_two_r
     assert [p["step"] for p in points] == [0, 10, 20] and points[2]["scores"] == points[0]["scores"]
     from world.curve import write_curve  # a rerun keeps the earlier commands, once each, its own last
 
-    settings = json.loads((tmp_path / "c" / "curve.json").read_text())["settings"]
-    first = json.loads((tmp_path / "c" / "curve.json").read_text())["command"]
+    saved = json.loads((tmp_path / "c" / "curve.json").read_text())
     for command in ("npedit world score B", "npedit world score B"):
-        write_curve(points, tmp_path / "c", settings=settings, command=command)
-    assert json.loads((tmp_path / "c" / "curve.json").read_text())["command"] == f"{first} ; npedit world score B"
+        write_curve(points, tmp_path / "c", settings=saved["settings"], command=command)
+    commands = json.loads((tmp_path / "c" / "curve.json").read_text())["command"]
+    assert commands == f"{saved['command']} ; npedit world score B"
     with pytest.raises(SystemExit, match="was scored with"):
         main(["world", "score", str(latest), "--edit-types", "background", "--per-type", "3", "--sampling-steps", "1",
               "--curve", str(tmp_path / "c")])

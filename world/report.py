@@ -96,7 +96,8 @@ def run_name(run: dict) -> str:
 
 def joined_commands(*commands: str) -> str:
     """The commands a results or curve file came from, in order and once each, joined by " ; " (each argument may
-    itself be such a join): a rerun that continues or extends the file adds its own."""
+    itself be such a join): each rerun into the same folder adds its own, so the file names every command that wrote
+    it."""
     parts = (part for command in commands for part in command.split(" ; "))
     return " ; ".join(dict.fromkeys(part for part in parts if part))
 
