@@ -375,6 +375,12 @@ def add_world_commands(sub: argparse._SubParsersAction) -> None:
                     help="instead: follow the critic's gradient from held-out local colour sources as an editor does "
                          "under the VLM loss (in pixels, everywhere and inside the edit's mask alone, and through "
                          "--vae's latent) and say whether the verifier then sees the edit made")
+    pc.add_argument("--climb-edit-type", choices=("local_color_change", "remove"), default="local_color_change",
+                    help="with --climb: climb from these held-out edits' sources (remove: the trainer's questions ask "
+                         "of the output alone whether it still holds the object)")
+    pc.add_argument("--climb-presence", action="store_true",
+                    help="with --climb on local colour edits: ask their edit question as a removal's is, of the output "
+                         "alone (does it hold the object as the edit leaves it, and no longer as it was?)")
     pc.add_argument("--climb-steps", type=int, nargs="+", default=[10, 30, 100], metavar="N",
                     help="with --climb: the step counts measured")
     pc.add_argument("--climb-lr", type=float, default=0.02, help="with --climb: Adam's learning rate")

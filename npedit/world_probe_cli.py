@@ -117,7 +117,9 @@ def probe_critic(args: argparse.Namespace) -> int:
                          "VAE)")
     climb_flags = [flag for flag, given in (("--grid", args.grid), ("--climb-views", args.climb_views != 1),
                                             ("--climb-noise", args.climb_noise),
-                                            ("--climb-dmd", args.climb_dmd is not None), ("--teacher", args.teacher))
+                                            ("--climb-dmd", args.climb_dmd is not None), ("--teacher", args.teacher),
+                                            ("--climb-edit-type", args.climb_edit_type != "local_color_change"),
+                                            ("--climb-presence", args.climb_presence))
                    if given]
     if climb_flags and not args.climb:
         raise SystemExit(f"npedit: error: {climb_flags[0]} goes with --climb")
@@ -222,9 +224,9 @@ def _critic_wrong_object(args: argparse.Namespace) -> int:
 
 
 def _critic_climb(args: argparse.Namespace) -> int:
-    """`probe-critic --climb`: the critic's Yes climbed from held-out local colour sources, in pixels (everywhere, and
-    inside the edit's mask alone) and, with --vae, through that VAE's latent; the verifier's verdict at each step
-    count."""
+    """`probe-critic --climb`: the critic's Yes climbed from held-out local colour (or removal) sources, in pixels
+    (everywhere, and inside the edit's mask alone) and, with --vae, through that VAE's latent; the verifier's verdict at
+    each step count."""
     import torch
 
     from training.critics.qwen import QwenVLCritic
@@ -240,12 +242,16 @@ def _critic_climb(args: argparse.Namespace) -> int:
                          "one view or more, noise 0 or more, and more than one view needs noise")
     if (args.climb_dmd is None) != (args.teacher is None) or any(w <= 0 for w in args.climb_dmd or ()):
         raise SystemExit("npedit: error: --climb-dmd W (W > 0) and --teacher DIR go together")
+    if args.climb_presence and args.climb_edit_type == "remove":
+        raise SystemExit("npedit: error: --climb-presence is for local colour edits: a removal's questions already ask "
+                         "of the output alone")
     if args.teacher and not (args.teacher / "model_index.json").exists():
         raise SystemExit(f"npedit: error: {args.teacher} holds no teacher (no model_index.json)")
     if args.threads:
         torch.set_num_threads(args.threads)
     critic = QwenVLCritic.from_pretrained(args.models / "critic", dtype=torch.float32)
-    edits = held_out_edits(args.per_type, edit_types=("local_color_change",))
+    edit_type, presence = args.climb_edit_type, args.climb_presence
+    edits = held_out_edits(args.per_type, edit_types=(edit_type,))
     spaces = {"pixels": {}, "pixels in the mask": {"in_mask": True}}
     if args.vae:
         spaces["the VAE latent"] = {"vae": load_vae(args.vae).eval()}
@@ -255,21 +261,26 @@ def _critic_climb(args: argparse.Namespace) -> int:
             spaces[f"latent, DMD {weight:g}"] = {"prior": TeacherPrior(teacher, weight)}
         spaces["DMD alone"] = {"prior": TeacherPrior(teacher, 1.0), "follow_critic": False}  # Adam: any weight
     views = f"; the mean over {args.climb_views} views of noise {args.climb_noise:g}" if args.climb_noise else ""
-    print(f"{args.models / 'critic'}: its Yes climbed from held-out local colour sources (Adam, lr {args.climb_lr}"
-          + (f"; the VAE in {args.vae}" if args.vae else "") + views + ")")
+    sources = {"local_color_change": "local colour", "remove": "removal"}[edit_type]
+    asked = "; edit questions of the output alone (the object as left: Yes; as it was: No)" if presence else ""
+    print(f"{args.models / 'critic'}: its Yes climbed from held-out {sources} sources (Adam, lr {args.climb_lr}"
+          + (f"; the VAE in {args.vae}" if args.vae else "") + views + asked + ")")
     print(f"  {'climbed in':18s} {'steps':>5s} {'P(Yes) edit':>11s} {'identity':>8s} {'edit made':>9s} "
-          f"{'asked colour':>12s} {'source colour':>13s} {'|change|':>8s}")
+          f"{'success':>7s} {'asked colour':>12s} {'source colour':>13s} {'|change|':>8s}")
     climbed = {}
     for space, how in spaces.items():
         points, climbed[space] = climb_critic(critic, edits, steps=tuple(sorted(set(args.climb_steps))),
-                                              lr=args.climb_lr, views=args.climb_views, noise=args.climb_noise, **how)
+                                              lr=args.climb_lr, views=args.climb_views, noise=args.climb_noise,
+                                              edit_type=edit_type, presence=presence, **how)
         for p in points:
+            colours = "".join(f" {'n/a' if share is None else f'{share:.1%}':>{width}s}"
+                              for share, width in ((p.asked_colour, 12), (p.source_colour, 13)))
             print(f"  {space:18s} {p.steps:5d} {p.p_yes_edit:11.3f} {p.p_yes_identity:8.3f} {p.made:9.1%} "
-                  f"{p.asked_colour:12.1%} {p.source_colour:13.1%} {p.change:8.1f}")
-    print(f"  (n {len(climbed['pixels'])} edits; the verifier's 'edit made'; the named object's colour is "
+                  f"{p.success:7.1%}{colours} {p.change:8.1f}")
+    print(f"  (n {len(climbed['pixels'])} edits; the verifier's 'edit made' and 'success'; the named object's colour is "
           "the palette colour nearest its interior's mean; |change| is from the source, 0-255)")
     if args.grid:
-        print(f"wrote {save_climb_grid(edits, climbed, args.grid)}")
+        print(f"wrote {save_climb_grid(edits, climbed, args.grid, edit_type=edit_type)}")
     return 0
 
 
@@ -388,7 +399,8 @@ def probe_instruction(args: argparse.Namespace) -> int:
         curve_points([(Path(editor), {}) for editor in {*measured, *map(str, args.editors)}] if args.curve else [])
     except ValueError as error:
         raise SystemExit(f"npedit: error: {error}") from None
-    edits = held_out_edits(args.per_type, edit_types=("local_color_change",))
+    edit_type, presence = args.climb_edit_type, args.climb_presence
+    edits = held_out_edits(args.per_type, edit_types=(edit_type,))
     shown = {}
     for editor_path in args.editors:
         if str(editor_path) in measured and not args.grid:

@@ -8,7 +8,8 @@ import torch
 from schemas.errors import Refused
 from training.critics import load_critic
 from world import PRETRAINED
-from world.critic_climb import TeacherPrior, climb_critic, save_climb_grid
+from training.questions import OUTPUT
+from world.critic_climb import TeacherPrior, climb_critic, climb_questions, save_climb_grid
 from world.evaluate import held_out_edits
 from world.vae import load_vae, renders
 
@@ -36,6 +37,37 @@ def test_climbing_raises_the_critics_yes_and_leaves_the_critic_alone(tmp_path):
     assert save_climb_grid(edits, {"pixels": outputs}, tmp_path / "climb.png").exists()
     with pytest.raises(Refused, match="no local colour edit"):
         climb_critic(critic, held_out_edits(2, edit_types=("background",)))
+
+
+def test_presence_questions_ask_of_the_output_alone_for_the_object_as_left_and_as_it_was():
+    recolour, removal, replace = (held_out_edits(1, edit_types=(t,))[0]
+                                  for t in ("local_color_change", "remove", "replace"))
+    before, after = recolour.source.object_at(recolour.cell), recolour.target.object_at(recolour.cell)
+    assert before.name != after.name
+    asked = climb_questions(recolour, presence=True)
+    assert [(q.images, q.correct, q.kind) for q in asked] == [((OUTPUT,), "Yes", "edit"), ((OUTPUT,), "No", "edit"),
+                                                               (asked[2].images, "Yes", "identity")]
+    assert after.name in asked[0].text and before.name in asked[1].text and len(asked[2].images) == 2
+    assert climb_questions(recolour) != asked and climb_questions(removal, presence=True) == climb_questions(removal)
+    with pytest.raises(ValueError, match="local colour edits here, not 'replace'"):
+        climb_questions(replace, presence=True)
+
+
+def test_climbing_from_removal_sources_and_with_presence_questions():
+    critic = load_critic(PRETRAINED / "critic")
+    removals = held_out_edits(3, edit_types=("remove", "local_color_change"))
+    points, outputs = climb_critic(critic, removals, steps=(2,), edit_type="remove")
+    assert outputs.shape[0] == 3 and points[1].p_yes_edit > points[0].p_yes_edit  # "contains X?" driven toward No
+    assert points[0].asked_colour is None and points[0].made == 0 and points[0].success == 0
+    recolours = held_out_edits(3, edit_types=("local_color_change",))
+    plain, plain_outputs = climb_critic(critic, recolours, steps=(2,))
+    asked, asked_outputs = climb_critic(critic, recolours, steps=(2,), presence=True)
+    assert asked[1].p_yes_edit > asked[0].p_yes_edit and asked[0].asked_colour == plain[0].asked_colour
+    assert not torch.equal(asked_outputs, plain_outputs)
+    with pytest.raises(ValueError, match="not 'replace'"):
+        climb_critic(critic, removals, edit_type="replace")
+    with pytest.raises(Refused, match="no remove edit"):
+        climb_critic(critic, recolours, edit_type="remove")
 
 
 def test_noisy_views_and_the_teachers_dmd_term_change_the_climb_as_they_say():
@@ -74,6 +106,13 @@ def test_probe_critic_climb_prints_each_space_and_draws_the_grid(tmp_path, capsy
     assert "pixels in the mask" in out and "the VAE latent" in out and (tmp_path / "climb.png").exists()
     assert "latent, DMD 0.1" in out and "latent, DMD 0.5" in out and "DMD alone" in out
     assert "the mean over 2 views of noise 0.1" in out
+    assert main(["world", "probe-critic", "--climb", "--per-type", "2", "--climb-steps", "1", "--climb-edit-type",
+                 "remove", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out removal sources" in out and " n/a " in out
+    assert main(["world", "probe-critic", "--climb", "--per-type", "2", "--climb-steps", "1", "--climb-presence",
+                 "--threads", "1"]) == 0
+    assert "edit questions of the output alone" in capsys.readouterr().out
 
 
 def test_the_climb_flags_go_together(capsys):
@@ -87,6 +126,10 @@ def test_the_climb_flags_go_together(capsys):
         main(["world", "probe-critic", "--climb", "--climb-steps", "0"])
     with pytest.raises(SystemExit, match="--climb-noise goes with --climb"):
         main(["world", "probe-critic", "--colour-word", "--climb-noise", "0.2"])
+    with pytest.raises(SystemExit, match="--climb-presence goes with --climb"):
+        main(["world", "probe-critic", "--colour-word", "--climb-presence"])
+    with pytest.raises(SystemExit, match="--climb-presence is for local colour edits"):
+        main(["world", "probe-critic", "--climb", "--climb-presence", "--climb-edit-type", "remove"])
     with pytest.raises(SystemExit, match="more than one view needs noise"):
         main(["world", "probe-critic", "--climb", "--climb-views", "4"])
     with pytest.raises(SystemExit, match="--climb-dmd W .W > 0. and --teacher DIR go together"):
