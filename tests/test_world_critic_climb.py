@@ -138,3 +138,24 @@ def test_the_climb_flags_go_together(capsys):
         main(["world", "probe-critic", "--climb", "--climb-dmd", "0.5", "--teacher", str(PRETRAINED / "critic")])
     assert main(["world", "probe-critic", "--climb", "--per-type", "0"]) == 2  # one line, no traceback
     assert "no local colour edit with an object large enough" in capsys.readouterr().err
+
+
+def test_the_render_check_asks_each_object_edit_about_its_object_as_it_was_and_as_left():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "docs" / "world_experiment" / "presence_renders.py"
+    spec = importlib.util.spec_from_file_location("presence_renders", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    asked = script.render_questions(2)
+    kinds = {q.kind for q in asked}
+    assert len(asked) == 2 * (2 + 6 + 6 + 6 + 3) and len(kinds) == 2 + 6 + 6 + 6 + 3
+    for q in asked:
+        before = q.edit.source.object_at(q.edit.cell)
+        if q.kind.startswith("local_color_change/as left"):
+            assert before.name not in q.text and q.answer == ("Yes" if "target" in q.kind else "No")
+        if q.kind == "remove/as it was, in the target (No)":
+            assert before.name in q.text and q.edit.target.object_at(q.edit.cell) is None
+        if q.kind.startswith("local_texture/textured"):
+            assert q.edit.target.object_at(q.edit.cell).texture in q.text
