@@ -399,8 +399,7 @@ def probe_instruction(args: argparse.Namespace) -> int:
         curve_points([(Path(editor), {}) for editor in {*measured, *map(str, args.editors)}] if args.curve else [])
     except ValueError as error:
         raise SystemExit(f"npedit: error: {error}") from None
-    edit_type, presence = args.climb_edit_type, args.climb_presence
-    edits = held_out_edits(args.per_type, edit_types=(edit_type,))
+    edits = held_out_edits(args.per_type, edit_types=("local_color_change",))
     shown = {}
     for editor_path in args.editors:
         if str(editor_path) in measured and not args.grid:
