@@ -7,8 +7,8 @@ import torch
 
 from schemas.errors import Refused
 from training.critics import load_critic
-from world import PRETRAINED
 from training.questions import OUTPUT
+from world import PRETRAINED
 from world.critic_climb import TeacherPrior, climb_critic, climb_questions, save_climb_grid
 from world.evaluate import held_out_edits
 from world.vae import load_vae, renders

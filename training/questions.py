@@ -43,13 +43,18 @@ def removal_target(instruction: str, target_object: str | None) -> tuple[str | N
     return found, "phrasing" if found else "none"
 
 
+def presence_question(thing: str, correct: str) -> Question:
+    """The question "Does this image contain X?", asked of the output alone, with the answer a made edit gets there."""
+    return Question((OUTPUT,), f"Does this image contain {thing}? Answer Yes or No.", correct, "edit")
+
+
 def questions_for(edit_type: str, instruction: str, target_object: str | None = None) -> list[Question]:
     """Did the edit happen? Is the rest preserved? For `remove`, the first asks of the output alone whether it still
     holds the object (answer No); a removal whose object is unknown gets the general questions instead."""
     target = removal_target(instruction, target_object)[0] if edit_type == "remove" else None
     if target is not None:
         return [
-            Question((OUTPUT,), f"Does this image contain {target}? Answer Yes or No.", "No", "edit"),
+            presence_question(target, "No"),
             Question((REFERENCE, OUTPUT),
                      "The first image is an original photo and the second an edited version of it. Is the second image "
                      f"exactly the same as the first, layout included, if you ignore whether {target} is present? "

@@ -24,7 +24,7 @@ from schemas.errors import Refused
 from training.backbones.base import guided_velocity, noise_to, x0_from_velocity
 from training.config import LossConfig
 from training.losses import dmd_loss
-from training.questions import OUTPUT, REFERENCE, Question, questions_for
+from training.questions import REFERENCE, Question, presence_question, questions_for
 from training.visualize import save_labelled_rows, to_pil
 from world.edits import WorldEdit
 from world.instruction_probe import _interior, _interior_means, _named_object, _nearest
@@ -87,8 +87,7 @@ def climb_questions(edit: WorldEdit, presence: bool = False) -> list[Question]:
     if edit.edit_type != "local_color_change":
         raise ValueError(f"presence questions are asked of local colour edits here, not {edit.edit_type!r}")
     before, after = edit.source.object_at(edit.cell), edit.target.object_at(edit.cell)
-    return [Question((OUTPUT,), f"Does this image contain {after.name}? Answer Yes or No.", "Yes", "edit"),
-            Question((OUTPUT,), f"Does this image contain {before.name}? Answer Yes or No.", "No", "edit"),
+    return [presence_question(after.name, "Yes"), presence_question(before.name, "No"),
             *[q for q in asked if q.kind == "identity"]]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from training.critics import load_critic
-from training.questions import questions_for
+from training.questions import presence_question, questions_for
 from world import PRETRAINED
 from world.critic import evaluate_critic
 from world.evaluate import held_out_edits
@@ -27,7 +27,7 @@ EDIT_TYPES = ("remove", "local_color_change", "replace", "shape_change", "local_
 
 
 def contains(kind: str, image: np.ndarray, name: str, answer: str, edit) -> LabelledQuestion:
-    return LabelledQuestion(kind, (image,), f"Does this image contain {name}? Answer Yes or No.", answer, edit)
+    return LabelledQuestion(kind, (image,), presence_question(name, answer).text, answer, edit)
 
 
 def render_questions(per_type: int) -> list[LabelledQuestion]:
